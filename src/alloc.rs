@@ -1,0 +1,1 @@
+//! (module alloc: filled in by its own change.)

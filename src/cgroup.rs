@@ -1,0 +1,1 @@
+//! (module cgroup: filled in by its own change.)

@@ -1,0 +1,341 @@
+//! Reading the configuration layers and merging them.
+
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+use super::{BUILTIN, Config, ConfigError, validate};
+
+/// One layer of configuration text and the name it is reported under.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn builtin() -> Source {
+        Source {
+            name: "<built-in>".into(),
+            text: BUILTIN.into(),
+        }
+    }
+}
+
+/// Loads the built-in layer, the system file and its drop-ins.
+///
+/// With `explicit` set (`--config PATH`), that file replaces the system file and must exist;
+/// otherwise `system` is read when it exists. Drop-ins are `<file>.d/*.toml`, in name order.
+pub fn load(system: &Path, explicit: bool) -> Result<Config, ConfigError> {
+    let mut sources = vec![Source::builtin()];
+    match std::fs::read_to_string(system) {
+        Ok(text) => sources.push(Source {
+            name: system.display().to_string(),
+            text,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+        Err(e) => {
+            return Err(ConfigError::Read {
+                path: system.to_path_buf(),
+                message: e.to_string(),
+            });
+        }
+    }
+
+    let dropin_dir = PathBuf::from(format!("{}.d", system.display()));
+    let mut dropins: Vec<PathBuf> = match std::fs::read_dir(&dropin_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    dropins.sort();
+    for path in dropins {
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        sources.push(Source {
+            name: path.display().to_string(),
+            text,
+        });
+    }
+    load_sources(&sources)
+}
+
+/// Checks each layer, merges them in order and checks the result.
+pub fn load_sources(sources: &[Source]) -> Result<Config, ConfigError> {
+    let mut merged = Table::new();
+    for src in sources {
+        // Parsing the layer on its own catches unknown keys and bad values where they were
+        // written; missing keys are fine here, they may come from an earlier layer.
+        toml::from_str::<Config>(&src.text).map_err(|e| layer_error(src, &e))?;
+        let table: Table = src.text.parse().map_err(|e| layer_error(src, &e))?;
+        merge(&mut merged, table, src)?;
+    }
+
+    let locate = |section: &str, name: &str, key: &str| locate(sources, section, name, key);
+    let cfg: Config = Config::deserialize_table(merged).map_err(|e| {
+        let (file, line) = locate("", "", "");
+        ConfigError::Invalid {
+            file,
+            line,
+            key: String::new(),
+            message: e.message().to_string(),
+        }
+    })?;
+    validate(&cfg, &locate)?;
+    Ok(cfg)
+}
+
+impl Config {
+    fn deserialize_table(t: Table) -> Result<Config, toml::de::Error> {
+        toml::from_str(&toml::to_string(&t).unwrap_or_default())
+    }
+}
+
+fn layer_error(src: &Source, e: &toml::de::Error) -> ConfigError {
+    let offset = e.span().map(|s| s.start).unwrap_or(0);
+    let line = src.text[..offset.min(src.text.len())].matches('\n').count() + 1;
+    ConfigError::Invalid {
+        file: src.name.clone(),
+        line,
+        key: key_at(&src.text, line),
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// The dotted key written on `line`: the table header above it plus the key before `=`.
+fn key_at(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.saturating_sub(1)).copied().unwrap_or("");
+    let key = here
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_string())
+        .unwrap_or_default();
+    let section = lines[..line.saturating_sub(1).min(lines.len())]
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.starts_with('[')
+                .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        })
+        .unwrap_or_default();
+    match (section.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => section,
+        (false, false) => format!("{section}.{key}"),
+    }
+}
+
+/// Lays `layer` over `base`: tables merge key by key; `pool` and `process` entries merge by name.
+fn merge(base: &mut Table, layer: Table, src: &Source) -> Result<(), ConfigError> {
+    for (section, value) in layer {
+        match (section.as_str(), value) {
+            ("pool" | "process", Value::Array(entries)) => {
+                let list = base
+                    .entry(section.clone())
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                let Value::Array(list) = list else {
+                    unreachable!("checked by the layer parse")
+                };
+                for entry in entries {
+                    let Value::Table(entry) = entry else { continue };
+                    let Some(name) = entry.get("name").and_then(Value::as_str) else {
+                        return Err(ConfigError::Invalid {
+                            file: src.name.clone(),
+                            line: 1,
+                            key: format!("{section}.name"),
+                            message: format!("every [[{section}]] needs a name"),
+                        });
+                    };
+                    let existing = list.iter_mut().find_map(|v| match v {
+                        Value::Table(t) if t.get("name").and_then(Value::as_str) == Some(name) => {
+                            Some(t)
+                        }
+                        _ => None,
+                    });
+                    match existing {
+                        Some(t) => t.extend(entry),
+                        None => list.push(Value::Table(entry)),
+                    }
+                }
+            }
+            (_, Value::Table(t)) => match base.get_mut(&section) {
+                Some(Value::Table(b)) => b.extend(t),
+                _ => {
+                    base.insert(section, Value::Table(t));
+                }
+            },
+            (_, v) => {
+                base.insert(section, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds the last layer that sets `key` of the entry (`section`, `name`) and the line it is on.
+/// An empty `name` means a plain table such as `[daemon]`.
+fn locate(sources: &[Source], section: &str, name: &str, key: &str) -> (String, usize) {
+    for src in sources.iter().rev() {
+        if let Some(line) = find_line(&src.text, section, name, key) {
+            return (src.name.clone(), line);
+        }
+    }
+    let last = sources.last().map(|s| s.name.clone()).unwrap_or_default();
+    (last, 1)
+}
+
+fn find_line(text: &str, section: &str, name: &str, key: &str) -> Option<usize> {
+    let mut in_entry = false;
+    let mut entry_line = None;
+    let mut found = None;
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if l.starts_with('[') {
+            let header = l.trim_matches(|c| c == '[' || c == ']').trim();
+            in_entry = header == section && name.is_empty();
+            if header == section && !name.is_empty() {
+                in_entry = false;
+                entry_line = Some(i + 1);
+            } else {
+                entry_line = None;
+            }
+            continue;
+        }
+        let Some((k, v)) = l.split_once('=') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if entry_line.is_some() && k == "name" && v.trim_matches('"') == name {
+            in_entry = true;
+            found = found.or(Some(i + 1));
+        }
+        if in_entry && k == key {
+            return Some(i + 1);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(name: &str, text: &str) -> Source {
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn builtin_is_valid() {
+        let c = Config::builtin();
+        assert!(c.pool("shop").is_some());
+        assert!(c.process("calc_shipping").unwrap().idempotent);
+        assert_eq!(c.daemon.max_line.0, 1 << 20);
+    }
+
+    #[test]
+    fn a_later_layer_replaces_keys_and_merges_entries_by_name() {
+        let layer = src(
+            "/etc/precog/precogd.toml",
+            "[daemon]\ncache_size = \"1G\"\n[[pool]]\nname = \"shop\"\nworkers_max = 3\n\
+             [[pool]]\nname = \"fast\"\ncommand = [\"w\"]\n",
+        );
+        let c = load_sources(&[Source::builtin(), layer]).unwrap();
+        assert_eq!(c.daemon.cache_size.0, 1 << 30);
+        let shop = c.pool("shop").unwrap();
+        assert_eq!(shop.workers_max, 3);
+        assert_eq!(shop.command, vec!["precog-shop-worker".to_string()]);
+        assert_eq!(c.pool("fast").unwrap().warm_min, 1);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let layer = src("drop.toml", "\n[daemon]\nsocket_mdoe = \"0600\"\n");
+        let e = load_sources(&[Source::builtin(), layer]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("drop.toml:3: daemon.socket_mdoe:"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_file_line_and_key() {
+        let layer = src(
+            "x.toml",
+            "[[pool]]\nname = \"shop\"\ntimeout = \"2 fortnights\"\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("x.toml:3: pool.timeout:"), "{msg}");
+    }
+
+    #[test]
+    fn process_with_missing_pool_is_located() {
+        let layer = src(
+            "y.toml",
+            "[[process]]\nname = \"p\"\npool = \"nowhere\"\ninputs = []\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "y.toml:3: process.p.pool: names pool `nowhere`, which is not defined"
+        );
+    }
+
+    #[test]
+    fn dependency_cycles_and_unknown_after_are_refused() {
+        let layer = src(
+            "z.toml",
+            "[[process]]\nname = \"validate_postal_code\"\nafter = [\"calc_shipping\"]\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("dependency cycle"), "{msg}");
+
+        let layer = src(
+            "z.toml",
+            "[[process]]\nname = \"q\"\npool = \"shop\"\nafter = [\"nope\"]\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("z.toml:4: process.q.after"), "{msg}");
+    }
+
+    #[test]
+    fn files_and_dropins_are_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("precogd.toml");
+        std::fs::write(&main, "[sessions]\nmax = 10\n").unwrap();
+        std::fs::create_dir(dir.path().join("precogd.toml.d")).unwrap();
+        std::fs::write(
+            dir.path().join("precogd.toml.d/20-b.toml"),
+            "[sessions]\nmax = 30\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("precogd.toml.d/10-a.toml"),
+            "[sessions]\nmax = 20\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("precogd.toml.d/ignored.txt"), "garbage").unwrap();
+        assert_eq!(load(&main, true).unwrap().sessions.max, 30);
+
+        let missing = dir.path().join("absent.toml");
+        assert!(load(&missing, false).is_ok());
+        assert!(matches!(
+            load(&missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,377 @@
+//! Configuration: what precogd serves, with which pools and limits.
+//!
+//! The configuration is TOML in layers. The built-in default (`config/precogd.toml`, embedded in
+//! the binary) comes first, then the system file (`/etc/precog/precogd.toml`, or the file given
+//! with `--config`), then the drop-ins of `<system file>.d/*.toml` in name order. A later layer
+//! replaces the keys it sets; a `[[pool]]` or `[[process]]` whose `name` is already defined is
+//! updated key by key, a new name is added.
+//!
+//! Every layer is checked on its own first (unknown keys, bad values), so an error names the file,
+//! line and key where it was written. Checks that need the whole picture (a process naming a pool
+//! that does not exist) name the file that defined the offending entry and its line.
+//!
+//! Nothing here does I/O except [`load`], which reads the layer files.
+
+mod layers;
+mod values;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use layers::{Source, load, load_sources};
+pub use values::{ByteSize, CpuList, FileMode, Percent, Span};
+
+/// The built-in configuration, embedded at build time.
+pub const BUILTIN: &str = include_str!("../../config/precogd.toml");
+
+/// The system configuration file that the packaged daemon reads.
+pub const SYSTEM_PATH: &str = "/etc/precog/precogd.toml";
+
+/// A configuration error; its message says where and what to change.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConfigError {
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("cannot read configuration {path}: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub sessions: SessionsConfig,
+    pub predict: PredictConfig,
+    pub budget: BudgetConfig,
+    #[serde(rename = "pool", default)]
+    pub pools: Vec<PoolConfig>,
+    #[serde(rename = "process", default)]
+    pub processes: Vec<ProcessConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub socket_mode: FileMode,
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    pub cache_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub cache_size: ByteSize,
+    pub state_max: ByteSize,
+    pub max_connections: usize,
+    pub max_line: ByteSize,
+    pub queue_max: usize,
+    pub shutdown_grace: Span,
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    pub cgroup_parent: String,
+    #[serde(default)]
+    pub worker_user: Option<String>,
+    /// Loopback address for the Prometheus `/metrics` listener; off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    pub max: usize,
+    pub idle: Span,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PredictConfig {
+    pub hot_path: usize,
+    pub speculation: bool,
+    pub precision_target: f64,
+    pub per_session: usize,
+    pub half_life: Span,
+    pub save_interval: Span,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub cpus: CpuList,
+    pub memory: ByteSize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Executable and arguments; a bare name is looked up beside precogd, then in `PATH`.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub cpus: Option<CpuList>,
+    #[serde(default)]
+    pub cpu_quota: Option<Percent>,
+    /// Bounds the tuner keeps `cpu_quota` within.
+    #[serde(default)]
+    pub cpu_min: Option<Percent>,
+    #[serde(default)]
+    pub cpu_max: Option<Percent>,
+    /// Relative CPU weight on the cgroup v2 scale (1..=10000, default 100).
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
+    #[serde(default)]
+    pub memory_max: Option<ByteSize>,
+    #[serde(default)]
+    pub memory_reserve: Option<ByteSize>,
+    /// Ceiling the tuner may raise `memory_max` to.
+    #[serde(default)]
+    pub memory_ceiling: Option<ByteSize>,
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+    #[serde(default = "default_warm_min")]
+    pub warm_min: usize,
+    #[serde(default = "default_workers_max")]
+    pub workers_max: usize,
+    #[serde(default = "default_timeout")]
+    pub timeout: Span,
+}
+
+fn default_warm_min() -> usize {
+    1
+}
+
+fn default_workers_max() -> usize {
+    4
+}
+
+fn default_timeout() -> Span {
+    Span(std::time::Duration::from_secs(2))
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    pub name: String,
+    pub pool: String,
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Processes that must run before this one in a visit.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Inputs enough to run the `prepare` phase and keep its checkpoint.
+    #[serde(default)]
+    pub prepare: Vec<String>,
+    /// Only idempotent processes are ever speculated or cached.
+    #[serde(default)]
+    pub idempotent: bool,
+    #[serde(default = "default_ttl")]
+    pub ttl: Span,
+}
+
+fn default_ttl() -> Span {
+    Span(std::time::Duration::from_secs(600))
+}
+
+impl Config {
+    /// The built-in configuration alone.
+    pub fn builtin() -> Config {
+        load_sources(&[Source::builtin()]).expect("the built-in configuration is valid")
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn process(&self, name: &str) -> Option<&ProcessConfig> {
+        self.processes.iter().find(|p| p.name == name)
+    }
+
+    /// Replaces the paths that only root can use with per-user ones under the XDG directories,
+    /// for a daemon that runs unprivileged (a developer's machine, a test).
+    pub fn use_user_paths(&mut self, runtime_dir: &Path, cache_home: &Path, state_home: &Path) {
+        self.daemon.socket = runtime_dir.join("precog/precogd.sock");
+        self.daemon.cache_dir = cache_home.join("precog");
+        self.daemon.state_dir = state_home.join("precog");
+    }
+}
+
+/// Checks that need the whole merged configuration. `locate` maps a (section, name) to where the
+/// entry was defined.
+pub(crate) fn validate(
+    cfg: &Config,
+    locate: &dyn Fn(&str, &str, &str) -> (String, usize),
+) -> Result<(), ConfigError> {
+    let err = |section: &str, name: &str, key: &str, message: String| {
+        let (file, line) = locate(section, name, key);
+        ConfigError::Invalid {
+            file,
+            line,
+            key: format!("{section}.{name}.{key}"),
+            message,
+        }
+    };
+
+    let mut pool_names = HashSet::new();
+    for p in &cfg.pools {
+        if !pool_names.insert(p.name.as_str()) {
+            return Err(err("pool", &p.name, "name", "is defined twice".into()));
+        }
+        if p.command.is_empty() || p.command[0].is_empty() {
+            return Err(err(
+                "pool",
+                &p.name,
+                "command",
+                "must name an executable".into(),
+            ));
+        }
+        if p.workers_max == 0 || p.warm_min > p.workers_max {
+            return Err(err(
+                "pool",
+                &p.name,
+                "warm_min",
+                format!(
+                    "warm_min ({}) must be at most workers_max ({}), and workers_max at least 1",
+                    p.warm_min, p.workers_max
+                ),
+            ));
+        }
+        if let Some(w) = p.cpu_weight
+            && !(1..=10_000).contains(&w)
+        {
+            return Err(err(
+                "pool",
+                &p.name,
+                "cpu_weight",
+                format!("{w} is not in 1..=10000"),
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (p.cpu_min, p.cpu_max)
+            && lo.0 > hi.0
+        {
+            return Err(err("pool", &p.name, "cpu_min", "is above cpu_max".into()));
+        }
+        if let (Some(max), Some(res)) = (p.memory_max, p.memory_reserve)
+            && res.0 > max.0
+        {
+            return Err(err(
+                "pool",
+                &p.name,
+                "memory_reserve",
+                "is above memory_max".into(),
+            ));
+        }
+        if p.timeout.0.is_zero() {
+            return Err(err("pool", &p.name, "timeout", "must be above zero".into()));
+        }
+    }
+
+    let mut process_names = HashSet::new();
+    for p in &cfg.processes {
+        if !process_names.insert(p.name.as_str()) {
+            return Err(err("process", &p.name, "name", "is defined twice".into()));
+        }
+    }
+    for p in &cfg.processes {
+        if !pool_names.contains(p.pool.as_str()) {
+            return Err(err(
+                "process",
+                &p.name,
+                "pool",
+                format!("names pool `{}`, which is not defined", p.pool),
+            ));
+        }
+        for a in &p.after {
+            if !process_names.contains(a.as_str()) {
+                return Err(err(
+                    "process",
+                    &p.name,
+                    "after",
+                    format!("names process `{a}`, which is not defined"),
+                ));
+            }
+        }
+        for i in &p.prepare {
+            if !p.inputs.contains(i) {
+                return Err(err(
+                    "process",
+                    &p.name,
+                    "prepare",
+                    format!("`{i}` is not one of the process's inputs"),
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(cfg) {
+        return Err(err(
+            "process",
+            &cycle,
+            "after",
+            "is part of a dependency cycle".into(),
+        ));
+    }
+
+    let d = &cfg.daemon;
+    let daemon_err = |key: &str, message: String| {
+        let (file, line) = locate("daemon", "", key);
+        ConfigError::Invalid {
+            file,
+            line,
+            key: format!("daemon.{key}"),
+            message,
+        }
+    };
+    if d.max_connections == 0 {
+        return Err(daemon_err("max_connections", "must be at least 1".into()));
+    }
+    if d.max_line.0 < 1024 {
+        return Err(daemon_err("max_line", "must be at least 1K".into()));
+    }
+    if !(0.0..=1.0).contains(&cfg.predict.precision_target) {
+        let (file, line) = locate("predict", "", "precision_target");
+        return Err(ConfigError::Invalid {
+            file,
+            line,
+            key: "predict.precision_target".into(),
+            message: "must be between 0 and 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Returns a process on a cycle of `after` edges, if there is one.
+fn find_cycle(cfg: &Config) -> Option<String> {
+    // Colours: 0 unvisited, 1 on the stack, 2 done.
+    fn visit<'a>(
+        cfg: &'a Config,
+        name: &'a str,
+        colour: &mut std::collections::HashMap<&'a str, u8>,
+    ) -> Option<String> {
+        match colour.get(name) {
+            Some(1) => return Some(name.to_string()),
+            Some(2) => return None,
+            _ => {}
+        }
+        colour.insert(name, 1);
+        if let Some(p) = cfg.process(name) {
+            for a in &p.after {
+                if let Some(c) = visit(cfg, a, colour) {
+                    return Some(c);
+                }
+            }
+        }
+        colour.insert(name, 2);
+        None
+    }
+
+    let mut colour = std::collections::HashMap::new();
+    cfg.processes
+        .iter()
+        .find_map(|p| visit(cfg, &p.name, &mut colour))
+}

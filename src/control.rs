@@ -1,0 +1,1 @@
+//! (module control: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module engine: filled in by its own change.)

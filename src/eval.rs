@@ -1,0 +1,1 @@
+//! (module eval: filled in by its own change.)

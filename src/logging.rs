@@ -1,0 +1,1 @@
+//! (module logging: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module partition: filled in by its own change.)

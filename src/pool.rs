@@ -1,0 +1,1 @@
+//! (module pool: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module predict: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module profile: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module protocol: filled in by its own change.)

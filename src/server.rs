@@ -1,0 +1,1 @@
+//! (module server: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module store: filled in by its own change.)

@@ -1,0 +1,1 @@
+//! (module tune: filled in by its own change.)
