@@ -217,6 +217,8 @@ pub fn settings(limits: &PoolLimits, version: Version, parent_cpus: &str) -> Vec
             let mut swap = setting(Memory, "memory.swap.max", swap.into(), Bytes);
             swap.optional = true;
             out.push(swap);
+            // TODO: memory.min protects only as far as every ancestor's does; the subtree's own
+            // value (the unit's MemoryMin=, or precog's parent as root) is not raised to match.
             let min = limits.memory_reserve.unwrap_or(0).to_string();
             out.push(setting(Memory, "memory.min", min, Bytes));
         }

@@ -151,8 +151,11 @@ impl Cgroups {
 
         let mut subtrees = Vec::new();
         for (version, mount, controllers) in layout.hierarchies() {
+            // The root cgroup is never delegated: taking it would make every cgroup a "pool".
             let own = own_path(&memberships, version, &controllers)
-                .map(|p| mount.join(p.trim_start_matches('/')))
+                .map(|p| p.trim_matches('/'))
+                .filter(|p| !p.is_empty())
+                .map(|p| mount.join(p))
                 .filter(|dir| delegated && writable(dir));
             let (base, delegated) = match own {
                 Some(dir) => (dir, true),
@@ -350,6 +353,8 @@ pub struct PoolCgroup {
 
 impl PoolCgroup {
     /// Puts new limits in force (the tuner moves the quota this way); each value is read back.
+    /// On an error the values written before the refused one stay in force: [`Self::limits`]
+    /// says which.
     pub fn set_limits(&self, l: &PoolLimits) -> Result<(), CgroupError> {
         self.node.set_limits(l)
     }

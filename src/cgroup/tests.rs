@@ -260,3 +260,13 @@ fn from_config_takes_the_pools_start_values() {
     assert_eq!(l.memory_reserve, Some(64 << 20));
     assert_eq!(l.pids_max, Some(64));
 }
+
+#[test]
+fn the_root_cgroup_is_never_taken_as_delegated() {
+    let t = hybrid_tree();
+    // /proc/self/cgroup says "/" everywhere: a delegation flag cannot make the root ours.
+    assert!(detect(&t, true, false).is_none());
+    let cg = detect(&t, true, true).unwrap();
+    assert!(!cg.describe().contains("delegated"), "{}", cg.describe());
+    assert!(t.path().join("sys/cpu/precog").is_dir());
+}
