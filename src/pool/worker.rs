@@ -49,22 +49,22 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
 
     let join = match &shared.placement {
         Some(p) => match p.prepare_worker(id) {
-            Ok(fds) => fds,
+            Ok(handle) => handle,
             Err(e) => {
                 started_failed(&shared, format!("cannot prepare the worker's cgroup: {e}"));
                 return;
             }
         },
-        None => Vec::new(),
+        None => None,
     };
     let plan = SpawnPlan {
         program: &settings.program,
         args: &settings.args,
         cpus: settings.cpus.as_deref(),
         identity: settings.identity,
-        cgroup_join: &join,
+        cgroup_join: join,
     };
-    let mut child = match spawn(&plan) {
+    let mut child = match spawn(plan) {
         Ok(c) => c,
         Err(e) => {
             if let Some(p) = &shared.placement {
@@ -74,7 +74,6 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             return;
         }
     };
-    drop(join);
 
     let pid = child.id().unwrap_or(0);
     let mut stdin = child.stdin.take().expect("piped stdin");
