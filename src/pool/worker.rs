@@ -400,14 +400,17 @@ fn finish_lost(
         FailureKind::Cancelled => {}
         _ => st.stats.crashes += 1,
     }
-    let retry = matches!(kind, FailureKind::Crashed | FailureKind::Protocol)
+    // A job that got as far as a checkpoint is worth one more try from there; one that did
+    // not would most likely fail the same way again, so it fails now with the reason.
+    let retry = matches!(
+        kind,
+        FailureKind::Crashed | FailureKind::Protocol | FailureKind::Timeout
+    ) && checkpoint.is_some()
         && !queued.retried
         && !shared.shutting_down.load(Ordering::Relaxed);
     if retry {
         queued.retried = true;
-        if checkpoint.is_some() {
-            queued.job.state = checkpoint;
-        }
+        queued.job.state = checkpoint;
         st.on_demand.push_front(queued);
         drop(st);
         shared.job_ready.notify_one();
