@@ -570,6 +570,21 @@ fn echo_worker_answers_with_its_inputs_and_does_real_work() {
     assert_eq!(reply["result"]["echo"], inputs);
     assert_eq!(reply["result"]["allocated_mb"], 16);
 
+    // A small bomb: the daemon's tests fork without a limit under their pids_max.
+    let (_, reply) = worker.ask(json!({"job": 3, "process": "x", "inputs": {"fork_bomb": 5}}));
+    let children: Vec<i32> = reply["result"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pid| pid.as_i64().unwrap() as i32)
+        .collect();
+    for pid in &children {
+        // SAFETY: kill(2) on a pid the test's own worker forked and reported; no memory involved.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert_eq!(children.len(), 5, "{reply}");
+    assert_eq!(reply["result"]["forked"], 5);
+
     let (_, reply) =
         worker.ask(json!({"job": 2, "process": "x", "inputs": {"spawn_grandchild": true}}));
     let grandchild = reply["result"]["grandchild_pid"].as_i64().unwrap() as i32;

@@ -46,7 +46,7 @@ def fork_bomb(limit):
             time.sleep(30)
             os._exit(0)
         children.append(pid)
-    return {"forked": len(children), "fork_error": error}
+    return {"forked": len(children), "fork_error": error, "children": children}
 
 
 def spawn_grandchild():
