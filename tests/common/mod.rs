@@ -112,10 +112,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(mut c) = self.try_connect() {
-                if c.call(&json!({"op":"ping"}))["ok"] == json!(true) {
-                    return;
-                }
+            if let Ok(mut c) = self.try_connect()
+                && c.try_call(&json!({"op":"ping"}))
+                    .is_some_and(|r| r["ok"] == json!(true))
+            {
+                return;
             }
             if let Some(status) = self
                 .child
@@ -250,6 +251,16 @@ impl Conn {
         let n = self.reader.read_line(&mut line).expect("read reply");
         assert!(n > 0, "precogd closed the connection");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line}"))
+    }
+
+    /// Like `call`, but `None` when the connection fails.
+    pub fn try_call(&mut self, req: &Value) -> Option<Value> {
+        let mut line = serde_json::to_vec(req).ok()?;
+        line.push(b'\n');
+        self.writer.write_all(&line).ok()?;
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply).ok().filter(|n| *n > 0)?;
+        serde_json::from_str(&reply).ok()
     }
 
     pub fn call(&mut self, req: &Value) -> Value {
