@@ -2,7 +2,9 @@
 //!
 //! Speaks the precogd socket protocol: checks the daemon, runs micro-processes, shows counters.
 
+mod bench;
 mod client;
+mod local;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,14 @@ enum Cmd {
     },
     /// Show the daemon's counters.
     Stats,
+    /// Measure a warm `run` round trip against a plain Unix-socket echo, in one run.
+    Bench {
+        #[arg(long, default_value_t = 5000)]
+        rounds: usize,
+    },
+    /// The other end of `bench`'s echo floor.
+    #[command(hide = true)]
+    EchoServer,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +118,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
+        Cmd::EchoServer => bench::echo_server()?,
         Cmd::Stats => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
             if cli.json {

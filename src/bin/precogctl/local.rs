@@ -1,0 +1,104 @@
+//! A precogd started by precogctl itself on a temporary directory, for `demo`, `bench` and
+//! `replay --mode all`: found beside precogctl, configured with the built-in defaults plus what
+//! the caller adds, and stopped (with its workers and cgroups) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::client::Client;
+
+pub struct LocalDaemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+/// A binary installed or built beside precogctl.
+pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find precogctl's own path")?;
+    let dir = exe.parent().context("precogctl has no directory")?;
+    for candidate in [dir.join(name), PathBuf::from("/usr/sbin").join(name)] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find {name} beside {}; build it with `cargo build`",
+        exe.display()
+    )
+}
+
+impl LocalDaemon {
+    /// Starts precogd with `extra` TOML laid over the built-in configuration.
+    pub fn start(daemon_keys: &str, extra: &str) -> anyhow::Result<LocalDaemon> {
+        let dir = tempfile::Builder::new().prefix("precog-").tempdir()?;
+        let socket = dir.path().join("precogd.sock");
+        let config = dir.path().join("precogd.toml");
+        let text = format!(
+            "[daemon]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"precog-local-{}\"\n\
+             socket_group = \"root\"\nallowed_groups = []\n{daemon_keys}\n{extra}\n",
+            dir.path().join("cache").display(),
+            dir.path().join("state").display(),
+            std::process::id(),
+        );
+        std::fs::write(&config, text)?;
+        let log = std::fs::File::create(dir.path().join("precogd.log"))?;
+        let child = Command::new(sibling("precogd")?)
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start precogd")?;
+        let mut d = LocalDaemon { dir, socket, child };
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = Client::connect(&self.socket)
+                && c.call_ok(&json!({"op": "ping"})).is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("precogd exited at start ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("precogd did not answer within 30 s:\n{}", self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("precogd.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for LocalDaemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
