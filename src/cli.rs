@@ -59,22 +59,38 @@ pub enum CliError {
     },
 }
 
-/// Writes `<name>.<section>` for `cmd` into `dir`; returns the file written.
-pub fn write_man_page(cmd: Command, section: &str, dir: &Path) -> Result<PathBuf, CliError> {
-    let path = dir.join(format!("{}.{section}", cmd.get_name()));
-    let mut page = Vec::new();
-    let io = |op, source| CliError::Io {
-        op,
-        path: path.clone(),
-        source,
-    };
-    clap_mangen::Man::new(cmd)
-        .section(section)
-        .render(&mut page)
-        .map_err(|e| io("render the man page", e))?;
+/// Writes the man page of `cmd` into `dir` in `section`, plus one page per visible
+/// subcommand (`precogctl-status.1`, …), which the main page refers to; returns the files.
+pub fn write_man_pages(cmd: Command, section: &str, dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     create_dir(dir)?;
-    fs::write(&path, page).map_err(|e| io("write", e))?;
-    Ok(path)
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut written = Vec::new();
+    write_page_tree(cmd, section, dir, &mut written)?;
+    Ok(written)
+}
+
+fn write_page_tree(
+    cmd: Command,
+    section: &str,
+    dir: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), CliError> {
+    let man = clap_mangen::Man::new(cmd.clone()).section(section);
+    let path = dir.join(man.get_filename());
+    let mut page = Vec::new();
+    man.render(&mut page)
+        .and_then(|()| fs::write(&path, page))
+        .map_err(|source| CliError::Io {
+            op: "write the man page",
+            path: path.clone(),
+            source,
+        })?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_page_tree(sub.clone(), section, dir, written)?;
+    }
+    Ok(())
 }
 
 /// Writes bash, zsh and fish completions for `cmd` into `dir`, under the names each shell
@@ -126,8 +142,9 @@ mod tests {
     #[test]
     fn man_page_and_completions_are_written() {
         let dir = tempfile::tempdir().unwrap();
-        let page = write_man_page(DaemonArgs::command(), "8", dir.path()).unwrap();
-        let text = fs::read_to_string(page).unwrap();
+        let pages = write_man_pages(DaemonArgs::command(), "8", dir.path()).unwrap();
+        assert_eq!(pages, [dir.path().join("precogd.8")]);
+        let text = fs::read_to_string(&pages[0]).unwrap();
         assert!(text.contains(".TH precogd 8"), "{text}");
         assert!(text.contains("\\-\\-bus"));
         let files = write_completions(DaemonArgs::command(), dir.path()).unwrap();
