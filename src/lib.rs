@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -1,8 +1,8 @@
 //! precogd: the precog daemon.
 //!
 //! Loads the layered configuration, starts the engine and its worker pools, serves the Unix
-//! socket (its own or one passed by systemd), tells systemd when it is ready, reloads on SIGHUP
-//! and stops gracefully on SIGTERM.
+//! socket (its own or one passed by systemd) and the D-Bus control interface, tells systemd when
+//! it is ready, reloads on SIGHUP or a D-Bus `Reload`, and stops gracefully on SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,39 +12,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use precog::cgroup::Cgroups;
+use precog::cli::DaemonArgs;
 use precog::config::{self, Config};
-use precog::engine::{self, EngineParts};
+use precog::control::{self, ReloadRequest};
+use precog::engine::{self, EngineHandle, EngineParts};
 use precog::server::{self, Access, ServerSettings, systemd};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "precogd",
-    version,
-    about = "precog daemon: runs a shop's likely next steps ahead of time"
-)]
-struct Args {
-    /// Configuration file to use instead of /etc/precog/precogd.toml (its drop-ins in
-    /// <FILE>.d/*.toml are read too).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Socket path, overriding the configuration.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-
-    /// Check the configuration, print the result and exit.
-    #[arg(long)]
-    check_config: bool,
-
-    /// More log detail (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
+use tokio::sync::{mpsc, watch};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = DaemonArgs::parse();
     let sink = precog::logging::init(args.verbose);
 
     let config = match load_config(&args) {
@@ -81,7 +58,7 @@ fn main() -> ExitCode {
 }
 
 /// Reads the configuration layers and adapts paths for an unprivileged run.
-fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
+fn load_config(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
     let mut cfg = match &args.config {
         Some(path) => config::load(path, true)?,
         None => config::load(Path::new(config::SYSTEM_PATH), false)?,
@@ -177,7 +154,7 @@ fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
     })
 }
 
-async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
+async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     let (listener, own_socket) = match systemd::take_listen_fd() {
         Some(fd) => (server::from_systemd(fd)?, None),
         None => {
@@ -201,6 +178,19 @@ async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
         stop_rx,
     ));
 
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    // Kept alive until the daemon stops; dropping it leaves the bus.
+    let _control = match control::serve(engine.clone(), &args.bus, reload_tx).await {
+        Ok(service) => service,
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            tracing::warn!("running without the D-Bus interface: {e}{cause}");
+            None
+        }
+    };
+
     let where_ = own_socket
         .as_ref()
         .map(|p| p.display().to_string())
@@ -220,17 +210,17 @@ async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                systemd::notify("RELOADING=1");
-                match load_config(&args) {
-                    Ok(new) => match engine.reload(new.clone()).await {
-                        Ok(()) => {
-                            let _ = settings_tx.send(server_settings(&new));
-                        }
-                        Err(e) => tracing::error!("configuration not reloaded: {e}"),
-                    },
-                    Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
+                if let Err(e) = reload(&args, &engine, &settings_tx).await {
+                    tracing::error!("{e}");
                 }
-                systemd::notify("READY=1");
+            }
+            Some(done) = reload_rx.recv() => {
+                let result = reload(&args, &engine, &settings_tx).await;
+                if let Err(e) = &result {
+                    // Logged here too: the caller is one client, the journal is the record.
+                    tracing::error!("{e}");
+                }
+                let _ = done.send(result);
             }
             _ = dog.tick(), if watchdog.is_some() => systemd::notify("WATCHDOG=1"),
         }
@@ -246,4 +236,27 @@ async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the configuration; SIGHUP and the D-Bus `Reload` method both come here.
+async fn reload(
+    args: &DaemonArgs,
+    engine: &EngineHandle,
+    settings_tx: &watch::Sender<Arc<ServerSettings>>,
+) -> Result<(), String> {
+    systemd::notify("RELOADING=1");
+    let result = match load_config(args) {
+        Ok(new) => match engine.reload(new.clone()).await {
+            Ok(()) => {
+                let _ = settings_tx.send(server_settings(&new));
+                Ok(())
+            }
+            Err(e) => Err(format!("configuration not reloaded: {e}")),
+        },
+        Err(e) => Err(format!(
+            "configuration not reloaded, keeping the old one: {e}"
+        )),
+    };
+    systemd::notify("READY=1");
+    result
 }

@@ -1,10 +1,15 @@
 //! precogctl: the operator's and app developer's command line for precog.
 //!
-//! Speaks the precogd socket protocol: checks the daemon, runs micro-processes, shows counters.
+//! Speaks the precogd socket protocol (checks the daemon, runs micro-processes, shows counters)
+//! and its D-Bus interface (status, pools, limits, policy, reload, flush, a live `top`).
 
 mod bench;
 mod client;
+mod dbus_client;
+mod generate;
 mod local;
+mod ops;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +64,23 @@ enum Cmd {
     /// The other end of `bench`'s echo floor.
     #[command(hide = true)]
     EchoServer,
+    /// Summarise precogd's health (D-Bus, or the socket when the bus is out of reach).
+    Status(dbus_client::BusArgs),
+    /// Show the worker pools with their limits (D-Bus, or the socket's live figures).
+    Pools(dbus_client::BusArgs),
+    /// Change a pool's limits (root, over D-Bus).
+    SetPool(ops::SetPoolArgs),
+    /// Change the prediction policy (root, over D-Bus).
+    Policy(ops::PolicyArgs),
+    /// Reload precogd's configuration, as SIGHUP does (root, over D-Bus).
+    Reload(dbus_client::BusArgs),
+    /// Drop every cached result (root, over D-Bus).
+    Flush(dbus_client::BusArgs),
+    /// Live view of pools, hit ratio and speculation; `q` or Ctrl-C quits.
+    Top(top::TopArgs),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -128,6 +150,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_stats(&reply);
             }
         }
+        Cmd::Status(bus) => ops::status(&bus, &socket, cli.json)?,
+        Cmd::Pools(bus) => ops::pools(&bus, &socket, cli.json)?,
+        Cmd::SetPool(args) => ops::set_pool(&args, cli.json)?,
+        Cmd::Policy(args) => ops::policy(&args)?,
+        Cmd::Reload(bus) => ops::reload(&bus)?,
+        Cmd::Flush(bus) => ops::flush(&bus)?,
+        Cmd::Top(args) => top::run(&args, &socket)?,
+        Cmd::Generate(args) => generate::run(&args)?,
     }
     Ok(())
 }

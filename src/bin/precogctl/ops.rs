@@ -1,0 +1,246 @@
+//! The operator's commands over D-Bus: status, pools, set-pool, policy, reload, flush.
+//!
+//! `status` and `pools` only read, so they fall back to the socket's `stats` when the bus is out
+//! of reach; the commands that change precogd need the bus, whose policy decides who may.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use precog::control::view;
+use serde_json::Value;
+use zbus::zvariant;
+
+use crate::dbus_client::{BusArgs, Source, proxy, runtime};
+
+#[derive(clap::Args, Debug)]
+pub struct SetPoolArgs {
+    /// The pool to change.
+    pub pool: String,
+    /// Limits as written in the configuration: warm_min=2 workers_max=8 timeout=2s
+    /// cpu_quota=150% cpu_weight=100 memory_max=256M memory_reserve=64M pids_max=64.
+    #[arg(value_name = "KEY=VALUE", required = true)]
+    pub changes: Vec<String>,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PolicyArgs {
+    /// Policy values: hot_path=5 threshold=0.4 speculation=true|false.
+    #[arg(value_name = "KEY=VALUE", required = true)]
+    pub changes: Vec<String>,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+pub fn status(bus: &BusArgs, socket: &Path, json: bool) -> anyhow::Result<()> {
+    let summary: Value = runtime()?.block_on(async {
+        match proxy(&bus.bus).await {
+            Ok(p) => match p.status().await {
+                Ok(text) => return serde_json::from_str(&text).context("status is not JSON"),
+                Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
+            },
+            Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
+        }
+        let mut source = Source::Socket(crate::client::Client::connect(socket)?);
+        Ok::<_, anyhow::Error>(view::status_summary(&source.stats().await?))
+    })?;
+    if json {
+        println!("{summary}");
+        return Ok(());
+    }
+    let s = &summary;
+    println!(
+        "precogd {}, up {} s",
+        s["version"].as_str().unwrap_or("?"),
+        s["uptime_s"]
+    );
+    println!(
+        "requests {}  runs {}  hit ratio {:.1}%  speculation precision {:.1}%",
+        s["requests"],
+        s["runs_served"],
+        percent(&s["hit_ratio"]),
+        percent(&s["speculation_precision"])
+    );
+    println!(
+        "sessions {}  cache {} entries, {} bytes  in flight {}",
+        s["active_sessions"], s["cache_entries"], s["cache_bytes"], s["inflight_jobs"]
+    );
+    println!(
+        "pools {}  workers {} (busy {}, max {})",
+        s["pools"], s["workers"], s["busy"], s["workers_max"]
+    );
+    Ok(())
+}
+
+fn percent(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0) * 100.0
+}
+
+pub fn pools(bus: &BusArgs, socket: &Path, json: bool) -> anyhow::Result<()> {
+    let pools: Value = runtime()?.block_on(async {
+        match proxy(&bus.bus).await {
+            Ok(p) => match p.pools().await {
+                Ok(text) => return serde_json::from_str(&text).context("pools are not JSON"),
+                Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
+            },
+            Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
+        }
+        // The socket's stats carry the live figures only; limits need the bus.
+        let mut source = Source::Socket(crate::client::Client::connect(socket)?);
+        let stats = source.stats().await?;
+        let live = stats["pools"].as_object().cloned().unwrap_or_default();
+        Ok::<_, anyhow::Error>(
+            live.into_iter()
+                .map(|(name, live)| (name, serde_json::json!({"live": live})))
+                .collect(),
+        )
+    })?;
+    if json {
+        println!("{pools}");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:>7} {:>5} {:>5} {:>5} {:>9} {:>10} {:>8} {:>7}",
+        "POOL", "WORKERS", "BUSY", "WARM", "MAX", "CPU", "MEMORY", "TIMEOUT", "FAILED"
+    );
+    for (name, p) in pools.as_object().into_iter().flatten() {
+        println!("{}", pool_row(name, p));
+    }
+    Ok(())
+}
+
+/// One line of `pools`: live figures, then the limits when the daemon gave them.
+fn pool_row(name: &str, p: &Value) -> String {
+    let (live, limits) = (&p["live"], &p["limits"]);
+    let or_dash = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let memory = limits["memory_max"]
+        .as_u64()
+        .map(|b| format!("{}M", b >> 20))
+        .unwrap_or_else(|| "-".into());
+    let timeout = limits["timeout_ms"]
+        .as_u64()
+        .map(|ms| format!("{ms}ms"))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:<12} {:>7} {:>5} {:>5} {:>5} {:>9} {:>10} {:>8} {:>7}",
+        name,
+        or_dash(&live["workers"]),
+        or_dash(&live["busy"]),
+        or_dash(&limits["warm_min"]),
+        or_dash(&live["workers_max"]),
+        or_dash(&limits["cpu_quota"]),
+        memory,
+        timeout,
+        or_dash(&live["jobs_failed"]),
+    )
+}
+
+/// Splits `key=value` arguments.
+fn pairs(args: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k, v)),
+            _ => bail!("`{a}` is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// A policy value as the variant type the daemon expects: true/false, whole numbers, decimals,
+/// or else the text itself.
+fn policy_value(text: &str) -> zvariant::Value<'_> {
+    if let Ok(b) = text.parse::<bool>() {
+        b.into()
+    } else if let Ok(n) = text.parse::<u64>() {
+        n.into()
+    } else if let Ok(x) = text.parse::<f64>() {
+        x.into()
+    } else {
+        text.into()
+    }
+}
+
+pub fn set_pool(args: &SetPoolArgs, json: bool) -> anyhow::Result<()> {
+    let changes: HashMap<&str, &str> = pairs(&args.changes)?.into_iter().collect();
+    let pool: Value = runtime()?.block_on(async {
+        let text = proxy(&args.bus.bus)
+            .await?
+            .set_pool_limits(&args.pool, changes)
+            .await
+            .context("pool limits not changed")?;
+        serde_json::from_str(&text).context("the pool came back as text that is not JSON")
+    })?;
+    if json {
+        println!("{pool}");
+    } else {
+        println!("{}", pool_row(&args.pool, &pool));
+    }
+    Ok(())
+}
+
+pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
+    let changes: HashMap<&str, zvariant::Value<'_>> = pairs(&args.changes)?
+        .into_iter()
+        .map(|(k, v)| (k, policy_value(v)))
+        .collect();
+    let policy = runtime()?.block_on(async {
+        proxy(&args.bus.bus)
+            .await?
+            .set_policy(changes)
+            .await
+            .context("policy not changed")
+    })?;
+    println!("{policy}");
+    Ok(())
+}
+
+pub fn reload(bus: &BusArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        proxy(&bus.bus)
+            .await?
+            .reload()
+            .await
+            .context("reload failed")
+    })?;
+    println!("configuration reloaded");
+    Ok(())
+}
+
+pub fn flush(bus: &BusArgs) -> anyhow::Result<()> {
+    let flushed = runtime()?.block_on(async {
+        proxy(&bus.bus)
+            .await?
+            .flush_cache()
+            .await
+            .context("cache not flushed")
+    })?;
+    println!("flushed {flushed} cached results");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_values_get_their_types() {
+        assert_eq!(policy_value("true"), zvariant::Value::from(true));
+        assert_eq!(policy_value("5"), zvariant::Value::from(5u64));
+        assert_eq!(policy_value("0.4"), zvariant::Value::from(0.4));
+        assert_eq!(policy_value("high"), zvariant::Value::from("high"));
+    }
+
+    #[test]
+    fn pairs_need_a_key_and_an_equals_sign() {
+        let args = ["a=1".to_string(), "b=".to_string()];
+        let ok = pairs(&args).unwrap();
+        assert_eq!(ok, [("a", "1"), ("b", "")]);
+        assert!(pairs(&["=1".into()]).is_err());
+        assert!(pairs(&["a".into()]).is_err());
+    }
+}

@@ -1,1 +1,0 @@
-//! (module control: filled in by its own change.)

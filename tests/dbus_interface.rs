@@ -1,0 +1,376 @@
+//! precogd's D-Bus interface on a private session bus, against the real daemon: introspection,
+//! every method and property (checked against the socket's `stats`), InvalidArgs for bad
+//! arguments, signals, a real client (busctl), precogctl over the bus, and a daemon that keeps
+//! serving its socket when no bus is reachable. Without dbus-daemon, busctl or python3 each test
+//! prints `SKIPPED: <reason>`.
+
+#[path = "dbus_harness.rs"]
+mod harness;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Daemon, PrivateBus, busctl, missing_tool, wait_for_name, write_config};
+use precog::control::{Bus, Precog1Proxy, connect};
+use serde_json::{Value, json};
+use zbus::export::futures_core::Stream;
+use zbus::zvariant;
+
+const OBJECT: &str = "/org/precog/Precog1";
+const NAME: &str = "org.precog.Precog1";
+
+fn setup() -> Option<(PrivateBus, Daemon)> {
+    if let Some(why) = missing_tool() {
+        println!("SKIPPED: {why}");
+        return None;
+    }
+    let bus = PrivateBus::start(None);
+    let daemon = Daemon::start(&bus.address);
+    wait_for_name(&bus.address);
+    Some((bus, daemon))
+}
+
+async fn proxy(bus: &PrivateBus) -> Precog1Proxy<'static> {
+    let conn = connect(&Bus::Address(bus.address.clone()))
+        .await
+        .expect("test connects to the private bus");
+    Precog1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .expect("proxy")
+}
+
+fn run_request(postal_code: &str) -> Value {
+    json!({"op": "run", "session": "t", "process": "calc_shipping",
+           "inputs": {"country": "DE", "postal_code": postal_code, "cart_weight_g": 900}})
+}
+
+/// The next item of a signal stream (what `StreamExt::next` does, without another dependency).
+async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+fn method_error_name(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        other => format!("not a method error: {other}"),
+    }
+}
+
+#[test]
+fn introspection_lists_the_interface() {
+    let Some((bus, _daemon)) = setup() else {
+        return;
+    };
+    let (ok, xml, err) = busctl(
+        &bus.address,
+        None,
+        &["introspect", "--xml-interface", NAME, OBJECT],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        xml.contains(r#"<interface name="org.precog.Precog1">"#),
+        "{xml}"
+    );
+    for member in [
+        "Status",
+        "Stats",
+        "Pools",
+        "SetPoolLimits",
+        "SetPolicy",
+        "Reload",
+        "FlushCache",
+        "PoolResized",
+        "QuotaChanged",
+        "WorkerFailed",
+        "HitRatio",
+        "SpeculationPrecision",
+        "ActiveSessions",
+    ] {
+        assert!(
+            xml.contains(&format!("name=\"{member}\"")),
+            "{member} missing: {xml}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_and_properties_match_the_socket_stats() {
+    let Some((bus, daemon)) = setup() else {
+        return;
+    };
+    let p = proxy(&bus).await;
+
+    // Two identical runs at once: the second joins the first, so one of two is a hit.
+    let replies = daemon.call_many(&[run_request("10115"), run_request("10115")]);
+    let served: Vec<&str> = replies
+        .iter()
+        .map(|r| r["served"].as_str().unwrap())
+        .collect();
+    assert_eq!(served, ["warm", "inflight"], "{replies:?}");
+
+    let socket = daemon.call(json!({"op": "stats"}));
+    let stats: Value = serde_json::from_str(&p.stats().await.unwrap()).unwrap();
+    let mut keys: Vec<&String> = stats.as_object().unwrap().keys().collect();
+    let mut socket_keys: Vec<&String> = socket
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "ok" && *k != "id")
+        .collect();
+    keys.sort();
+    socket_keys.sort();
+    assert_eq!(keys, socket_keys);
+    assert_eq!(stats["served"], socket["served"]);
+    assert_eq!(stats["pools"]["shop"]["workers_max"], 2);
+    assert_eq!(stats["policy"], socket["policy"]);
+
+    assert_eq!(
+        p.version().await.unwrap(),
+        socket["version"].as_str().unwrap()
+    );
+    let uptime = p.uptime().await.unwrap();
+    assert!(uptime.abs_diff(socket["uptime_s"].as_u64().unwrap()) <= 2);
+    assert_eq!(p.hit_ratio().await.unwrap(), 0.5);
+    assert_eq!(p.active_sessions().await.unwrap(), 0);
+    assert_eq!(p.cache_bytes().await.unwrap(), 0);
+    assert_eq!(p.cache_entries().await.unwrap(), 0);
+    assert_eq!(p.speculation_precision().await.unwrap(), 0.0);
+
+    let status: Value = serde_json::from_str(&p.status().await.unwrap()).unwrap();
+    assert_eq!(status["runs_served"], 2);
+    assert_eq!(status["hit_ratio"], 0.5);
+    assert_eq!(status["pools"], 1);
+
+    let pools: Value = serde_json::from_str(&p.pools().await.unwrap()).unwrap();
+    assert_eq!(pools["shop"]["limits"]["workers_max"], 2);
+    assert_eq!(pools["shop"]["live"]["jobs_ok"], 1);
+
+    // A limit change is announced and shows in Pools and in the socket's stats.
+    let mut quota = p.receive_quota_changed().await.unwrap();
+    let changed = p
+        .set_pool_limits("shop", HashMap::from([("workers_max", "3")]))
+        .await
+        .unwrap();
+    let changed: Value = serde_json::from_str(&changed).unwrap();
+    assert_eq!(changed["limits"]["workers_max"], 3);
+    let signal = tokio::time::timeout(Duration::from_secs(5), next(&mut quota))
+        .await
+        .expect("QuotaChanged arrives")
+        .unwrap();
+    let args = signal.args().unwrap();
+    assert_eq!(
+        (
+            args.pool.as_str(),
+            args.what.as_str(),
+            args.old.as_str(),
+            args.new.as_str()
+        ),
+        ("shop", "workers_max", "2", "3")
+    );
+    let socket = daemon.call(json!({"op": "stats"}));
+    assert_eq!(socket["pools"]["shop"]["workers_max"], 3);
+
+    let policy = p
+        .set_policy(HashMap::from([("threshold", zvariant::Value::from(0.25))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&policy).unwrap()["threshold"],
+        0.25
+    );
+    let socket = daemon.call(json!({"op": "stats"}));
+    assert_eq!(socket["policy"]["threshold"], 0.25);
+
+    assert_eq!(p.flush_cache().await.unwrap(), 0);
+
+    // Reload reads the file again, as SIGHUP does: the file's new limit replaces the operator's.
+    write_config(&daemon.config, daemon.dir.path(), 5);
+    p.reload().await.unwrap();
+    let pools: Value = serde_json::from_str(&p.pools().await.unwrap()).unwrap();
+    assert_eq!(pools["shop"]["limits"]["workers_max"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_are_invalid_args_with_the_engine_message() {
+    let Some((bus, _daemon)) = setup() else {
+        return;
+    };
+    let p = proxy(&bus).await;
+
+    let e = p
+        .set_pool_limits("shop", HashMap::from([("colour", "blue")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error_name(&e),
+        "org.freedesktop.DBus.Error.InvalidArgs"
+    );
+    assert!(e.to_string().contains("`colour` cannot be changed"), "{e}");
+
+    let e = p
+        .set_pool_limits("nosuch", HashMap::from([("workers_max", "3")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error_name(&e),
+        "org.freedesktop.DBus.Error.InvalidArgs"
+    );
+    assert!(e.to_string().contains("no pool named `nosuch`"), "{e}");
+
+    let e = p
+        .set_policy(HashMap::from([("threshold", zvariant::Value::from(1.5))]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error_name(&e),
+        "org.freedesktop.DBus.Error.InvalidArgs"
+    );
+    assert!(
+        e.to_string()
+            .contains("threshold must be a number from 0 to 1"),
+        "{e}"
+    );
+
+    let e = p
+        .set_policy(HashMap::from([(
+            "hot_path",
+            zvariant::Value::from(vec![1u8]),
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error_name(&e),
+        "org.freedesktop.DBus.Error.InvalidArgs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_property_is_announced() {
+    let Some((bus, daemon)) = setup() else {
+        return;
+    };
+    let conn = connect(&Bus::Address(bus.address.clone())).await.unwrap();
+    let props = zbus::fdo::PropertiesProxy::builder(&conn)
+        .destination(NAME)
+        .unwrap()
+        .path(OBJECT)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut changes = props.receive_properties_changed().await.unwrap();
+
+    daemon.call_many(&[run_request("80331"), run_request("80331")]);
+    let signal = tokio::time::timeout(Duration::from_secs(5), next(&mut changes))
+        .await
+        .expect("PropertiesChanged arrives within the poll period")
+        .unwrap();
+    let args = signal.args().unwrap();
+    assert_eq!(args.interface_name.as_str(), NAME);
+    let ratio = args
+        .changed_properties
+        .get("HitRatio")
+        .expect("HitRatio changed");
+    assert_eq!(f64::try_from(ratio).unwrap(), 0.5);
+    assert!(!args.changed_properties.contains_key("Uptime"));
+}
+
+#[test]
+fn busctl_calls_status() {
+    let Some((bus, _daemon)) = setup() else {
+        return;
+    };
+    let (ok, out, err) = busctl(
+        &bus.address,
+        None,
+        &["--json=short", "call", NAME, OBJECT, NAME, "Status"],
+    );
+    assert!(ok, "{err}");
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["type"], "s");
+    let status: Value = serde_json::from_str(reply["data"][0].as_str().unwrap()).unwrap();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["pools"], 1);
+}
+
+fn precogctl(daemon: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_precogctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .output()
+        .expect("precogctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn precogctl_speaks_the_bus_and_falls_back_to_the_socket() {
+    let Some((bus, daemon)) = setup() else {
+        return;
+    };
+    let addr = bus.address.as_str();
+
+    let (ok, out, err) = precogctl(&daemon, &["--json", "status", "--bus", addr]);
+    assert!(ok, "{err}");
+    assert!(err.is_empty(), "no fallback expected: {err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["pools"], 1);
+
+    let (ok, out, err) = precogctl(&daemon, &["set-pool", "shop", "warm_min=2", "--bus", addr]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("shop "), "{out}");
+    let (ok, _, err) = precogctl(&daemon, &["policy", "hot_path=3", "--bus", addr]);
+    assert!(ok, "{err}");
+    assert_eq!(daemon.call(json!({"op": "stats"}))["policy"]["hot_path"], 3);
+    let (ok, _, err) = precogctl(&daemon, &["policy", "hot_path=0", "--bus", addr]);
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgs") && err.contains("hot_path"),
+        "{err}"
+    );
+    let (ok, out, _) = precogctl(&daemon, &["flush", "--bus", addr]);
+    assert!(ok && out.contains("flushed 0"), "{out}");
+    let (ok, _, err) = precogctl(&daemon, &["reload", "--bus", addr]);
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = precogctl(&daemon, &["top", "--count", "2", "--bus", addr]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines.iter().all(|l| l.contains("workers=")), "{out}");
+
+    // No bus at that address: the read-only commands use the socket and say so.
+    let gone = "unix:path=/nonexistent/precog-test-bus";
+    let (ok, out, err) = precogctl(&daemon, &["--json", "status", "--bus", gone]);
+    assert!(ok, "{err}");
+    assert!(err.contains("using the socket"), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["pools"], 1);
+    let (ok, out, _) = precogctl(&daemon, &["top", "--count", "2", "--bus", gone]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (ok, _, err) = precogctl(&daemon, &["flush", "--bus", gone]);
+    assert!(!ok, "a change needs the bus: {err}");
+}
+
+#[test]
+fn precogd_without_a_reachable_bus_still_serves_its_socket() {
+    if let Some(why) = missing_tool() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let daemon = Daemon::start("unix:path=/nonexistent/precog-test-bus");
+    let reply = daemon.call(json!({"op": "ping"}));
+    assert_eq!(reply["ok"], true);
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("running without the D-Bus interface").count(),
+        1,
+        "{log}"
+    );
+}
