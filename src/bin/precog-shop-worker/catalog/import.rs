@@ -77,7 +77,7 @@ fn product_hash(purpose: &str, sku: &str) -> u32 {
 /// Units in stock: about one product in ten is sold out, the rest have 1-120.
 pub fn derived_stock(sku: &str) -> i64 {
     let hash = product_hash("stock", sku);
-    if hash % 10 == 0 {
+    if hash.is_multiple_of(10) {
         0
     } else {
         i64::from((hash / 10) % 120 + 1)
