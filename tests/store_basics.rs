@@ -326,3 +326,26 @@ fn cache_and_state_files_can_share_a_directory_but_not_a_kind() {
     let (_states, set_aside) = StateStore::open(dir.path(), 4 * MIB, 64 * 1024).unwrap();
     assert!(set_aside.is_empty());
 }
+
+#[test]
+fn expired_checkpoints_are_removed_and_fresh_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut states, _) = StateStore::open(dir.path(), 4 * MIB, 4096).unwrap();
+    let checkpoint = vec![3u8; 3000];
+    for n in 0..2_000u32 {
+        let ttl = if n < 1_000 { 100 } else { 1_000_000 };
+        states
+            .put(format!("job:{n}").as_bytes(), &checkpoint, 0, ttl)
+            .unwrap();
+    }
+    let before = states.stats().entries;
+    let removed = states.remove_expired(1_000);
+    assert!(removed > 0, "no expired checkpoint was removed");
+    assert_eq!(states.stats().entries, before - removed);
+    for n in 1_000..2_000u32 {
+        let got = states.get(format!("job:{n}").as_bytes(), 1_000);
+        assert!(got.is_none() || got == Some(checkpoint.clone()));
+    }
+    assert_eq!(states.get(b"job:1999", 1_000), Some(checkpoint));
+    assert_eq!(states.get(b"job:0", 1_000), None);
+}

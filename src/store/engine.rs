@@ -75,7 +75,7 @@ impl Engine {
             layout,
             segments,
             current,
-            next_seq: newest + 1,
+            next_seq: newest.saturating_add(1),
             // Survivors of a reclaim take at most half a segment, so this always fits beside them.
             max_record: (layout.segment_len / 2) as usize,
             stats: StoreStats {
@@ -277,7 +277,12 @@ impl Engine {
             let (slot_hash, word) = self.slot(slot);
             if slot_hash == hash {
                 let old = SlotLocation::unpack(word);
-                self.stats.bytes_used = self.stats.bytes_used.saturating_sub(old.len) + loc.len;
+                let old_len = if old.segment(&self.layout).is_some() {
+                    old.len
+                } else {
+                    0
+                };
+                self.stats.bytes_used = self.stats.bytes_used.saturating_sub(old_len) + loc.len;
                 self.write_slot_location(slot, loc);
                 return;
             }
@@ -331,7 +336,7 @@ impl Engine {
             fill: 0,
             max_expiry_ms: 0,
         };
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         self.set_segment(segment, meta);
     }
 
@@ -451,7 +456,9 @@ impl Engine {
     /// tombstones.
     fn remove_slot(&mut self, slot: usize, loc: SlotLocation) {
         self.stats.entries = self.stats.entries.saturating_sub(1);
-        self.stats.bytes_used = self.stats.bytes_used.saturating_sub(loc.len);
+        if loc.segment(&self.layout).is_some() {
+            self.stats.bytes_used = self.stats.bytes_used.saturating_sub(loc.len);
+        }
 
         let mask = self.layout.slot_mask();
         let mut hole = slot;
@@ -478,7 +485,13 @@ impl Engine {
         for slot in index.chunks_exact(16).take(self.layout.slot_count as usize) {
             if read_u64(slot, 0) != 0 {
                 entries += 1;
-                bytes += SlotLocation::unpack(read_u64(slot, 8)).len;
+                // A damaged slot is dropped when it is read; until then it counts no bytes.
+                let loc = SlotLocation::unpack(read_u64(slot, 8));
+                bytes += if loc.segment(&self.layout).is_some() {
+                    loc.len
+                } else {
+                    0
+                };
             }
         }
         self.stats.entries = entries;

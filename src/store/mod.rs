@@ -18,7 +18,15 @@
 //! with their segment without ever being visited. Stale or damaged records found on the way are
 //! dropped lazily.
 //!
+//! Because the whole file is reserved at open, a disk that fills later cannot make a put fail or
+//! fault: the store keeps cycling through its own space. What can still fail is writing dirty
+//! pages back (`sync`, e.g. EIO or ENOSPC on a thin or network volume); the first such error
+//! is returned, the store is marked `disabled` (puts are then ignored, gets still served) and
+//! later errors are only counted, so the daemon logs it once.
+//!
 //! The daemon owns each store from one task; the stores take `&mut self` and do no locking.
+//! `sync` waits for the write-back (about half a second for a freshly filled 1 GiB cache on
+//! this kind of machine), so the daemon calls it from a blocking thread or at stop.
 
 mod cache;
 mod engine;
