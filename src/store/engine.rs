@@ -87,6 +87,7 @@ impl Engine {
             engine.start_segment(0);
         }
         engine.count_entries();
+        engine.advise_random_reads();
         Ok((engine, set_aside))
     }
 
@@ -477,6 +478,17 @@ impl Engine {
         }
         self.write_slot_hash(hole, 0);
         self.write_slot_location(hole, SlotLocation::unpack(0));
+    }
+
+    /// Records are read one at a time at scattered places, so read-ahead around a fault would
+    /// only fetch neighbours nobody asked for; it is a hint, and failing it changes nothing.
+    fn advise_random_reads(&self) {
+        let data = self.layout.data_at as usize;
+        let len = self.layout.capacity as usize - data;
+        let _ = self
+            .file
+            .map
+            .advise_range(memmap2::Advice::Random, data, len);
     }
 
     fn count_entries(&mut self) {
