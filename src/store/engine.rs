@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::atomic::{Ordering, fence};
 
 use crate::store::files::{SetAside, StoreFile};
+use crate::store::index::Slots;
 use crate::store::layout::{
     Layout, LayoutError, SegmentMeta, SlotLocation, StoreKind, choose_victim, key_hash,
-    probe_distance,
 };
-use crate::store::record::{Record, decode_record, encode_record, read_u64, record_len};
+use crate::store::record::{Record, decode_record, encode_record, record_len};
 use crate::store::{StoreError, StoreStats};
 
 /// A record kept through a reclaim because it was read since it was written and is still fresh.
@@ -107,45 +107,40 @@ impl Engine {
     /// dropped from the index on the way.
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
         let hash = key_hash(self.file.hash_seed, key);
-        let mask = self.layout.slot_mask();
-        let mut slot = hash as usize & mask;
-
-        for _ in 0..self.layout.slot_count {
-            let (slot_hash, word) = self.slot(slot);
-            if slot_hash == 0 {
-                break;
-            }
-            if slot_hash == hash {
-                let loc = SlotLocation::unpack(word);
-                match self.record_at(loc) {
-                    Some(Ok(record)) if record.key != key => {}
-                    Some(Ok(record)) if record.is_fresh(now_ms) => {
-                        let value = record.value.to_vec();
-                        if !loc.referenced {
-                            self.write_slot_location(
-                                slot,
-                                SlotLocation {
-                                    referenced: true,
-                                    ..loc
-                                },
-                            );
-                        }
-                        self.stats.hits += 1;
-                        return Some(value);
-                    }
-                    Some(Ok(_)) => {
-                        self.stats.expired += 1;
-                        self.remove_slot(slot, loc);
-                        break;
-                    }
-                    _ => {
-                        self.stats.damaged_dropped += 1;
-                        self.remove_slot(slot, loc);
-                        break;
-                    }
+        let mut found = Found::Missing;
+        for (slot, loc) in self.slots().chain(hash) {
+            found = match self.record_at(loc) {
+                Some(Ok(record)) if record.key != key => continue,
+                Some(Ok(record)) if record.is_fresh(now_ms) => {
+                    Found::Fresh(slot, loc, record.value.to_vec())
                 }
+                Some(Ok(_)) => Found::Stale(slot, loc),
+                _ => Found::Damaged(slot, loc),
+            };
+            break;
+        }
+
+        match found {
+            Found::Fresh(slot, loc, value) => {
+                if !loc.referenced {
+                    let referenced = SlotLocation {
+                        referenced: true,
+                        ..loc
+                    };
+                    self.slots_mut().set_location(slot, referenced);
+                }
+                self.stats.hits += 1;
+                return Some(value);
             }
-            slot = (slot + 1) & mask;
+            Found::Stale(slot, loc) => {
+                self.stats.expired += 1;
+                self.remove_slot(slot, loc);
+            }
+            Found::Damaged(slot, loc) => {
+                self.stats.damaged_dropped += 1;
+                self.remove_slot(slot, loc);
+            }
+            Found::Missing => {}
         }
         self.stats.misses += 1;
         None
@@ -183,23 +178,13 @@ impl Engine {
 
     pub fn remove(&mut self, key: &[u8]) {
         let hash = key_hash(self.file.hash_seed, key);
-        let mask = self.layout.slot_mask();
-        let mut slot = hash as usize & mask;
-        for _ in 0..self.layout.slot_count {
-            let (slot_hash, word) = self.slot(slot);
-            if slot_hash == 0 {
-                return;
-            }
-            if slot_hash == hash {
-                let loc = SlotLocation::unpack(word);
-                let other_key = matches!(self.record_at(loc), Some(Ok(r)) if r.key != key);
-                if !other_key {
-                    self.remove_slot(slot, loc);
-                    self.stats.removed += 1;
-                    return;
-                }
-            }
-            slot = (slot + 1) & mask;
+        let target = self.slots().chain(hash).find(|(_, loc)| {
+            // A damaged record under this hash goes too: it can serve nobody.
+            !matches!(self.record_at(*loc), Some(Ok(r)) if r.key != key)
+        });
+        if let Some((slot, loc)) = target {
+            self.remove_slot(slot, loc);
+            self.stats.removed += 1;
         }
     }
 
@@ -268,34 +253,21 @@ impl Engine {
         self.publish(key_hash(self.file.hash_seed, key), loc);
     }
 
-    /// Points the key's slot at a new record. A slot with the same hash is taken over without
-    /// comparing keys: two keys sharing a seeded 64-bit hash only cost one cache entry, since
-    /// reads compare the full key.
+    /// Points the key's slot at a new record, replacing an older one.
     fn publish(&mut self, hash: u64, loc: SlotLocation) {
-        let mask = self.layout.slot_mask();
-        let mut slot = hash as usize & mask;
-        for _ in 0..self.layout.slot_count {
-            let (slot_hash, word) = self.slot(slot);
-            if slot_hash == hash {
-                let old = SlotLocation::unpack(word);
+        match self.slots_mut().publish(hash, loc) {
+            Some(old) => {
                 let old_len = if old.segment(&self.layout).is_some() {
                     old.len
                 } else {
                     0
                 };
                 self.stats.bytes_used = self.stats.bytes_used.saturating_sub(old_len) + loc.len;
-                self.write_slot_location(slot, loc);
-                return;
             }
-            if slot_hash == 0 {
-                self.write_slot_location(slot, loc);
-                fence(Ordering::Release);
-                self.write_slot_hash(slot, hash);
+            None => {
                 self.stats.entries += 1;
                 self.stats.bytes_used += loc.len;
-                return;
             }
-            slot = (slot + 1) & mask;
         }
     }
 
@@ -348,8 +320,8 @@ impl Engine {
         let (residents, whole) = self.walk_segment(segment, now_ms, second_chance);
         let mut survivors = Vec::new();
         for resident in residents {
-            if let Some(slot) = self.find_slot_at(resident.hash, resident.offset) {
-                let loc = SlotLocation::unpack(self.slot(slot).1);
+            if let Some(slot) = self.slots().find_at(resident.hash, resident.offset) {
+                let loc = self.slots().get(slot).1;
                 self.remove_slot(slot, loc);
                 match resident.survivor {
                     Some(survivor) => survivors.push(survivor),
@@ -389,8 +361,8 @@ impl Engine {
             let len = record_len(record.key.len(), record.value.len());
             let offset = segment as u64 * self.layout.segment_len + at as u64;
             let hash = key_hash(self.file.hash_seed, record.key);
-            if let Some(slot) = self.find_slot_at(hash, offset) {
-                let referenced = SlotLocation::unpack(self.slot(slot).1).referenced;
+            if let Some(slot) = self.slots().find_at(hash, offset) {
+                let referenced = self.slots().get(slot).1.referenced;
                 let fresh = record.is_fresh(now_ms);
                 let keep = second_chance && referenced && fresh && kept + len as u64 <= budget;
                 kept += if keep { len as u64 } else { 0 };
@@ -411,8 +383,7 @@ impl Engine {
     fn drop_slots_into(&mut self, segment: usize) {
         for slot in 0..self.layout.slot_count as usize {
             loop {
-                let (hash, word) = self.slot(slot);
-                let loc = SlotLocation::unpack(word);
+                let (hash, loc) = self.slots().get(slot);
                 if hash == 0 || loc.segment(&self.layout) != Some(segment) {
                     break;
                 }
@@ -420,22 +391,6 @@ impl Engine {
                 self.stats.evicted += 1;
             }
         }
-    }
-
-    fn find_slot_at(&self, hash: u64, offset: u64) -> Option<usize> {
-        let mask = self.layout.slot_mask();
-        let mut slot = hash as usize & mask;
-        for _ in 0..self.layout.slot_count {
-            let (slot_hash, word) = self.slot(slot);
-            if slot_hash == 0 {
-                return None;
-            }
-            if slot_hash == hash && SlotLocation::unpack(word).offset == offset {
-                return Some(slot);
-            }
-            slot = (slot + 1) & mask;
-        }
-        None
     }
 
     /// The record a slot points to: None when the location is outside the written part of a
@@ -453,31 +408,12 @@ impl Engine {
         Some(decode_record(&self.file.map[at..at + loc.len as usize]))
     }
 
-    /// Clears a slot by backward-shift deletion, so probe chains stay unbroken without
-    /// tombstones.
     fn remove_slot(&mut self, slot: usize, loc: SlotLocation) {
         self.stats.entries = self.stats.entries.saturating_sub(1);
         if loc.segment(&self.layout).is_some() {
             self.stats.bytes_used = self.stats.bytes_used.saturating_sub(loc.len);
         }
-
-        let mask = self.layout.slot_mask();
-        let mut hole = slot;
-        let mut next = (slot + 1) & mask;
-        for _ in 0..self.layout.slot_count {
-            let (hash, word) = self.slot(next);
-            if hash == 0 {
-                break;
-            }
-            if probe_distance(hash, next, mask) >= next.wrapping_sub(hole) & mask {
-                self.write_slot_location(hole, SlotLocation::unpack(word));
-                self.write_slot_hash(hole, hash);
-                hole = next;
-            }
-            next = (next + 1) & mask;
-        }
-        self.write_slot_hash(hole, 0);
-        self.write_slot_location(hole, SlotLocation::unpack(0));
+        self.slots_mut().remove(slot);
     }
 
     /// Records are read one at a time at scattered places, so read-ahead around a fault would
@@ -492,40 +428,28 @@ impl Engine {
     }
 
     fn count_entries(&mut self) {
-        let index = &self.file.map[self.layout.index_at as usize..];
         let (mut entries, mut bytes) = (0, 0);
-        for slot in index.chunks_exact(16).take(self.layout.slot_count as usize) {
-            if read_u64(slot, 0) != 0 {
-                entries += 1;
-                // A damaged slot is dropped when it is read; until then it counts no bytes.
-                let loc = SlotLocation::unpack(read_u64(slot, 8));
-                bytes += if loc.segment(&self.layout).is_some() {
-                    loc.len
-                } else {
-                    0
-                };
-            }
+        for loc in self.slots().occupied() {
+            entries += 1;
+            // A damaged slot is dropped when it is read; until then it counts no bytes.
+            bytes += if loc.segment(&self.layout).is_some() {
+                loc.len
+            } else {
+                0
+            };
         }
         self.stats.entries = entries;
         self.stats.bytes_used = bytes;
     }
 
-    fn slot(&self, slot: usize) -> (u64, u64) {
-        let at = self.layout.slot_offset(slot);
-        (
-            read_u64(&self.file.map, at),
-            read_u64(&self.file.map, at + 8),
-        )
+    fn slots(&self) -> Slots<&[u8]> {
+        let index = self.layout.index_at as usize..self.layout.data_at as usize;
+        Slots::new(&self.file.map[index], self.layout.slot_count as usize)
     }
 
-    fn write_slot_hash(&mut self, slot: usize, hash: u64) {
-        let at = self.layout.slot_offset(slot);
-        self.file.map[at..at + 8].copy_from_slice(&hash.to_le_bytes());
-    }
-
-    fn write_slot_location(&mut self, slot: usize, loc: SlotLocation) {
-        let at = self.layout.slot_offset(slot) + 8;
-        self.file.map[at..at + 8].copy_from_slice(&loc.pack().to_le_bytes());
+    fn slots_mut(&mut self) -> Slots<&mut [u8]> {
+        let index = self.layout.index_at as usize..self.layout.data_at as usize;
+        Slots::new(&mut self.file.map[index], self.layout.slot_count as usize)
     }
 
     fn set_segment(&mut self, segment: usize, meta: SegmentMeta) {
@@ -533,6 +457,14 @@ impl Engine {
         let at = self.layout.segment_entry_offset(segment);
         self.file.map[at..at + 24].copy_from_slice(&meta.encode());
     }
+}
+
+/// What a lookup found under the key's hash.
+enum Found {
+    Fresh(usize, SlotLocation, Vec<u8>),
+    Stale(usize, SlotLocation),
+    Damaged(usize, SlotLocation),
+    Missing,
 }
 
 fn survivor_of(record: &Record<'_>) -> Survivor {

@@ -94,16 +94,8 @@ impl Layout {
         (self.data_at + segment as u64 * self.segment_len + within) as usize
     }
 
-    pub fn slot_offset(&self, slot: usize) -> usize {
-        self.index_at as usize + slot * SLOT_LEN
-    }
-
     pub fn segment_entry_offset(&self, segment: usize) -> usize {
         self.segment_table_at as usize + segment * SEGMENT_ENTRY_LEN
-    }
-
-    pub fn slot_mask(&self) -> usize {
-        self.slot_count as usize - 1
     }
 
     /// Entries allowed before the index counts as full; linear probing slows sharply past it.

@@ -31,6 +31,7 @@
 mod cache;
 mod engine;
 mod files;
+mod index;
 mod layout;
 mod record;
 mod state;
