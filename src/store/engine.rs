@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{Ordering, fence};
 
 use crate::store::files::{SetAside, StoreFile};
-use crate::store::index::Slots;
+use crate::store::index::{Published, Slots};
 use crate::store::layout::{
     Layout, LayoutError, SegmentMeta, SlotLocation, StoreKind, choose_victim, key_hash,
 };
@@ -256,7 +256,7 @@ impl Engine {
     /// Points the key's slot at a new record, replacing an older one.
     fn publish(&mut self, hash: u64, loc: SlotLocation) {
         match self.slots_mut().publish(hash, loc) {
-            Some(old) => {
+            Published::Replaced(old) => {
                 let old_len = if old.segment(&self.layout).is_some() {
                     old.len
                 } else {
@@ -264,10 +264,13 @@ impl Engine {
                 };
                 self.stats.bytes_used = self.stats.bytes_used.saturating_sub(old_len) + loc.len;
             }
-            None => {
+            Published::Added => {
                 self.stats.entries += 1;
                 self.stats.bytes_used += loc.len;
             }
+            // Unreachable while puts keep the table under its load limit; the record is simply
+            // not indexed, as if evicted at once.
+            Published::Full => self.stats.evicted += 1,
         }
     }
 

@@ -10,6 +10,15 @@ use std::sync::atomic::{Ordering, fence};
 use crate::store::layout::{SLOT_LEN, SlotLocation, probe_distance};
 use crate::store::record::read_u64;
 
+/// What publishing a location did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Added,
+    Replaced(SlotLocation),
+    /// Every slot is taken; nothing was stored.
+    Full,
+}
+
 /// A view of the slots; `B` is `&[u8]` for reading and `&mut [u8]` for changing them.
 pub struct Slots<B> {
     bytes: B,
@@ -75,27 +84,26 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Slots<B> {
         self.bytes.as_mut()[at..at + 8].copy_from_slice(&hash.to_le_bytes());
     }
 
-    /// Points `hash` at `loc`: takes over the first slot with the same hash (returning its old
-    /// location) or fills the first empty one (returning None). Keys are not compared here: two
-    /// keys sharing a seeded 64-bit hash only cost one entry, since reads compare full keys.
-    /// Returns None without storing when the table has no empty slot left.
-    pub fn publish(&mut self, hash: u64, loc: SlotLocation) -> Option<SlotLocation> {
+    /// Points `hash` at `loc`: takes over the first slot with the same hash or fills the first
+    /// empty one. Keys are not compared here: two keys sharing a seeded 64-bit hash only cost
+    /// one entry, since reads compare full keys.
+    pub fn publish(&mut self, hash: u64, loc: SlotLocation) -> Published {
         let home = hash as usize & self.mask;
         for step in 0..=self.mask {
             let slot = (home + step) & self.mask;
             let (slot_hash, old) = self.get(slot);
             if slot_hash == hash {
                 self.set_location(slot, loc);
-                return Some(old);
+                return Published::Replaced(old);
             }
             if slot_hash == 0 {
                 self.set_location(slot, loc);
                 fence(Ordering::Release);
                 self.set_hash(slot, hash);
-                return None;
+                return Published::Added;
             }
         }
-        None
+        Published::Full
     }
 
     /// Empties `slot`, moving later entries of its probe chains back into the hole.
@@ -142,7 +150,7 @@ mod tests {
         let mut slots = Slots::new(vec![0u8; 16 * SLOT_LEN], 16);
         // Hashes 3, 19 and 35 share home slot 3; 4 is displaced by them.
         for (hash, n) in [(3, 1), (19, 2), (4, 3), (35, 4)] {
-            assert_eq!(slots.publish(hash, loc(n)), None);
+            assert_eq!(slots.publish(hash, loc(n)), Published::Added);
         }
         slots.remove(slots.find_at(19, 16).unwrap());
         assert_eq!(lookup(&slots, 3), Some(1));
@@ -166,9 +174,18 @@ mod tests {
     fn publishing_the_same_hash_replaces() {
         let mut slots = Slots::new(vec![0u8; 8 * SLOT_LEN], 8);
         slots.publish(5, loc(1));
-        assert_eq!(slots.publish(5, loc(2)), Some(loc(1)));
+        assert_eq!(slots.publish(5, loc(2)), Published::Replaced(loc(1)));
         assert_eq!(lookup(&slots, 5), Some(2));
         assert_eq!(slots.occupied().count(), 1);
+    }
+
+    #[test]
+    fn a_full_table_stores_nothing() {
+        let mut slots = Slots::new(vec![0u8; 2 * SLOT_LEN], 2);
+        slots.publish(1, loc(1));
+        slots.publish(2, loc(2));
+        assert_eq!(slots.publish(3, loc(3)), Published::Full);
+        assert_eq!((lookup(&slots, 1), lookup(&slots, 3)), (Some(1), None));
     }
 
     proptest! {
