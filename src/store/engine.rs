@@ -13,9 +13,10 @@ use std::sync::atomic::{Ordering, fence};
 use crate::store::files::{SetAside, StoreFile};
 use crate::store::index::{Published, Slots};
 use crate::store::layout::{
-    Layout, LayoutError, SegmentMeta, SlotLocation, StoreKind, choose_victim, key_hash,
+    CLOSED_AT, CLOSED_MARK, Layout, LayoutError, SegmentMeta, SlotLocation, StoreKind,
+    choose_victim, key_hash,
 };
-use crate::store::record::{Record, decode_record, encode_record, record_len};
+use crate::store::record::{Record, decode_record, encode_record, read_u64, record_len};
 use crate::store::{StoreError, StoreStats};
 
 /// A record kept through a reclaim because it was read since it was written and is still fresh.
@@ -86,6 +87,13 @@ impl Engine {
         if newest == 0 {
             engine.start_segment(0);
         }
+        // Only a process killed inside a removal leaves repeated slots: skip the scan after a
+        // clean close.
+        let closed = read_u64(&engine.file.map, CLOSED_AT) == CLOSED_MARK;
+        engine.file.map[CLOSED_AT..CLOSED_AT + 8].fill(0);
+        if !closed {
+            engine.slots_mut().remove_repeated_hashes();
+        }
         engine.count_entries();
         engine.advise_random_reads();
         Ok((engine, set_aside))
@@ -110,7 +118,14 @@ impl Engine {
         let mut found = Found::Missing;
         for (slot, loc) in self.slots().chain(hash) {
             found = match self.record_at(loc) {
-                Some(Ok(record)) if record.key != key => continue,
+                // Another key with the same hash; unless the slot is debris of an interrupted
+                // removal, whose record's own hash differs from the slot's.
+                Some(Ok(record)) if record.key != key => {
+                    if key_hash(self.file.hash_seed, record.key) == hash {
+                        continue;
+                    }
+                    Found::Damaged(slot, loc)
+                }
                 Some(Ok(record)) if record.is_fresh(now_ms) => {
                     Found::Fresh(slot, loc, record.value.to_vec())
                 }
@@ -326,6 +341,11 @@ impl Engine {
             if let Some(slot) = self.slots().find_at(resident.hash, resident.offset) {
                 let loc = self.slots().get(slot).1;
                 self.remove_slot(slot, loc);
+                // A killed removal may have left the entry twice.
+                while let Some(again) = self.slots().find_at(resident.hash, resident.offset) {
+                    self.slots_mut().remove(again);
+                    self.stats.entries = self.stats.entries.saturating_sub(1);
+                }
                 match resident.survivor {
                     Some(survivor) => survivors.push(survivor),
                     None if resident.fresh => self.stats.evicted += 1,
@@ -468,6 +488,12 @@ enum Found {
     Stale(usize, SlotLocation),
     Damaged(usize, SlotLocation),
     Missing,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.file.map[CLOSED_AT..CLOSED_AT + 8].copy_from_slice(&CLOSED_MARK.to_le_bytes());
+    }
 }
 
 fn survivor_of(record: &Record<'_>) -> Survivor {

@@ -106,6 +106,36 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Slots<B> {
         Published::Full
     }
 
+    /// Removes the later of two slots with the same hash in one cluster and returns how many
+    /// went. `publish` never makes such pairs, but a process killed in the middle of `remove`
+    /// can leave an entry in both its old and new slot; the earlier one is the one lookups find.
+    pub fn remove_repeated_hashes(&mut self) -> usize {
+        let slot_count = self.mask + 1;
+        // Start after an empty slot, so no cluster wraps around the scan's start.
+        let Some(start) = (0..slot_count).find(|&slot| self.get(slot).0 == 0) else {
+            return 0;
+        };
+        let mut removed = 0;
+        let mut cluster: Vec<u64> = Vec::new();
+        let mut step = 1;
+        while step <= slot_count {
+            let slot = (start + step) & self.mask;
+            let (hash, _) = self.get(slot);
+            if hash == 0 {
+                cluster.clear();
+            } else if cluster.contains(&hash) {
+                // The shift brings the next entry into this slot: look at it again.
+                self.remove(slot);
+                removed += 1;
+                continue;
+            } else {
+                cluster.push(hash);
+            }
+            step += 1;
+        }
+        removed
+    }
+
     /// Empties `slot`, moving later entries of its probe chains back into the hole.
     pub fn remove(&mut self, slot: usize) {
         let mask = self.mask;
@@ -177,6 +207,24 @@ mod tests {
         assert_eq!(slots.publish(5, loc(2)), Published::Replaced(loc(1)));
         assert_eq!(lookup(&slots, 5), Some(2));
         assert_eq!(slots.occupied().count(), 1);
+    }
+
+    #[test]
+    fn entries_left_twice_by_an_interrupted_removal_are_dropped() {
+        let mut slots = Slots::new(vec![0u8; 16 * SLOT_LEN], 16);
+        for (hash, n) in [(3, 1), (19, 2), (35, 3), (8, 4)] {
+            slots.publish(hash, loc(n));
+        }
+        // As if a removal of slot 3 was killed after copying slot 4 into it.
+        let copied = slots.get(4);
+        slots.set_location(3, copied.1);
+        slots.set_hash(3, copied.0);
+        assert_eq!(slots.occupied().count(), 4);
+
+        assert_eq!(slots.remove_repeated_hashes(), 1);
+        assert_eq!(slots.occupied().count(), 3);
+        assert_eq!((lookup(&slots, 19), lookup(&slots, 35)), (Some(2), Some(3)));
+        assert_eq!((lookup(&slots, 3), lookup(&slots, 8)), (None, Some(4)));
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub const HEADER_LEN: usize = 4096;
 pub const MAGIC: [u8; 8] = *b"PRECOGST";
 pub const VERSION: u32 = 1;
 const HEADER_CRC_AT: usize = 64;
+/// Where the header says the last owner closed the file, outside the checksummed part because
+/// it changes at every open and close.
+pub const CLOSED_AT: usize = 256;
+pub const CLOSED_MARK: u64 = u64::from_le_bytes(*b"CLOSEDOK");
 const PAGE: u64 = 4096;
 
 /// Bytes of one index slot: key hash, then the packed location of its record.
