@@ -5,7 +5,8 @@
 //! index slot, with a fence between, so a process killed at any instant leaves at worst a record
 //! nobody points to, or a slot whose record fails its checksum or key check and is dropped when
 //! read. Nothing is ever overwritten in place except by reclaiming a whole segment, and a segment's
-//! slots are cleared before it is reused.
+//! slots are cleared before it is reused. A process killed inside an index removal can leave an
+//! entry in two slots; the header's close mark tells the next open to repair that.
 
 use std::path::Path;
 use std::sync::atomic::{Ordering, fence};
