@@ -17,6 +17,7 @@ use precog::config::{self, Config};
 use precog::control::{self, ReloadRequest};
 use precog::engine::{self, EngineHandle, EngineParts};
 use precog::server::{self, Access, ServerSettings, systemd};
+use precog::store::{ResultCache, SetAside, StateStore, StoreError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -146,6 +147,42 @@ fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
     }
 }
 
+/// Opens the result cache and the partial-state store. A store held by another precogd is an
+/// error; any other failure (a full disk, say) is said once and precog runs without that store.
+fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<StateStore>)> {
+    fn report(which: &str, set_aside: &[SetAside]) {
+        for s in set_aside {
+            tracing::warn!(store = which, file = %s.path.display(), reason = %s.reason,
+                "a damaged store file was set aside; starting with an empty store");
+        }
+    }
+    let d = &cfg.daemon;
+    let cache = match ResultCache::open(&d.cache_dir, d.cache_size.0) {
+        Ok((c, aside)) => {
+            report("result cache", &aside);
+            Some(c)
+        }
+        Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "running without a result cache");
+            None
+        }
+    };
+    let state_capacity = (d.cache_size.0 / 8).max(4 << 20);
+    let states = match StateStore::open(&d.state_dir, state_capacity, d.state_max.0 as usize) {
+        Ok((s, aside)) => {
+            report("partial-state store", &aside);
+            Some(s)
+        }
+        Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "running without a partial-state store");
+            None
+        }
+    };
+    Ok((cache, states))
+}
+
 fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
     Arc::new(ServerSettings {
         max_connections: cfg.daemon.max_connections,
@@ -164,8 +201,11 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
         }
     };
 
+    let (cache, states) = open_stores(&cfg)?;
     let parts = EngineParts {
         cgroups: setup_cgroups(&cfg),
+        cache,
+        states,
     };
     let engine = engine::start(cfg.clone(), parts).context("cannot start the engine")?;
 

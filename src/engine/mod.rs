@@ -21,9 +21,10 @@ use crate::cgroup::{Cgroups, PoolLimits};
 use crate::config::Config;
 use crate::pool::{CgroupPlacement, JobOutcome, Placement, Pool, PoolError, PoolSettings};
 use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
+use crate::store::{ResultCache, StateStore};
 
 pub use control::{ControlOp, EngineEvent};
-pub use run::{JobKey, canonical_json};
+pub use run::JobKey;
 pub use stats::Counters;
 
 /// Who sent a request, from the socket's peer credentials.
@@ -47,6 +48,10 @@ pub enum Command {
     JobDone {
         key: JobKey,
         outcome: JobOutcome,
+    },
+    Checkpoint {
+        key: Vec<u8>,
+        state: Value,
     },
     Reload {
         config: Box<Config>,
@@ -147,6 +152,10 @@ impl EngineHandle {
 pub struct EngineParts {
     /// The cgroup subtree for the pools; `None` runs workers without cgroups.
     pub cgroups: Option<Cgroups>,
+    /// The result cache; `None` runs without one.
+    pub cache: Option<ResultCache>,
+    /// Partial states of interrupted jobs; `None` runs without.
+    pub states: Option<StateStore>,
 }
 
 struct Engine {
@@ -161,6 +170,10 @@ struct Engine {
     threshold: Option<f64>,
     cgroups: Option<Cgroups>,
     placements: HashMap<String, Arc<CgroupPlacement>>,
+    cache: Option<ResultCache>,
+    states: Option<StateStore>,
+    /// Stores whose failure was already logged.
+    store_warned: std::collections::HashSet<&'static str>,
 }
 
 /// Starts the engine task and its pools.
@@ -178,6 +191,9 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         threshold: None,
         cgroups: parts.cgroups,
         placements: HashMap::new(),
+        cache: parts.cache,
+        states: parts.states,
+        store_warned: Default::default(),
     };
     for p in &config.pools {
         engine.start_pool(p)?;
@@ -220,6 +236,7 @@ impl Engine {
                     reply,
                 } => self.request(op, client, received, reply),
                 Command::JobDone { key, outcome } => self.job_done(key, outcome),
+                Command::Checkpoint { key, state } => self.save_state(&key, &state),
                 Command::Reload { config, reply } => {
                     let _ = reply.send(self.reload(*config));
                 }
@@ -257,6 +274,7 @@ impl Engine {
                             _ = tokio::time::sleep_until(deadline) => break,
                         }
                     }
+                    self.sync_stores();
                     self.placements.clear();
                     if let Some(cg) = self.cgroups.take()
                         && let Err(e) = cg.remove()
@@ -373,7 +391,35 @@ impl Engine {
 
     /// Drops every cached result; returns how many there were.
     fn flush_cache(&mut self) -> u64 {
-        0
+        let Some(cache) = self.cache.as_mut() else {
+            return 0;
+        };
+        let entries = cache.stats().entries;
+        match cache.clear() {
+            Ok(()) => {
+                tracing::info!(entries, "result cache flushed");
+                entries
+            }
+            Err(e) => {
+                self.store_error("result cache", &e);
+                0
+            }
+        }
+    }
+
+    /// Writes the stores' pages to disk (at stop; the kernel writes them back on its own
+    /// otherwise, and a crash of the daemon alone loses nothing that was stored).
+    fn sync_stores(&mut self) {
+        if let Some(c) = self.cache.as_mut()
+            && let Err(e) = c.sync()
+        {
+            tracing::warn!(error = %e, "cannot write the result cache to disk");
+        }
+        if let Some(s) = self.states.as_mut()
+            && let Err(e) = s.sync()
+        {
+            tracing::warn!(error = %e, "cannot write the partial states to disk");
+        }
     }
 }
 
