@@ -50,7 +50,8 @@ fn results_of_processes_not_declared_idempotent_are_never_cached() {
 
 #[test]
 fn each_kind_of_bad_store_file_is_set_aside_at_start() {
-    let kinds: [(&str, fn(&Path)); 5] = [
+    type Damage = fn(&Path);
+    let kinds: [(&str, Damage); 5] = [
         ("empty", |p| std::fs::write(p, b"").unwrap()),
         ("zeros", |p| std::fs::write(p, vec![0u8; 1 << 20]).unwrap()),
         ("truncated", |p| {
