@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::predict::Predictor;
+use crate::predict::{Predictor, StepTuning};
 use crate::profile::Event;
 pub use readers::{JD_EPOCH_MS, JD_SESSION_SPACING_MS, RecordEvent, SessionRecord, read_sessions};
 
@@ -234,6 +234,15 @@ pub fn evaluate(path: &Path, format: Format) -> Result<EvalReport, EvalError> {
 
 /// [`evaluate`] over sessions already read, with a given configuration.
 pub fn evaluate_sessions(sessions: &[SessionRecord], cfg: &Config) -> EvalReport {
+    evaluate_tuned(sessions, cfg, None)
+}
+
+/// [`evaluate_sessions`] with the step mixer's knobs set, to compare model variants.
+pub fn evaluate_tuned(
+    sessions: &[SessionRecord],
+    cfg: &Config,
+    tuning: Option<StepTuning>,
+) -> EvalReport {
     let mut order: Vec<(u64, usize, usize)> = sessions
         .iter()
         .enumerate()
@@ -247,6 +256,9 @@ pub fn evaluate_sessions(sessions: &[SessionRecord], cfg: &Config) -> EvalReport
     order.sort_unstable();
 
     let mut predictor = Predictor::new(cfg);
+    if let Some(t) = tuning {
+        predictor.set_step_tuning(t);
+    }
     let mut baselines = Baselines::default();
     let (mut precog, mut popularity, mut markov) =
         (Tally::default(), Tally::default(), Tally::default());

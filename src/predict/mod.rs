@@ -31,7 +31,7 @@ use crate::partition::{Partitioner, declared_inputs};
 use crate::profile::{Event, Profile, Profiles};
 pub use graph::DepGraph;
 pub use runs::{HORIZON, RunModel};
-pub use steps::{Context, StepModel, context_of};
+pub use steps::{CONTEXTS, Context, StepModel, StepTuning, context_of};
 
 /// Events a hint stays in force for, unless the app sends a new one.
 const HINT_EVENTS: u8 = 3;
@@ -359,6 +359,11 @@ impl Predictor {
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         ranked
+    }
+
+    /// Changes the step mixer's knobs (for experiments; the defaults are the measured best).
+    pub fn set_step_tuning(&mut self, tuning: StepTuning) {
+        self.steps.set_tuning(tuning);
     }
 
     pub fn step_id(&self, name: &str) -> Option<u16> {

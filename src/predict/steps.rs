@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::profile::Profile;
 
 /// Contexts the model keeps counts for (see [`context_keys`]).
-pub const CONTEXTS: usize = 12;
+pub const CONTEXTS: usize = 14;
 
 /// Experts the mixer blends: the contexts plus the session's own habit.
 pub const EXPERTS: usize = CONTEXTS + 1;
@@ -34,8 +34,34 @@ pub const MAX_STEPS: usize = 1024;
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
 
-const LEARNING_RATE: f32 = 0.02;
-const BACKOFF: f32 = 0.4;
+/// Weight sets the mixer may select among by the last step (the last set is shared).
+const WEIGHT_SETS: usize = 64;
+
+/// The mixer's knobs. The defaults are the ones `eval` scored best; the others are kept so the
+/// comparison can be rerun (`tests/predict_tuning.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepTuning {
+    pub learning_rate: f32,
+    /// Pseudo-count pulling each context towards the one below it.
+    pub backoff: f32,
+    /// Which experts take part (bit i: expert i; bit CONTEXTS: the session's habit).
+    pub experts: u32,
+    /// One weight set per last step instead of one for all.
+    pub weight_sets_by_step: bool,
+    pub initial_weight: f32,
+}
+
+impl Default for StepTuning {
+    fn default() -> StepTuning {
+        StepTuning {
+            learning_rate: 0.002,
+            backoff: 0.4,
+            experts: u32::MAX,
+            weight_sets_by_step: true,
+            initial_weight: 0.07,
+        }
+    }
+}
 
 /// Counts of the steps that followed one context.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -98,8 +124,9 @@ pub struct StepModel {
     ids: HashMap<String, u16>,
     pub order0: Counts,
     pub tables: KeyMap<Counts>,
-    /// Mixer weights per expert and confidence bucket.
+    /// Mixer weights per weight set, expert and confidence bucket.
     pub weights: Vec<[f32; CONFIDENCE]>,
+    pub tuning: StepTuning,
     #[serde(skip)]
     pub half_life_ms: f64,
 }
@@ -118,7 +145,11 @@ impl StepModel {
             ids: HashMap::new(),
             order0: Counts::default(),
             tables: KeyMap::default(),
-            weights: vec![[0.3; CONFIDENCE]; EXPERTS],
+            weights: vec![
+                [StepTuning::default().initial_weight; CONFIDENCE];
+                EXPERTS * WEIGHT_SETS
+            ],
+            tuning: StepTuning::default(),
             half_life_ms,
         }
     }
@@ -126,7 +157,7 @@ impl StepModel {
     /// Rebuilds the name index after loading and checks that every id is in range.
     pub fn restore(&mut self, half_life_ms: f64) -> Result<(), String> {
         self.half_life_ms = half_life_ms;
-        if self.names.len() > MAX_STEPS || self.weights.len() != EXPERTS {
+        if self.names.len() > MAX_STEPS || self.weights.len() != EXPERTS * WEIGHT_SETS {
             return Err("step table has the wrong shape".into());
         }
         self.ids = self
@@ -144,6 +175,25 @@ impl StepModel {
             return Err("a mixer weight is not a number".into());
         }
         Ok(())
+    }
+
+    /// Changes the mixer's knobs and starts its weights afresh.
+    pub fn set_tuning(&mut self, tuning: StepTuning) {
+        self.tuning = tuning;
+        self.weights = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * WEIGHT_SETS];
+    }
+
+    fn weight_set(&self, ctx: &Context) -> usize {
+        if !self.tuning.weight_sets_by_step {
+            return 0;
+        }
+        ctx.last_step
+            .map_or(WEIGHT_SETS - 1, |s| (s as usize).min(WEIGHT_SETS - 1))
+            * EXPERTS
+    }
+
+    fn uses(&self, expert: usize) -> bool {
+        self.tuning.experts & (1 << expert) != 0
     }
 
     pub fn id(&self, name: &str) -> Option<u16> {
@@ -197,6 +247,7 @@ impl StepModel {
             }
         };
 
+        let backoff = self.tuning.backoff;
         let f0 = decay(&self.order0);
         let n0 = self.order0.total * f0;
         let prior = 0.1f32;
@@ -218,11 +269,11 @@ impl StepModel {
             let base = if i <= 1 { &p0 } else { &order1 };
             let row = &mut out.x[i * v..(i + 1) * v];
             for s in 0..v {
-                row[s] = BACKOFF * base[s] / (n + BACKOFF);
+                row[s] = backoff * base[s] / (n + backoff);
             }
             if let Some(c) = counts {
                 for (s, k) in &c.next {
-                    row[*s as usize] += k * f / (n + BACKOFF);
+                    row[*s as usize] += k * f / (n + backoff);
                 }
             }
             if i == 1 {
@@ -241,22 +292,23 @@ impl StepModel {
             .sum();
         out.buckets[i] = confidence(n);
         for (x, base) in out.x[row_start..row_start + v].iter_mut().zip(&order1) {
-            *x = BACKOFF * base / (n + BACKOFF);
+            *x = backoff * base / (n + backoff);
         }
         for (a, b, c) in habit {
             if Some(*a) == last && (*b as usize) < v {
-                out.x[row_start + *b as usize] += c / (n + BACKOFF);
+                out.x[row_start + *b as usize] += c / (n + backoff);
             }
         }
 
         for x in out.x.iter_mut() {
             *x = x.max(1e-6).ln();
         }
+        let set = self.weight_set(ctx);
         let mut max = f32::MIN;
         for s in 0..v {
             let mut logit = 0.0;
-            for e in 0..EXPERTS {
-                logit += self.weights[e][out.buckets[e]] * out.x[e * v + s];
+            for e in (0..EXPERTS).filter(|e| self.uses(*e)) {
+                logit += self.weights[set + e][out.buckets[e]] * out.x[e * v + s];
             }
             out.q[s] = logit;
             max = max.max(logit);
@@ -277,12 +329,15 @@ impl StepModel {
         self.mix(ctx, habit, now_ms, &mut scratch);
         let v = self.names.len();
         if (step as usize) < v {
-            for e in 0..EXPERTS {
+            let set = self.weight_set(ctx);
+            let rate = self.tuning.learning_rate;
+            let mask = self.tuning.experts;
+            for e in (0..EXPERTS).filter(|e| mask & (1 << e) != 0) {
                 let row = &scratch.x[e * v..(e + 1) * v];
                 let expected: f32 = row.iter().zip(&scratch.q).map(|(x, q)| x * q).sum();
                 let grad = row[step as usize] - expected;
-                let w = &mut self.weights[e][scratch.buckets[e]];
-                *w = (*w + LEARNING_RATE * grad).clamp(-2.0, 4.0);
+                let w = &mut self.weights[set + e][scratch.buckets[e]];
+                *w = (*w + rate * grad).clamp(-2.0, 4.0);
             }
         }
 
@@ -369,6 +424,8 @@ pub fn context_of(profile: &Profile) -> Context {
         mix_key(&[9, s1, position, distinct]),
         mix_key(&[10, s1, s2, on_item]),
         mix_key(&[11, s1, s2, s3, dwell]),
+        mix_key(&[12, s1, dwell, item_events]),
+        mix_key(&[13, s1, s2, dwell, item_events, visits]),
     ];
     Context {
         keys,
