@@ -52,6 +52,10 @@ pub struct Profile {
     pub item: u64,
     /// Events in a row on the current item, the latest included.
     pub item_events: u16,
+    /// The step that brought the visitor to the current item (how they navigate).
+    pub entry_step: Option<u16>,
+    /// Events in a row the previous item got.
+    pub prev_item_events: u16,
     /// How many separate times the visit came to the current item.
     pub item_visits: u16,
     pub item_since_ms: u64,
@@ -103,7 +107,11 @@ impl Profile {
         (back < len).then(|| self.steps[len - 1 - back])
     }
 
-    pub fn push_step(&mut self, step: u16) {
+    /// Records the newest step; `entered` says it moved to a new item or page.
+    pub fn push_step(&mut self, step: u16, entered: bool) {
+        if entered {
+            self.entry_step = Some(step);
+        }
         let len = self.steps_len as usize;
         if len == RECENT_STEPS {
             self.steps.copy_within(1.., 0);
@@ -166,6 +174,7 @@ impl Profile {
 
     fn enter_item(&mut self, item: u64, ts: u64) {
         self.item = item;
+        self.prev_item_events = self.item_events;
         self.item_events = 1;
         self.item_since_ms = ts;
         if let Some(pos) = self.items.iter().position(|(h, _)| *h == item) {
@@ -413,7 +422,7 @@ mod tests {
     fn steps_keep_the_newest() {
         let mut p = Profile::new(0);
         for s in 0..10u16 {
-            p.push_step(s);
+            p.push_step(s, true);
         }
         assert_eq!(p.step(0), Some(9));
         assert_eq!(p.step(RECENT_STEPS - 1), Some(10 - RECENT_STEPS as u16));
@@ -427,7 +436,7 @@ mod tests {
             let mut e = ev("s", "page_view", Some(&format!("sku-{i}")), i * 1000);
             e.attrs.insert("postal_code".into(), json!("10115"));
             p.observe(&e);
-            p.push_step((i % 20) as u16);
+            p.push_step((i % 20) as u16, true);
             p.hover = Some((i, i));
         }
         let bytes = p.memory_bytes_without_inputs();

@@ -21,6 +21,13 @@ fn compare_step_model_variants() {
     let all = u32::MAX;
     let without = |i: usize| all & !(1 << i);
     let mut variants = vec![("default".to_string(), base)];
+    variants.push((
+        "one mixer".into(),
+        StepTuning {
+            second_mixer: false,
+            ..base
+        },
+    ));
     if std::env::var_os("PRECOG_TUNING_GRID").is_some() {
         for lr in [0.001, 0.002, 0.005] {
             for backoff in [0.4, 1.5] {

@@ -154,7 +154,7 @@ impl Predictor {
             self.partition.consumed(&ev.session, process);
         }
 
-        profile.push_step(step);
+        profile.push_step(step, !observed.same_item);
         let ctx = context_of(profile);
         self.runs.open(profile, &ctx, now);
         profile.context = Some(ctx);

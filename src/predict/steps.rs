@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::profile::Profile;
 
 /// Contexts the model keeps counts for (see [`context_keys`]).
-pub const CONTEXTS: usize = 14;
+pub const CONTEXTS: usize = 18;
 
 /// Experts the mixer blends: the contexts plus the session's own habit.
 pub const EXPERTS: usize = CONTEXTS + 1;
@@ -34,8 +34,14 @@ pub const MAX_STEPS: usize = 1024;
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
 
-/// Weight sets the mixer may select among by the last step (the last set is shared).
+/// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;
+
+/// Weight sets the second mixer selects among by dwell and events on the item.
+const SIGNAL_SETS: usize = 64;
+
+/// Both mixers' weight sets.
+const ALL_SETS: usize = WEIGHT_SETS + SIGNAL_SETS;
 
 /// The mixer's knobs. The defaults are the ones `eval` scored best; the others are kept so the
 /// comparison can be rerun (`tests/predict_tuning.rs`).
@@ -49,6 +55,8 @@ pub struct StepTuning {
     /// One weight set per last step instead of one for all.
     pub weight_sets_by_step: bool,
     pub initial_weight: f32,
+    /// A second mixer, its weights selected by the signals, averaged with the first.
+    pub second_mixer: bool,
 }
 
 impl Default for StepTuning {
@@ -59,6 +67,7 @@ impl Default for StepTuning {
             experts: u32::MAX,
             weight_sets_by_step: true,
             initial_weight: 0.07,
+            second_mixer: true,
         }
     }
 }
@@ -136,6 +145,8 @@ pub struct StepModel {
 pub struct Context {
     pub keys: [u64; CONTEXTS],
     pub last_step: Option<u16>,
+    /// The second mixer's weight set (dwell bucket and events on the item).
+    pub signal_set: u16,
 }
 
 impl StepModel {
@@ -145,10 +156,7 @@ impl StepModel {
             ids: HashMap::new(),
             order0: Counts::default(),
             tables: KeyMap::default(),
-            weights: vec![
-                [StepTuning::default().initial_weight; CONFIDENCE];
-                EXPERTS * WEIGHT_SETS
-            ],
+            weights: vec![[StepTuning::default().initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS],
             tuning: StepTuning::default(),
             half_life_ms,
         }
@@ -157,7 +165,7 @@ impl StepModel {
     /// Rebuilds the name index after loading and checks that every id is in range.
     pub fn restore(&mut self, half_life_ms: f64) -> Result<(), String> {
         self.half_life_ms = half_life_ms;
-        if self.names.len() > MAX_STEPS || self.weights.len() != EXPERTS * WEIGHT_SETS {
+        if self.names.len() > MAX_STEPS || self.weights.len() != EXPERTS * ALL_SETS {
             return Err("step table has the wrong shape".into());
         }
         self.ids = self
@@ -180,7 +188,7 @@ impl StepModel {
     /// Changes the mixer's knobs and starts its weights afresh.
     pub fn set_tuning(&mut self, tuning: StepTuning) {
         self.tuning = tuning;
-        self.weights = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * WEIGHT_SETS];
+        self.weights = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS];
     }
 
     fn weight_set(&self, ctx: &Context) -> usize {
@@ -303,24 +311,46 @@ impl StepModel {
         for x in out.x.iter_mut() {
             *x = x.max(1e-6).ln();
         }
-        let set = self.weight_set(ctx);
-        let mut max = f32::MIN;
-        for s in 0..v {
-            let mut logit = 0.0;
-            for e in (0..EXPERTS).filter(|e| self.uses(*e)) {
-                logit += self.weights[set + e][out.buckets[e]] * out.x[e * v + s];
+        let sets = self.weight_sets(ctx);
+        for (m, set) in sets.iter().enumerate() {
+            let Some(set) = *set else { continue };
+            let q = &mut out.qs[m];
+            q.clear();
+            q.resize(v, 0.0);
+            let mut max = f32::MIN;
+            for (s, q) in q.iter_mut().enumerate() {
+                let mut logit = 0.0;
+                for e in (0..EXPERTS).filter(|e| self.uses(*e)) {
+                    logit += self.weights[set + e][out.buckets[e]] * out.x[e * v + s];
+                }
+                *q = logit;
+                max = max.max(logit);
             }
-            out.q[s] = logit;
-            max = max.max(logit);
+            let mut sum = 0.0;
+            for q in q.iter_mut() {
+                *q = (*q - max).exp();
+                sum += *q;
+            }
+            for q in q.iter_mut() {
+                *q /= sum;
+            }
         }
-        let mut sum = 0.0;
-        for q in out.q.iter_mut() {
-            *q = (*q - max).exp();
-            sum += *q;
+        let mixers = sets.iter().flatten().count() as f32;
+        for s in 0..v {
+            out.q[s] = (0..2)
+                .filter(|m| sets[*m].is_some())
+                .map(|m| out.qs[m][s])
+                .sum::<f32>()
+                / mixers;
         }
-        for q in out.q.iter_mut() {
-            *q /= sum;
-        }
+    }
+
+    fn weight_sets(&self, ctx: &Context) -> [Option<usize>; 2] {
+        let second = self
+            .tuning
+            .second_mixer
+            .then(|| (WEIGHT_SETS + (ctx.signal_set as usize).min(SIGNAL_SETS - 1)) * EXPERTS);
+        [Some(self.weight_set(ctx)), second]
     }
 
     /// Learns that `step` followed `ctx`: one gradient step for the mixer, then the counts.
@@ -329,15 +359,18 @@ impl StepModel {
         self.mix(ctx, habit, now_ms, &mut scratch);
         let v = self.names.len();
         if (step as usize) < v {
-            let set = self.weight_set(ctx);
             let rate = self.tuning.learning_rate;
             let mask = self.tuning.experts;
-            for e in (0..EXPERTS).filter(|e| mask & (1 << e) != 0) {
-                let row = &scratch.x[e * v..(e + 1) * v];
-                let expected: f32 = row.iter().zip(&scratch.q).map(|(x, q)| x * q).sum();
-                let grad = row[step as usize] - expected;
-                let w = &mut self.weights[set + e][scratch.buckets[e]];
-                *w = (*w + rate * grad).clamp(-2.0, 4.0);
+            let sets = self.weight_sets(ctx);
+            for (m, set) in sets.iter().enumerate() {
+                let Some(set) = *set else { continue };
+                for e in (0..EXPERTS).filter(|e| mask & (1 << e) != 0) {
+                    let row = &scratch.x[e * v..(e + 1) * v];
+                    let expected: f32 = row.iter().zip(&scratch.qs[m]).map(|(x, q)| x * q).sum();
+                    let grad = row[step as usize] - expected;
+                    let w = &mut self.weights[set + e][scratch.buckets[e]];
+                    *w = (*w + rate * grad).clamp(-2.0, 4.0);
+                }
             }
         }
 
@@ -371,6 +404,8 @@ impl StepModel {
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
+    /// Each mixer's own distribution.
+    qs: [Vec<f32>; 2],
     x: Vec<f32>,
     buckets: [usize; EXPERTS],
 }
@@ -411,6 +446,14 @@ pub fn context_of(profile: &Profile) -> Context {
     let visits = profile.item_visits.min(3) as u64;
     let position = (64 - (profile.events as u64).leading_zeros() as u64).min(7);
     let distinct = (64 - (profile.distinct_items as u64).leading_zeros() as u64).min(5);
+    // The visitor's own pace: events per item so far (per-session adaptation).
+    let per_item = (profile.events / profile.distinct_items.max(1)).min(8) as u64;
+    let prev_item_events = profile.prev_item_events.min(4) as u64;
+    let fine_dwell = profile.dwell_ms.map_or(99, |ms| {
+        let x = (ms as f64 / 1000.0 + 1.0).log2() * 2.0;
+        (x as u64).min(24)
+    });
+    let entry = profile.entry_step.map_or(u64::MAX, u64::from);
     let keys = [
         mix_key(&[0]),
         mix_key(&[1, s1]),
@@ -426,9 +469,14 @@ pub fn context_of(profile: &Profile) -> Context {
         mix_key(&[11, s1, s2, s3, dwell]),
         mix_key(&[12, s1, dwell, item_events]),
         mix_key(&[13, s1, s2, dwell, item_events, visits]),
+        mix_key(&[14, s1, item_events, per_item]),
+        mix_key(&[15, s1, fine_dwell, prev_item_events, item_events]),
+        mix_key(&[16, s1, entry, item_events]),
+        mix_key(&[17, s1, s2, entry, dwell]),
     ];
     Context {
         keys,
         last_step: profile.step(0),
+        signal_set: (dwell.min(11) * 5 + item_events) as u16,
     }
 }
