@@ -4,8 +4,8 @@
 //! model ([`steps`]), the run model ([`runs`]), the dependency graph ([`graph`]) and the
 //! partitioner (`crate::partition`). Every event updates the session's profile, teaches the step
 //! model which step followed the previous context and the run model which processes followed
-//! the last few contexts, and the hot path is recomputed: a process's chance is the larger of
-//! "asked for within the next few events" (run model) and "asked for next" (step model), blended
+//! the last few contexts, and the hot path is recomputed: a process's chance is that of being
+//! asked for within the next few events (run model, over the step model's own contexts), blended
 //! with the app's hints (noisy-or) and lifted onto its prerequisites (graph).
 //!
 //! What was tried for the step model, scored online on the JD sessions (both files together,
@@ -199,23 +199,17 @@ impl Predictor {
             return Vec::new();
         };
         let ctx = profile.context.unwrap_or_else(|| context_of(profile));
-        let next = self
-            .steps
-            .distribution(&ctx, &profile.habit, profile.last_ts_ms);
+        // The run model alone ranks processes: "asked for within the next few events" already
+        // covers "asked for next", it shares the step model's contexts, and it spares the hot
+        // path a second pass of the mixer.
         let soon = self.runs.estimate(&ctx);
 
         let mut p: Vec<f64> = self
             .process_ids
             .iter()
-            .map(|(id, step)| {
+            .map(|(id, _)| {
                 let Some(id) = *id else { return 0.0 };
-                let within = soon.get(id as usize).copied().unwrap_or(0.0);
-                let next = self
-                    .steps
-                    .id(step)
-                    .and_then(|s| next.get(s as usize).copied())
-                    .unwrap_or(0.0);
-                let model = within.max(next) as f64;
+                let model = soon.get(id as usize).copied().unwrap_or(0.0) as f64;
                 let hint = profile
                     .hints
                     .iter()

@@ -138,6 +138,9 @@ pub struct StepModel {
     pub tuning: StepTuning,
     #[serde(skip)]
     pub half_life_ms: f64,
+    /// Buffers reused by `learn`, so the hot path does not allocate.
+    #[serde(skip)]
+    scratch: Scratch,
 }
 
 /// Everything the model needs to predict from one session state, computed once per event.
@@ -159,6 +162,7 @@ impl StepModel {
             weights: vec![[StepTuning::default().initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS],
             tuning: StepTuning::default(),
             half_life_ms,
+            scratch: Scratch::default(),
         }
     }
 
@@ -355,7 +359,7 @@ impl StepModel {
 
     /// Learns that `step` followed `ctx`: one gradient step for the mixer, then the counts.
     pub fn learn(&mut self, ctx: &Context, habit: &[(u16, u16, f32)], step: u16, now_ms: u64) {
-        let mut scratch = Scratch::default();
+        let mut scratch = std::mem::take(&mut self.scratch);
         self.mix(ctx, habit, now_ms, &mut scratch);
         let v = self.names.len();
         if (step as usize) < v {
@@ -385,6 +389,7 @@ impl StepModel {
         if self.tables.len() > MAX_CONTEXTS {
             self.prune(now_ms);
         }
+        self.scratch = scratch;
     }
 
     /// Drops the contexts that carry least evidence once the table is full.
@@ -401,7 +406,7 @@ impl StepModel {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct Scratch {
     q: Vec<f32>,
     /// Each mixer's own distribution.
