@@ -23,7 +23,7 @@ fn precog_beats_the_markov_chain_on_real_sessions() {
         ("rees46", Format::Rees46, false),
         ("otto", Format::Otto, false),
     ];
-    let mut missed = Vec::new();
+    let mut missed: Vec<String> = Vec::new();
     for (rel, format, goal) in sets {
         let Some(path) = data(rel) else {
             println!("SKIPPED: ../shared/data/{rel} is not there");
