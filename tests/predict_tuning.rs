@@ -10,12 +10,17 @@ use precog::predict::{CONTEXTS, StepTuning};
 #[test]
 #[ignore]
 fn compare_step_model_variants() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/jd");
+    // PRECOG_TUNING_SET=rees46 (or otto) compares on another data set.
+    let set = std::env::var("PRECOG_TUNING_SET").unwrap_or_else(|_| "jd".into());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(&set);
     if !path.exists() {
-        println!("SKIPPED: ../shared/data/jd is not there");
+        println!("SKIPPED: ../shared/data/{set} is not there");
         return;
     }
-    let sessions = read_sessions(&path, Format::Jd).expect("the JD sessions read");
+    let format: Format = set.parse().expect("the data set's folder names its format");
+    let sessions = read_sessions(&path, format).expect("the sessions read");
     let cfg = Config::builtin();
     let base = StepTuning::default();
     let all = u32::MAX;
@@ -28,6 +33,18 @@ fn compare_step_model_variants() {
             ..base
         },
     ));
+    if std::env::var_os("PRECOG_TUNING_START").is_some() {
+        for first in [0.07, 0.2, 0.4, 0.8] {
+            for lr in [0.002, 0.005] {
+                let t = StepTuning {
+                    first_order_weight: first,
+                    learning_rate: lr,
+                    ..base
+                };
+                variants.push((format!("first {first} lr {lr}"), t));
+            }
+        }
+    }
     if std::env::var_os("PRECOG_TUNING_GRID").is_some() {
         for lr in [0.001, 0.002, 0.005] {
             for backoff in [0.4, 1.5] {

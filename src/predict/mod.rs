@@ -289,7 +289,7 @@ impl Predictor {
                 None => "end".to_string(),
             };
             let step = self.steps.intern(&name);
-            self.steps.learn(&ctx, &profile.habit, step, now_ms);
+            self.steps.learn_end(&ctx, step, now_ms);
         }
         self.partition.end_session(session);
         true

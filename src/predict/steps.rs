@@ -57,6 +57,8 @@ pub struct StepTuning {
     pub initial_weight: f32,
     /// A second mixer, its weights selected by the signals, averaged with the first.
     pub second_mixer: bool,
+    /// Starting weight of the first-order expert.
+    pub first_order_weight: f32,
 }
 
 impl Default for StepTuning {
@@ -68,6 +70,7 @@ impl Default for StepTuning {
             weight_sets_by_step: true,
             initial_weight: 0.07,
             second_mixer: true,
+            first_order_weight: 0.4,
         }
     }
 }
@@ -83,7 +86,7 @@ pub struct Counts {
 impl Counts {
     fn decay_to(&mut self, now_ms: u64, half_life_ms: f64) {
         if now_ms > self.last_ms && half_life_ms > 0.0 {
-            let f = (-((now_ms - self.last_ms) as f64) / half_life_ms).exp2() as f32;
+            let f = fading(self.total, now_ms - self.last_ms, half_life_ms);
             if f < 0.999_999 {
                 self.total *= f;
                 for (_, c) in &mut self.next {
@@ -100,6 +103,22 @@ impl Counts {
             Some((_, c)) => *c += 1.0,
             None => self.next.push((step, 1.0)),
         }
+    }
+}
+
+/// Evidence a context keeps however long it was quiet: fading memory weighs old observations
+/// against new ones, and without new ones the old shape is still the best guess. (Measured: a
+/// shop with a visit an hour, OTTO, fell below the plain chain when quiet contexts faded to
+/// nothing.)
+const KEPT_EVIDENCE: f32 = 8.0;
+
+/// The factor a context's counts fade by over `elapsed_ms`, never below [`KEPT_EVIDENCE`].
+pub(crate) fn fading(total: f32, elapsed_ms: u64, half_life_ms: f64) -> f32 {
+    let f = (-(elapsed_ms as f64) / half_life_ms).exp2() as f32;
+    if total * f >= KEPT_EVIDENCE || total <= 0.0 {
+        f
+    } else {
+        (KEPT_EVIDENCE / total).min(1.0)
     }
 }
 
@@ -159,7 +178,7 @@ impl StepModel {
             ids: HashMap::new(),
             order0: Counts::default(),
             tables: KeyMap::default(),
-            weights: vec![[StepTuning::default().initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS],
+            weights: initial_weights(&StepTuning::default()),
             tuning: StepTuning::default(),
             half_life_ms,
             scratch: Scratch::default(),
@@ -192,7 +211,7 @@ impl StepModel {
     /// Changes the mixer's knobs and starts its weights afresh.
     pub fn set_tuning(&mut self, tuning: StepTuning) {
         self.tuning = tuning;
-        self.weights = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS];
+        self.weights = initial_weights(&tuning);
     }
 
     fn weight_set(&self, ctx: &Context) -> usize {
@@ -253,7 +272,7 @@ impl StepModel {
 
         let decay = |c: &Counts| -> f32 {
             if now_ms > c.last_ms && self.half_life_ms > 0.0 {
-                (-((now_ms - c.last_ms) as f64) / self.half_life_ms).exp2() as f32
+                fading(c.total, now_ms - c.last_ms, self.half_life_ms)
             } else {
                 1.0
             }
@@ -392,6 +411,18 @@ impl StepModel {
         self.scratch = scratch;
     }
 
+    /// Learns how a session ended: counts only. The end is never ranked as a next step, so
+    /// letting it move the mixer only pulls the weights away from what the ranking needs
+    /// (measured: visits of a few events, where ends are a third of all steps, lost ground).
+    pub fn learn_end(&mut self, ctx: &Context, step: u16, now_ms: u64) {
+        let hl = self.half_life_ms;
+        for key in &ctx.keys {
+            let counts = self.tables.entry(*key).or_default();
+            counts.decay_to(now_ms, hl);
+            counts.add(step);
+        }
+    }
+
     /// Drops the contexts that carry least evidence once the table is full.
     fn prune(&mut self, now_ms: u64) {
         let hl = self.half_life_ms;
@@ -404,6 +435,16 @@ impl StepModel {
         let floor = totals[cut];
         self.tables.retain(|_, c| c.total > floor);
     }
+}
+
+/// Every mixer starts out leaning on the first-order chain (expert 1) and learns from there, so
+/// a young model does not stray far below the chain.
+fn initial_weights(tuning: &StepTuning) -> Vec<[f32; CONFIDENCE]> {
+    let mut w = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS];
+    for set in 0..ALL_SETS {
+        w[set * EXPERTS + 1] = [tuning.first_order_weight; CONFIDENCE];
+    }
+    w
 }
 
 #[derive(Debug, Clone, Default)]
