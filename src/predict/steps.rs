@@ -34,6 +34,13 @@ pub const MAX_STEPS: usize = 1024;
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
 
+/// How fast the trust in the mixers over the first-order chain moves.
+const TRUST_RATE: f32 = 0.005;
+
+fn half() -> f32 {
+    0.3
+}
+
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;
 
@@ -155,6 +162,9 @@ pub struct StepModel {
     /// Mixer weights per weight set, expert and confidence bucket.
     pub weights: Vec<[f32; CONFIDENCE]>,
     pub tuning: StepTuning,
+    /// How far the mixers are trusted over the plain first-order chain (0..1), learned.
+    #[serde(default = "half")]
+    pub trust: f32,
     #[serde(skip)]
     pub half_life_ms: f64,
     /// Buffers reused by `learn`, so the hot path does not allocate.
@@ -180,6 +190,7 @@ impl StepModel {
             tables: KeyMap::default(),
             weights: initial_weights(&StepTuning::default()),
             tuning: StepTuning::default(),
+            trust: 0.3,
             half_life_ms,
             scratch: Scratch::default(),
         }
@@ -202,7 +213,7 @@ impl StepModel {
         if !in_range(&self.order0) || !self.tables.values().all(in_range) {
             return Err("a step count names a step that does not exist".into());
         }
-        if !self.weights.iter().flatten().all(|w| w.is_finite()) {
+        if !self.weights.iter().flatten().all(|w| w.is_finite()) || !self.trust.is_finite() {
             return Err("a mixer weight is not a number".into());
         }
         Ok(())
@@ -358,13 +369,20 @@ impl StepModel {
                 *q /= sum;
             }
         }
+        // The mixers' average, blended with the plain first-order chain by a learned trust:
+        // a young or thin model leans on the chain until the mixers prove better.
         let mixers = sets.iter().flatten().count() as f32;
+        out.mixed.clear();
+        out.first_order.clear();
+        out.first_order.extend_from_slice(&order1);
         for s in 0..v {
-            out.q[s] = (0..2)
+            let mixed = (0..2)
                 .filter(|m| sets[*m].is_some())
                 .map(|m| out.qs[m][s])
                 .sum::<f32>()
                 / mixers;
+            out.mixed.push(mixed);
+            out.q[s] = self.trust * mixed + (1.0 - self.trust) * order1[s];
         }
     }
 
@@ -382,6 +400,11 @@ impl StepModel {
         self.mix(ctx, habit, now_ms, &mut scratch);
         let v = self.names.len();
         if (step as usize) < v {
+            let y = step as usize;
+            let blended = scratch.q[y].max(1e-6);
+            let pull = (scratch.mixed[y] - scratch.first_order[y]) / blended;
+            self.trust = (self.trust + TRUST_RATE * pull).clamp(0.0, 1.0);
+
             let rate = self.tuning.learning_rate;
             let mask = self.tuning.experts;
             let sets = self.weight_sets(ctx);
@@ -450,6 +473,9 @@ fn initial_weights(tuning: &StepTuning) -> Vec<[f32; CONFIDENCE]> {
 #[derive(Debug, Clone, Default)]
 struct Scratch {
     q: Vec<f32>,
+    /// The mixers' average and the first-order chain, before the trust blend.
+    mixed: Vec<f32>,
+    first_order: Vec<f32>,
     /// Each mixer's own distribution.
     qs: [Vec<f32>; 2],
     x: Vec<f32>,
