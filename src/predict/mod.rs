@@ -41,9 +41,7 @@ const HINT_EVENTS: u8 = 3;
 pub enum PredictError {
     #[error("saved model is damaged ({0}); delete it and precog starts learning afresh")]
     Damaged(String),
-    #[error(
-        "saved model has format version {0}, this precog reads version {1}; delete it to start afresh"
-    )]
+    #[error("saved model has format version {0}, precog reads {1}; delete it to start afresh")]
     Version(u32, u32),
 }
 
@@ -75,8 +73,8 @@ pub fn step_name(ev: &Event, same_item: bool) -> String {
 
 pub struct Predictor {
     processes: Vec<ProcessConfig>,
-    /// Run-model id and the `run:<name>` step of each configured process.
-    process_ids: Vec<(Option<u16>, String)>,
+    /// Run-model id of each configured process.
+    process_ids: Vec<Option<u16>>,
     graph: DepGraph,
     profiles: Profiles,
     steps: StepModel,
@@ -118,7 +116,7 @@ impl Predictor {
         self.process_ids = self
             .processes
             .iter()
-            .map(|p| (self.runs.intern(&p.name), format!("run:{}", p.name)))
+            .map(|p| self.runs.intern(&p.name))
             .collect();
         let idle_ms = cfg.sessions.idle.0.as_millis() as u64;
         self.profiles.set_limits(cfg.sessions.max, idle_ms);
@@ -176,7 +174,7 @@ impl Predictor {
             let Some(i) = self.processes.iter().position(|c| &c.name == name) else {
                 continue;
             };
-            let Some(id) = self.process_ids[i].0 else {
+            let Some(id) = self.process_ids[i] else {
                 continue;
             };
             let p = if p.is_finite() {
@@ -207,7 +205,7 @@ impl Predictor {
         let mut p: Vec<f64> = self
             .process_ids
             .iter()
-            .map(|(id, _)| {
+            .map(|id| {
                 let Some(id) = *id else { return 0.0 };
                 let model = soon.get(id as usize).copied().unwrap_or(0.0) as f64;
                 let hint = profile
@@ -236,7 +234,7 @@ impl Predictor {
     fn has_run(&self, profile: &Profile, process: usize) -> bool {
         self.process_ids
             .get(process)
-            .and_then(|(id, _)| *id)
+            .and_then(|id| *id)
             .is_some_and(|id| profile.runs_done & (1 << id) != 0)
     }
 
@@ -255,7 +253,7 @@ impl Predictor {
             processes
                 .iter()
                 .position(|p| p.name == name)
-                .and_then(|i| ids[i].0)
+                .and_then(|i| ids[i])
                 .is_some_and(|id| profile.runs_done & (1 << id) != 0)
         };
         self.partition.select(

@@ -375,14 +375,14 @@ impl StepModel {
         out.mixed.clear();
         out.first_order.clear();
         out.first_order.extend_from_slice(&order1);
-        for s in 0..v {
+        for (s, chain) in order1.iter().enumerate() {
             let mixed = (0..2)
                 .filter(|m| sets[*m].is_some())
                 .map(|m| out.qs[m][s])
                 .sum::<f32>()
                 / mixers;
             out.mixed.push(mixed);
-            out.q[s] = self.trust * mixed + (1.0 - self.trust) * order1[s];
+            out.q[s] = self.trust * mixed + (1.0 - self.trust) * chain;
         }
     }
 

@@ -164,3 +164,27 @@ fn save_and_load_round_trip_and_damage_is_refused() {
     assert!(q.load(b"junk").is_err());
     assert!(q.load(&[]).is_err());
 }
+
+#[test]
+fn a_busy_session_stays_near_a_kibibyte() {
+    let mut p = Predictor::new(&Config::builtin());
+    let kinds = ["page_view", "hover", "dwell", "scroll", "input", "run"];
+    for i in 0..20_000u64 {
+        let kind = kinds[(i % 6) as usize];
+        let mut attrs = Map::new();
+        attrs.insert("sku".into(), json!(format!("sku-{}", i / 4)));
+        let target = (kind == "run").then(|| ["check_inventory", "price_quote"][(i % 2) as usize]);
+        p.event(Event {
+            attrs,
+            ms: Some(i % 5000),
+            ..ev("s", kind, target, i * 100)
+        });
+        if i % 7 == 0 {
+            p.hint("s", &[("apply_coupon".into(), 0.3)], i * 100);
+        }
+    }
+    let profile = p.profile("s").expect("the session is live");
+    let bytes = profile.memory_bytes_without_inputs();
+    println!("session profile after 20000 events, apart from input values: {bytes} bytes");
+    assert!(bytes <= 1024, "{bytes} bytes");
+}
