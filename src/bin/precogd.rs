@@ -16,6 +16,7 @@ use precog::cli::DaemonArgs;
 use precog::config::{self, Config};
 use precog::control::{self, ReloadRequest};
 use precog::engine::{self, EngineHandle, EngineParts};
+use precog::predict::Predictor;
 use precog::server::{self, Access, ServerSettings, systemd};
 use precog::store::{ResultCache, SetAside, StateStore, StoreError};
 use tokio::signal::unix::{SignalKind, signal};
@@ -183,6 +184,29 @@ fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<Stat
     Ok((cache, states))
 }
 
+/// The predictor with the model saved by an earlier run; a damaged file is set aside.
+fn load_predictor(cfg: &Config) -> Predictor {
+    let mut predictor = Predictor::new(cfg);
+    let path = cfg.daemon.state_dir.join("model.bin");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return predictor;
+    };
+    match predictor.load(&bytes) {
+        Ok(()) => tracing::info!(file = %path.display(), "model loaded"),
+        Err(e) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = path.with_extension(format!("bin.bad-{secs}"));
+            let _ = std::fs::rename(&path, &aside);
+            tracing::warn!(file = %aside.display(), "{e}; set aside, learning afresh");
+            predictor = Predictor::new(cfg);
+        }
+    }
+    predictor
+}
+
 fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
     Arc::new(ServerSettings {
         max_connections: cfg.daemon.max_connections,
@@ -206,6 +230,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
         cgroups: setup_cgroups(&cfg),
         cache,
         states,
+        predictor: load_predictor(&cfg),
     };
     let engine = engine::start(cfg.clone(), parts).context("cannot start the engine")?;
 

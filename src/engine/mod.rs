@@ -7,6 +7,7 @@
 //! stays free for the next request. The socket server and the D-Bus interface only forward.
 
 mod control;
+mod predict;
 mod run;
 mod stats;
 
@@ -20,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::cgroup::{Cgroups, PoolLimits};
 use crate::config::Config;
 use crate::pool::{CgroupPlacement, JobOutcome, Placement, Pool, PoolError, PoolSettings};
+use crate::predict::Predictor;
 use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
 use crate::store::{ResultCache, StateStore};
 
@@ -53,6 +55,7 @@ pub enum Command {
         key: Vec<u8>,
         state: Value,
     },
+    Tick,
     Reload {
         config: Box<Config>,
         reply: oneshot::Sender<Result<(), String>>,
@@ -156,6 +159,8 @@ pub struct EngineParts {
     pub cache: Option<ResultCache>,
     /// Partial states of interrupted jobs; `None` runs without.
     pub states: Option<StateStore>,
+    /// The predictor, with what it learned in earlier runs already loaded.
+    pub predictor: Predictor,
 }
 
 struct Engine {
@@ -174,6 +179,10 @@ struct Engine {
     states: Option<StateStore>,
     /// Stores whose failure was already logged.
     store_warned: std::collections::HashSet<&'static str>,
+    predictor: Predictor,
+    speculative: predict::Speculative,
+    spec: predict::SpeculationCounters,
+    last_model_save: Instant,
 }
 
 /// Starts the engine task and its pools.
@@ -194,11 +203,26 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         cache: parts.cache,
         states: parts.states,
         store_warned: Default::default(),
+        predictor: parts.predictor,
+        speculative: Default::default(),
+        spec: Default::default(),
+        last_model_save: Instant::now(),
     };
     for p in &config.pools {
         engine.start_pool(p)?;
     }
     tokio::spawn(engine.run(rx));
+    let ticker = tx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            if ticker.send(Command::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
     Ok(EngineHandle { tx, events })
 }
 
@@ -237,6 +261,7 @@ impl Engine {
                 } => self.request(op, client, received, reply),
                 Command::JobDone { key, outcome } => self.job_done(key, outcome),
                 Command::Checkpoint { key, state } => self.save_state(&key, &state),
+                Command::Tick => self.tick(),
                 Command::Reload { config, reply } => {
                     let _ = reply.send(self.reload(*config));
                 }
@@ -274,6 +299,7 @@ impl Engine {
                             _ = tokio::time::sleep_until(deadline) => break,
                         }
                     }
+                    self.save_model();
                     self.sync_stores();
                     self.placements.clear();
                     if let Some(cg) = self.cgroups.take()
@@ -311,9 +337,13 @@ impl Engine {
                 self.run_request(client, session, process, inputs, received, reply);
                 return;
             }
-            Op::Event(_) | Op::Hint { .. } | Op::Predict { .. } | Op::End { .. } => Err(
-                ErrorReply::new(ErrorCode::UnknownOp, "this op is not served by this build"),
-            ),
+            Op::Event(ev) => self.on_event(client, ev),
+            Op::Hint {
+                session,
+                predictions,
+            } => self.on_hint(client, &session, &predictions),
+            Op::Predict { session, n } => self.on_predict(client, &session, n),
+            Op::End { session, outcome } => self.on_end(&session, outcome.as_deref()),
         };
         if let Err(e) = &answer {
             self.counters.count_error(e.code);
@@ -350,6 +380,7 @@ impl Engine {
                 });
             }
         }
+        self.predictor.reconfigure(&config);
         self.config = config;
         tracing::info!(pools = self.pools.len(), "configuration reloaded");
         Ok(())
@@ -382,11 +413,15 @@ impl Engine {
         if threshold.is_some() {
             self.threshold = threshold;
         }
+        let p = &self.config.predict;
+        self.predictor
+            .set_policy(Some(p.hot_path), threshold, Some(p.speculation));
     }
 
     fn policy_view(&self) -> Value {
         let p = &self.config.predict;
-        control::policy_json(p.hot_path, self.threshold.unwrap_or(0.0), p.speculation)
+        let threshold = self.predictor.stats().threshold;
+        control::policy_json(p.hot_path, threshold, p.speculation)
     }
 
     /// Drops every cached result; returns how many there were.

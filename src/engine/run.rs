@@ -24,12 +24,14 @@ pub struct JobKey {
 /// A job on its way, and the requests waiting for it.
 pub(super) struct Inflight {
     waiters: Vec<Waiter>,
-    speculative: bool,
-    cancelled: Arc<AtomicBool>,
-    started: Arc<AtomicBool>,
+    pub(super) speculative: bool,
+    /// A prepare run: its checkpoint is what counts, its result is not kept.
+    prepare: bool,
+    pub(super) cancelled: Arc<AtomicBool>,
+    pub(super) started: Arc<AtomicBool>,
 }
 
-struct Waiter {
+pub(super) struct Waiter {
     reply: oneshot::Sender<Reply>,
     received: Instant,
     /// Joined a job that was already running.
@@ -43,13 +45,20 @@ impl Engine {
     pub(super) fn run_request(
         &mut self,
         client: Client,
-        _session: String,
+        session: String,
         process: String,
         inputs: Option<Map<String, Value>>,
         received: Instant,
         reply: oneshot::Sender<Reply>,
     ) {
-        let prepared = self.prepare_run(client, &process, inputs.unwrap_or_default());
+        // The session's known inputs, overridden by the request's own.
+        let mut given = self
+            .predictor
+            .known_inputs(&session)
+            .cloned()
+            .unwrap_or_default();
+        given.extend(inputs.unwrap_or_default());
+        let prepared = self.prepare_run(client, &process, given);
         let (key, inputs, pool) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -59,6 +68,20 @@ impl Engine {
             }
         };
 
+        self.claim_speculative(&key);
+        self.answer_run(client, key.clone(), inputs, &pool, received, reply);
+        self.note_run(client, &session, &key);
+    }
+
+    fn answer_run(
+        &mut self,
+        _client: Client,
+        key: JobKey,
+        inputs: Map<String, Value>,
+        pool: &str,
+        received: Instant,
+        reply: oneshot::Sender<Reply>,
+    ) {
         if self.is_cacheable(&key.process)
             && let Some(result) = self.cache_get(&key)
         {
@@ -169,11 +192,32 @@ impl Engine {
         reply: oneshot::Sender<Reply>,
         received: Instant,
     ) {
+        waiters.push(Waiter {
+            reply,
+            received,
+            joined: false,
+        });
+        self.start_job(key, inputs, pool_name, priority, None, waiters);
+    }
+
+    /// Hands a job to its pool and records it as in flight with the requests waiting for it
+    /// (none for a speculative job).
+    pub(super) fn start_job(
+        &mut self,
+        key: JobKey,
+        inputs: Map<String, Value>,
+        pool_name: &str,
+        priority: Priority,
+        phase: Option<&'static str>,
+        waiters: Vec<Waiter>,
+    ) {
         let state_key = self.state_key(&key, &inputs);
         let state = self.saved_state(&state_key);
         let Some(pool) = self.pools.get(pool_name) else {
-            let e = ErrorReply::new(ErrorCode::Internal, format!("pool `{pool_name}` is gone"));
-            let _ = reply.send(Err(e));
+            for w in waiters {
+                let e = ErrorReply::new(ErrorCode::Internal, format!("pool `{pool_name}` is gone"));
+                let _ = w.reply.send(Err(e));
+            }
             return;
         };
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -183,22 +227,18 @@ impl Engine {
             process: key.process.clone(),
             inputs,
             state,
-            phase: None,
+            phase,
             priority,
             checkpoints: Some(cp_tx),
             cancelled: cancelled.clone(),
             started: started.clone(),
-        });
-        waiters.push(Waiter {
-            reply,
-            received,
-            joined: false,
         });
         self.inflight.insert(
             key.clone(),
             Inflight {
                 waiters,
                 speculative: priority == Priority::Speculative,
+                prepare: phase.is_some(),
                 cancelled,
                 started,
             },
@@ -236,9 +276,14 @@ impl Engine {
         let Some(inflight) = self.inflight.remove(&key) else {
             return;
         };
-        if let Ok(result) = &outcome.result {
+        if let Ok(result) = &outcome.result
+            && !inflight.prepare
+        {
             self.cache_put(&key, result);
             self.forget_state(&key);
+        }
+        if inflight.speculative {
+            self.speculative_done(&key, &outcome);
         }
         for w in inflight.waiters {
             let answer = match &outcome.result {

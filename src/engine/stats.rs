@@ -91,6 +91,8 @@ impl Engine {
             "policy": self.policy_view(),
             "pools": pools,
             "cache": self.cache.as_ref().map(|c| store_json(&c.stats())),
+            "sessions": {"active": self.predictor.stats().sessions},
+            "speculation": self.speculation_json(),
             "states": self.states.as_ref().map(|c| store_json(&c.stats())),
         }))
     }
