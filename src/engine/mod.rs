@@ -393,15 +393,24 @@ impl Engine {
         let settings = pool_settings(&self.config, p)?;
         let mut placement: Option<Arc<dyn Placement>> = None;
         if let Some(cg) = &self.cgroups {
-            let pool_cg = cg
-                .create_pool(&p.name, &PoolLimits::from_config(p))
-                .map_err(|source| EngineError::Cgroup {
-                    pool: p.name.clone(),
-                    source,
-                })?;
-            let pl = Arc::new(CgroupPlacement::new(pool_cg));
-            self.placements.insert(p.name.clone(), pl.clone());
-            placement = Some(pl);
+            match cg.create_pool(&p.name, &PoolLimits::from_config(p)) {
+                Ok(pool_cg) => {
+                    let pl = Arc::new(CgroupPlacement::new(pool_cg));
+                    self.placements.insert(p.name.clone(), pl.clone());
+                    placement = Some(pl);
+                }
+                // A container or host without the controller: the pool still serves, unfenced.
+                Err(e @ crate::cgroup::CgroupError::MissingController { .. }) => {
+                    tracing::warn!(pool = %p.name, error = %e,
+                        "pool runs without a cgroup; its CPU and memory limits are not enforced");
+                }
+                Err(source) => {
+                    return Err(EngineError::Cgroup {
+                        pool: p.name.clone(),
+                        source,
+                    });
+                }
+            }
         }
         self.pools
             .insert(p.name.clone(), Pool::start(settings, placement));

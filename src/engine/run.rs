@@ -113,7 +113,7 @@ impl Engine {
             self.submit(
                 key,
                 inputs,
-                &pool,
+                pool,
                 Priority::OnDemand,
                 waiters,
                 reply,
@@ -124,7 +124,7 @@ impl Engine {
         self.submit(
             key,
             inputs,
-            &pool,
+            pool,
             Priority::OnDemand,
             Vec::new(),
             reply,
