@@ -108,18 +108,30 @@ build_deb() {
     ls "$outdir"/precog_*.deb
 }
 
-# bookworm_rootfs NAME INCLUDES: a debootstrapped bookworm, made once and cached; prints its path.
+# The packages both scripts' guests need besides minbase: systemd as PID 1, the system bus, and
+# what the precog deb depends on.
+E2E_INCLUDES=systemd,systemd-sysv,dbus,procps
+
+# bookworm_rootfs: a debootstrapped bookworm, made once and cached (remade when E2E_INCLUDES
+# changes); prints its path. The scripts never write into it: nspawn runs it under an overlay and
+# the VM boots a copy packed into an initramfs.
 bookworm_rootfs() {
-    local dir="$E2E_CACHE/bookworm-$1" includes=$2
-    if [ ! -x "$dir/lib/systemd/systemd" ]; then
+    local dir="$E2E_CACHE/bookworm" stamp
+    stamp="$E2E_INCLUDES"
+    if [ "$(cat "$dir/.e2e-includes" 2>/dev/null)" != "$stamp" ]; then
         say "debootstrapping bookworm into $dir (once, about a minute)"
         rm -rf "$dir.tmp"
         mkdir -p "$E2E_CACHE"
-        debootstrap --variant=minbase --include="$includes" bookworm "$dir.tmp" \
-            "$(host_mirror)" >"$E2E_CACHE/debootstrap-$1.log" 2>&1 || {
-            say "debootstrap failed, see $E2E_CACHE/debootstrap-$1.log"
+        debootstrap --variant=minbase --include="$E2E_INCLUDES" bookworm "$dir.tmp" \
+            "$(host_mirror)" >"$E2E_CACHE/debootstrap.log" 2>&1 || {
+            say "debootstrap failed, see $E2E_CACHE/debootstrap.log"
             return 1
         }
+        # Nothing in the guests reads these; dropping them keeps the VM's initramfs small.
+        rm -rf "$dir.tmp"/usr/share/doc/* "$dir.tmp"/usr/share/man/* \
+            "$dir.tmp"/usr/share/locale/* "$dir.tmp"/var/cache/apt/*.bin \
+            "$dir.tmp"/var/lib/apt/lists/*
+        printf '%s\n' "$stamp" >"$dir.tmp/.e2e-includes"
         rm -rf "$dir"
         mv "$dir.tmp" "$dir"
     fi

@@ -172,7 +172,7 @@ lintian_is_clean() {
 }
 check "lintian reports no errors and no warnings" lintian_is_clean
 
-ROOTFS=$(bookworm_rootfs nspawn systemd,dbus,systemd-sysv) \
+ROOTFS=$(bookworm_rootfs) \
     || skip "cannot debootstrap a bookworm root filesystem"
 boot_container "$ROOTFS" "$WORK/deb" \
     || skip "systemd-nspawn cannot boot a container here: $(tail -n 5 "$WORK/console.log")"
