@@ -49,7 +49,8 @@ cloud_kernel() {
     if [ ! -f "$kernel" ]; then
         say "fetching $package (once)"
         mkdir -p "$VM_CACHE/download"
-        (cd "$VM_CACHE/download" && apt-get download -qq "$package" >/dev/null) || return 1
+        (cd "$VM_CACHE/download" \
+            && apt-get download -qq -o APT::Sandbox::User=root "$package" >/dev/null) || return 1
         rm -rf "$VM_CACHE/unpacked"
         dpkg-deb -x "$VM_CACHE"/download/"$package"_*.deb "$VM_CACHE/unpacked" || return 1
         cp "$VM_CACHE"/unpacked/boot/vmlinuz-* "$kernel.tmp" && mv "$kernel.tmp" "$kernel"
