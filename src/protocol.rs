@@ -1,1 +1,548 @@
-//! (module protocol: filled in by its own change.)
+//! The socket protocol (version 1) and the worker protocol, as pure functions over bytes.
+//!
+//! Both are newline-delimited JSON. Nothing here touches a socket or a process: the server and
+//! the pool feed bytes in and write the bytes that come out, so framing, limits and every error
+//! code are tested without I/O. [`Framer`] splits a byte stream into lines under a size limit.
+
+use serde_json::{Map, Value, json};
+
+/// Version of the socket protocol this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest session name a client may use.
+pub const MAX_SESSION_LEN: usize = 256;
+
+/// Stable error codes of the socket protocol; clients match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    BadRequest,
+    TooLarge,
+    UnknownOp,
+    UnknownProcess,
+    MissingInput,
+    Timeout,
+    WorkerFailed,
+    Overloaded,
+    Forbidden,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::UnknownProcess => "unknown_process",
+            ErrorCode::MissingInput => "missing_input",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::WorkerFailed => "worker_failed",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error reply: a code, a message for people, and optional extra fields (such as `reason`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+    pub extra: Map<String, Value>,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> ErrorReply {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// One decoded request: the client's `id` (echoed in the reply) and the operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Value,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Ping,
+    Stats,
+    Event(EventRequest),
+    Hint {
+        session: String,
+        predictions: Vec<(String, f64)>,
+    },
+    Predict {
+        session: String,
+        n: Option<usize>,
+    },
+    Run {
+        session: String,
+        process: String,
+        inputs: Option<Map<String, Value>>,
+    },
+    End {
+        session: String,
+        outcome: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRequest {
+    pub session: String,
+    pub kind: String,
+    pub target: Option<String>,
+    pub ms: Option<u64>,
+    pub depth: Option<f64>,
+    pub attrs: Map<String, Value>,
+    pub ts: Option<u64>,
+}
+
+/// Decodes one request line (without its newline). On error, returns the request's `id` when it
+/// could be read, so the error reply still echoes it.
+pub fn decode_request(line: &[u8]) -> Result<Request, (Value, ErrorReply)> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| {
+        (
+            Value::Null,
+            ErrorReply::new(ErrorCode::BadJson, format!("line is not valid JSON: {e}")),
+        )
+    })?;
+    let Value::Object(mut obj) = v else {
+        return Err((
+            Value::Null,
+            ErrorReply::new(ErrorCode::BadRequest, "a request must be a JSON object"),
+        ));
+    };
+
+    let id = obj.remove("id").unwrap_or(Value::Null);
+    if id.is_array() || id.is_object() {
+        return Err((
+            Value::Null,
+            ErrorReply::new(
+                ErrorCode::BadRequest,
+                "`id` must be a string, number, bool or null",
+            ),
+        ));
+    }
+    let op = decode_op(&mut obj).map_err(|e| (id.clone(), e))?;
+    Ok(Request { id, op })
+}
+
+fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
+    let op = match obj.get("op") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(bad("`op` must be a string")),
+        None => return Err(bad("the request has no `op`")),
+    };
+    Ok(match op.as_str() {
+        "ping" => Op::Ping,
+        "stats" => Op::Stats,
+        "event" => Op::Event(EventRequest {
+            session: session(obj)?,
+            kind: string_field(obj, "type")?.ok_or_else(|| bad("`event` needs a `type`"))?,
+            target: string_field(obj, "target")?,
+            ms: u64_field(obj, "ms")?,
+            depth: match obj.get("depth") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_f64()
+                        .filter(|d| d.is_finite())
+                        .ok_or_else(|| bad("`depth` must be a number"))?,
+                ),
+            },
+            attrs: object_field(obj, "attrs")?.unwrap_or_default(),
+            ts: u64_field(obj, "ts")?,
+        }),
+        "hint" => {
+            let session = session(obj)?;
+            let Some(Value::Array(items)) = obj.remove("predictions") else {
+                return Err(bad("`hint` needs `predictions`, an array"));
+            };
+            let mut predictions = Vec::with_capacity(items.len());
+            for item in items {
+                let process = item.get("process").and_then(Value::as_str);
+                let p = item.get("p").and_then(Value::as_f64);
+                match (process, p) {
+                    (Some(process), Some(p)) if (0.0..=1.0).contains(&p) => {
+                        predictions.push((process.to_string(), p))
+                    }
+                    _ => {
+                        return Err(bad(
+                            "each prediction needs `process` (a string) and `p` (0 to 1)",
+                        ));
+                    }
+                }
+            }
+            Op::Hint {
+                session,
+                predictions,
+            }
+        }
+        "predict" => Op::Predict {
+            session: session(obj)?,
+            n: u64_field(obj, "n")?.map(|n| n.min(1000) as usize),
+        },
+        "run" => Op::Run {
+            session: session(obj)?,
+            process: string_field(obj, "process")?.ok_or_else(|| bad("`run` needs a `process`"))?,
+            inputs: object_field(obj, "inputs")?,
+        },
+        "end" => Op::End {
+            session: session(obj)?,
+            outcome: string_field(obj, "outcome")?,
+        },
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(ErrorReply::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op `{shown}`"),
+            ));
+        }
+    })
+}
+
+fn bad(msg: &str) -> ErrorReply {
+    ErrorReply::new(ErrorCode::BadRequest, msg)
+}
+
+fn session(obj: &mut Map<String, Value>) -> Result<String, ErrorReply> {
+    let s = string_field(obj, "session")?.ok_or_else(|| bad("the request needs a `session`"))?;
+    if s.is_empty() || s.len() > MAX_SESSION_LEN {
+        return Err(bad("`session` must be 1 to 256 bytes long"));
+    }
+    Ok(s)
+}
+
+fn string_field(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, ErrorReply> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(&format!("`{key}` must be a string"))),
+    }
+}
+
+fn u64_field(obj: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, ErrorReply> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(&format!("`{key}` must be a whole number, 0 or more"))),
+    }
+}
+
+fn object_field(
+    obj: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<Map<String, Value>>, ErrorReply> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(bad(&format!("`{key}` must be an object"))),
+    }
+}
+
+/// Encodes a success reply: `{"id":…,"ok":true,…fields}` plus the newline.
+pub fn encode_ok(id: &Value, fields: Map<String, Value>) -> Vec<u8> {
+    let mut obj = Map::with_capacity(fields.len() + 2);
+    obj.insert("id".into(), id.clone());
+    obj.insert("ok".into(), Value::Bool(true));
+    obj.extend(fields);
+    line(&Value::Object(obj))
+}
+
+/// Encodes an error reply: `{"id":…,"ok":false,"error":{"code":…,"message":…}}` plus newline.
+pub fn encode_error(id: &Value, err: &ErrorReply) -> Vec<u8> {
+    let mut error = Map::new();
+    error.insert("code".into(), err.code.as_str().into());
+    error.insert("message".into(), err.message.clone().into());
+    error.extend(err.extra.clone());
+    line(&json!({"id": id, "ok": false, "error": error}))
+}
+
+fn line(v: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    out.push(b'\n');
+    out
+}
+
+/// Splits a byte stream into lines no longer than `max` bytes (newline excluded).
+///
+/// Once a line grows past the limit the framer reports it and stops: the caller answers
+/// `too_large` and closes the connection, so no more than `max` bytes are ever buffered.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    scanned: usize,
+    max: usize,
+}
+
+/// A line longer than the limit arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+impl Framer {
+    pub fn new(max: usize) -> Framer {
+        Framer {
+            buf: Vec::new(),
+            scanned: 0,
+            max,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the next complete line, if any.
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, TooLarge>> {
+        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(pos) => {
+                let end = self.scanned + pos;
+                if end > self.max {
+                    return Some(Err(TooLarge));
+                }
+                let mut rest = self.buf.split_off(end + 1);
+                std::mem::swap(&mut rest, &mut self.buf);
+                rest.truncate(end);
+                if rest.last() == Some(&b'\r') {
+                    rest.pop();
+                }
+                self.scanned = 0;
+                Some(Ok(rest))
+            }
+            None => {
+                self.scanned = self.buf.len();
+                (self.buf.len() > self.max).then_some(Err(TooLarge))
+            }
+        }
+    }
+
+    /// Bytes held that are not yet a complete line.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// A message from a worker to the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerReply {
+    pub job: Option<u64>,
+    pub kind: WorkerReplyKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerReplyKind {
+    Checkpoint(Value),
+    Result(Value),
+    Error(String),
+}
+
+/// Why a worker's line was not a valid reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerProtocolError {
+    #[error("worker wrote a line that is not JSON")]
+    NotJson,
+    #[error("worker wrote a JSON line with none of `result`, `error` or `checkpoint`")]
+    NoPayload,
+}
+
+/// Decodes one line a worker wrote on stdout.
+pub fn decode_worker_reply(line: &[u8]) -> Result<WorkerReply, WorkerProtocolError> {
+    let v: Value = serde_json::from_slice(line).map_err(|_| WorkerProtocolError::NotJson)?;
+    let Value::Object(mut obj) = v else {
+        return Err(WorkerProtocolError::NoPayload);
+    };
+    let job = obj.get("job").and_then(Value::as_u64);
+    let kind = if let Some(r) = obj.remove("result") {
+        WorkerReplyKind::Result(r)
+    } else if let Some(e) = obj.remove("error") {
+        WorkerReplyKind::Error(match e {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+    } else if let Some(c) = obj.remove("checkpoint") {
+        WorkerReplyKind::Checkpoint(c)
+    } else {
+        return Err(WorkerProtocolError::NoPayload);
+    };
+    Ok(WorkerReply { job, kind })
+}
+
+/// Encodes a job for a worker; `phase` is `Some("prepare")` for a prepare run.
+pub fn encode_job(
+    job: u64,
+    process: &str,
+    inputs: &Map<String, Value>,
+    state: Option<&Value>,
+    phase: Option<&str>,
+) -> Vec<u8> {
+    let mut obj = Map::new();
+    obj.insert("job".into(), job.into());
+    obj.insert("process".into(), process.into());
+    obj.insert("inputs".into(), Value::Object(inputs.clone()));
+    obj.insert("state".into(), state.cloned().unwrap_or(Value::Null));
+    if let Some(phase) = phase {
+        obj.insert("phase".into(), phase.into());
+    }
+    line(&Value::Object(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_code(line: &str) -> (Value, &'static str) {
+        let (id, e) = decode_request(line.as_bytes()).unwrap_err();
+        (id, e.code.as_str())
+    }
+
+    #[test]
+    fn good_requests_decode() {
+        let r = decode_request(br#"{"id":7,"op":"ping"}"#).unwrap();
+        assert_eq!(r.id, json!(7));
+        assert_eq!(r.op, Op::Ping);
+
+        let r = decode_request(
+            br#"{"op":"run","session":"s1","process":"calc_shipping","inputs":{"a":1},"x":0}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, Value::Null);
+        let Op::Run {
+            session,
+            process,
+            inputs,
+        } = r.op
+        else {
+            panic!("not a run")
+        };
+        assert_eq!(
+            (session.as_str(), process.as_str()),
+            ("s1", "calc_shipping")
+        );
+        assert_eq!(inputs.unwrap()["a"], json!(1));
+
+        let r = decode_request(
+            br#"{"op":"event","session":"s","type":"hover","target":"buy","ms":350,"attrs":{"sku":"9"}}"#,
+        )
+        .unwrap();
+        let Op::Event(ev) = r.op else { panic!() };
+        assert_eq!(ev.kind, "hover");
+        assert_eq!(ev.ms, Some(350));
+        assert_eq!(ev.attrs["sku"], json!("9"));
+
+        let r = decode_request(
+            br#"{"op":"hint","session":"s","predictions":[{"process":"a","p":0.8}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.op,
+            Op::Hint {
+                session: "s".into(),
+                predictions: vec![("a".into(), 0.8)]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_stable_codes_and_keep_their_id() {
+        assert_eq!(err_code("{nope").1, "bad_json");
+        assert_eq!(err_code("[1,2]").1, "bad_request");
+        assert_eq!(
+            err_code(r#"{"id":"a","op":"fly"}"#),
+            (json!("a"), "unknown_op")
+        );
+        assert_eq!(err_code(r#"{"id":3}"#), (json!(3), "bad_request"));
+        assert_eq!(err_code(r#"{"op":"run","process":"x"}"#).1, "bad_request");
+        assert_eq!(err_code(r#"{"op":"run","session":"s"}"#).1, "bad_request");
+        assert_eq!(
+            err_code(r#"{"op":"run","session":"s","process":"p","inputs":[1]}"#).1,
+            "bad_request"
+        );
+        assert_eq!(
+            err_code(r#"{"op":"event","session":"s","type":"x","ms":-1}"#).1,
+            "bad_request"
+        );
+        assert_eq!(err_code(r#"{"id":{"a":1},"op":"ping"}"#).1, "bad_request");
+        let long = format!(r#"{{"op":"end","session":"{}"}}"#, "x".repeat(300));
+        assert_eq!(err_code(&long).1, "bad_request");
+        assert_eq!(
+            err_code(r#"{"op":"hint","session":"s","predictions":[{"process":"a","p":2}]}"#).1,
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn replies_encode_as_one_line() {
+        let mut f = Map::new();
+        f.insert("result".into(), json!({"ok": 1}));
+        let out = encode_ok(&json!(5), f);
+        assert!(out.ends_with(b"\n"));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ok"], json!(true));
+        assert_eq!(v["id"], json!(5));
+
+        let e = ErrorReply::new(ErrorCode::WorkerFailed, "worker ran out of memory")
+            .with("reason", "oom");
+        let v: Value = serde_json::from_slice(&encode_error(&Value::Null, &e)).unwrap();
+        assert_eq!(v["error"]["code"], json!("worker_failed"));
+        assert_eq!(v["error"]["reason"], json!("oom"));
+    }
+
+    #[test]
+    fn framer_splits_lines_and_caps_their_size() {
+        let mut f = Framer::new(10);
+        f.push(b"abc\r\nde");
+        assert_eq!(f.next_line(), Some(Ok(b"abc".to_vec())));
+        assert_eq!(f.next_line(), None);
+        f.push(b"f\n");
+        assert_eq!(f.next_line(), Some(Ok(b"def".to_vec())));
+        f.push(b"0123456789A");
+        assert_eq!(f.next_line(), Some(Err(TooLarge)));
+
+        let mut f = Framer::new(4);
+        f.push(b"12345\n");
+        assert_eq!(f.next_line(), Some(Err(TooLarge)));
+    }
+
+    #[test]
+    fn worker_replies_decode() {
+        let r = decode_worker_reply(br#"{"job":3,"result":{"x":1}}"#).unwrap();
+        assert_eq!(r.job, Some(3));
+        assert_eq!(r.kind, WorkerReplyKind::Result(json!({"x":1})));
+        let r = decode_worker_reply(br#"{"job":3,"checkpoint":[1]}"#).unwrap();
+        assert_eq!(r.kind, WorkerReplyKind::Checkpoint(json!([1])));
+        let r = decode_worker_reply(br#"{"job":3,"error":"bad postal code"}"#).unwrap();
+        assert_eq!(r.kind, WorkerReplyKind::Error("bad postal code".into()));
+        assert_eq!(
+            decode_worker_reply(b"garbage"),
+            Err(WorkerProtocolError::NotJson)
+        );
+        assert_eq!(
+            decode_worker_reply(br#"{"job":1}"#),
+            Err(WorkerProtocolError::NoPayload)
+        );
+
+        let job = encode_job(9, "p", &Map::new(), None, Some("prepare"));
+        let v: Value = serde_json::from_slice(&job).unwrap();
+        assert_eq!(
+            v,
+            json!({"job":9,"process":"p","inputs":{},"state":null,"phase":"prepare"})
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! A small blocking client for the precogd socket: one request line out, one reply line in.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    path: PathBuf,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> anyhow::Result<Client> {
+        let stream = UnixStream::connect(path).with_context(|| {
+            format!(
+                "cannot reach precogd at {}: is it running? (start it with `precogd`, or pass \
+                 --socket)",
+                path.display()
+            )
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Sends one request and returns the whole reply object (`ok` true or false).
+    pub fn call(&mut self, request: &Value) -> anyhow::Result<Value> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .with_context(|| format!("cannot send to {}", self.path.display()))?;
+        let mut reply = String::new();
+        let n = self
+            .reader
+            .read_line(&mut reply)
+            .with_context(|| format!("no reply from {}", self.path.display()))?;
+        if n == 0 {
+            bail!("precogd closed the connection without replying");
+        }
+        serde_json::from_str(&reply).context("precogd sent a reply that is not JSON")
+    }
+
+    /// Like `call`, but an error reply becomes an error.
+    pub fn call_ok(&mut self, request: &Value) -> anyhow::Result<Value> {
+        let reply = self.call(request)?;
+        if reply["ok"] == Value::Bool(true) {
+            Ok(reply)
+        } else {
+            let code = reply["error"]["code"].as_str().unwrap_or("unknown");
+            let msg = reply["error"]["message"].as_str().unwrap_or("");
+            bail!("{code}: {msg}")
+        }
+    }
+}
+
+/// The socket path a client uses when none is given: the system socket for root, else the
+/// per-user one that an unprivileged precogd picks.
+pub fn default_socket() -> PathBuf {
+    if let Some(p) = std::env::var_os("PRECOG_SOCKET") {
+        return PathBuf::from(p);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/precog/precogd.sock");
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("precog-{}", nix::unistd::getuid().as_raw()))
+        });
+    runtime.join("precog/precogd.sock")
+}

@@ -1,0 +1,178 @@
+//! precogctl: the operator's and app developer's command line for precog.
+//!
+//! Speaks the precogd socket protocol: checks the daemon, runs micro-processes, shows counters.
+
+mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use client::{Client, default_socket};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "precogctl",
+    version,
+    about = "Control and try out the precog daemon"
+)]
+struct Cli {
+    /// precogd's socket (default: /run/precog/precogd.sock for root, else the per-user socket;
+    /// or $PRECOG_SOCKET).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Print the daemon's JSON replies instead of readable text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check that precogd answers, and which version it is.
+    Ping,
+    /// Run a micro-process: `precogctl run calc_shipping --session s1 country=DE postal_code=10115`.
+    Run {
+        process: String,
+        #[arg(long, default_value = "precogctl")]
+        session: String,
+        /// Inputs as key=value; a value that parses as JSON (numbers, true, [..], {..}) is used as
+        /// such, anything else as a string.
+        #[arg(value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+    },
+    /// Show the daemon's counters.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("precogctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    match cli.command {
+        Cmd::Ping => {
+            let reply = Client::connect(&socket)?.call_ok(&json!({"op": "ping"}))?;
+            if cli.json {
+                println!("{reply}");
+            } else {
+                println!(
+                    "precogd {} (protocol {}) at {}",
+                    reply["version"].as_str().unwrap_or("?"),
+                    reply["protocol"],
+                    socket.display()
+                );
+            }
+        }
+        Cmd::Run {
+            process,
+            session,
+            inputs,
+        } => {
+            let inputs = parse_inputs(&inputs)?;
+            let req =
+                json!({"op": "run", "session": session, "process": process, "inputs": inputs});
+            let reply = Client::connect(&socket)?.call(&req)?;
+            if cli.json {
+                println!("{reply}");
+                if reply["ok"] != Value::Bool(true) {
+                    bail!("the run failed");
+                }
+            } else if reply["ok"] == Value::Bool(true) {
+                println!("{}", serde_json::to_string_pretty(&reply["result"])?);
+                eprintln!(
+                    "served: {}  wait: {} us  exec: {} us",
+                    reply["served"].as_str().unwrap_or("?"),
+                    reply["wait_us"],
+                    reply["exec_us"]
+                );
+            } else {
+                bail!(
+                    "{}: {}",
+                    reply["error"]["code"].as_str().unwrap_or("error"),
+                    reply["error"]["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Cmd::Stats => {
+            let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
+            if cli.json {
+                println!("{reply}");
+            } else {
+                print_stats(&reply);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `key=value` arguments into a JSON object.
+fn parse_inputs(args: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut out = Map::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("`{a}` is not KEY=VALUE"))?;
+        if k.is_empty() {
+            bail!("`{a}` has an empty key");
+        }
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        out.insert(k.to_string(), value);
+    }
+    Ok(out)
+}
+
+fn print_stats(s: &Value) {
+    println!(
+        "precogd {}  up {} s  requests {}",
+        s["version"].as_str().unwrap_or("?"),
+        s["uptime_s"],
+        s["requests"]
+    );
+    let served = &s["served"];
+    println!(
+        "runs served: cache {}  inflight {}  warm {}  cold {}   latency p50 <= {} us  p99 <= {} us",
+        served["cache"],
+        served["inflight"],
+        served["warm"],
+        served["cold"],
+        s["run_latency_us"]["p50"],
+        s["run_latency_us"]["p99"]
+    );
+    if let Some(errors) = s["errors"].as_object().filter(|e| !e.is_empty()) {
+        let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("errors: {}", list.join("  "));
+    }
+    if let Some(pools) = s["pools"].as_object() {
+        for (name, p) in pools {
+            println!(
+                "pool {name}: workers {} (busy {}, warm target {}, max {})  jobs ok {} failed {}  \
+                 cold starts {}  timeouts {}  crashes {}  oom {}",
+                p["workers"],
+                p["busy"],
+                p["target_warm"],
+                p["workers_max"],
+                p["jobs_ok"],
+                p["jobs_failed"],
+                p["cold_starts"],
+                p["timeouts"],
+                p["crashes"],
+                p["oom_kills"]
+            );
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! precogd: the precog daemon.
+//!
+//! Loads the layered configuration, starts the engine and its worker pools, serves the Unix
+//! socket (its own or one passed by systemd), tells systemd when it is ready, reloads on SIGHUP
+//! and stops gracefully on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use precog::config::{self, Config};
+use precog::engine::{self, EngineParts};
+use precog::server::{self, Access, ServerSettings, systemd};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "precogd",
+    version,
+    about = "precog daemon: runs a shop's likely next steps ahead of time"
+)]
+struct Args {
+    /// Configuration file to use instead of /etc/precog/precogd.toml (its drop-ins in
+    /// <FILE>.d/*.toml are read too).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Socket path, overriding the configuration.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Check the configuration, print the result and exit.
+    #[arg(long)]
+    check_config: bool,
+
+    /// More log detail (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let sink = precog::logging::init(args.verbose);
+
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("precogd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    tracing::debug!(?sink, "logging set up");
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("precogd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the configuration layers and adapts paths for an unprivileged run.
+fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
+    let mut cfg = match &args.config {
+        Some(path) => config::load(path, true)?,
+        None => config::load(Path::new(config::SYSTEM_PATH), false)?,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        let builtin = Config::builtin();
+        let (runtime, cache, state) = user_dirs();
+        let mut user = cfg.clone();
+        user.use_user_paths(&runtime, &cache, &state);
+        // Only paths still at the system defaults move; a configured path is kept.
+        if cfg.daemon.socket == builtin.daemon.socket {
+            cfg.daemon.socket = user.daemon.socket;
+        }
+        if cfg.daemon.cache_dir == builtin.daemon.cache_dir {
+            cfg.daemon.cache_dir = user.daemon.cache_dir;
+        }
+        if cfg.daemon.state_dir == builtin.daemon.state_dir {
+            cfg.daemon.state_dir = user.daemon.state_dir;
+        }
+        if cfg.daemon.socket_group == builtin.daemon.socket_group {
+            cfg.daemon.socket_group = None;
+        }
+    }
+    if let Some(socket) = &args.socket {
+        cfg.daemon.socket = socket.clone();
+    }
+    Ok(cfg)
+}
+
+/// The per-user runtime, cache and state directories (XDG, with the usual fallbacks).
+fn user_dirs() -> (PathBuf, PathBuf, PathBuf) {
+    let uid = nix::unistd::getuid().as_raw();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let env_dir = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let runtime = env_dir("XDG_RUNTIME_DIR")
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("precog-{uid}")));
+    let cache = env_dir("XDG_CACHE_HOME").unwrap_or_else(|| home.join(".cache"));
+    let state = env_dir("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state"));
+    (runtime, cache, state)
+}
+
+fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
+    Arc::new(ServerSettings {
+        max_connections: cfg.daemon.max_connections,
+        max_line: cfg.daemon.max_line.0 as usize,
+        access: Access::resolve(&cfg.daemon.allowed_users, &cfg.daemon.allowed_groups),
+    })
+}
+
+async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
+    let (listener, own_socket) = match systemd::take_listen_fd() {
+        Some(fd) => (server::from_systemd(fd)?, None),
+        None => {
+            let group = cfg.daemon.socket_group.as_deref();
+            let l = server::bind(&cfg.daemon.socket, cfg.daemon.socket_mode.0, group)?;
+            (l, Some(cfg.daemon.socket.clone()))
+        }
+    };
+
+    let parts = EngineParts {
+        placement: Box::new(|_| None),
+    };
+    let engine = engine::start(cfg.clone(), parts).context("cannot start the engine")?;
+
+    let (settings_tx, settings_rx) = watch::channel(server_settings(&cfg));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(
+        listener,
+        engine.clone(),
+        settings_rx,
+        stop_rx,
+    ));
+
+    let where_ = own_socket
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the socket passed by systemd".into());
+    tracing::info!(socket = %where_, pools = cfg.pools.len(), "precogd ready");
+    systemd::notify(&format!("READY=1\nSTATUS=serving on {where_}"));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let watchdog = systemd::watchdog_interval();
+    let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let grace = cfg.daemon.shutdown_grace.0;
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                systemd::notify("RELOADING=1");
+                match load_config(&args) {
+                    Ok(new) => match engine.reload(new.clone()).await {
+                        Ok(()) => {
+                            let _ = settings_tx.send(server_settings(&new));
+                        }
+                        Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                    },
+                    Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
+                }
+                systemd::notify("READY=1");
+            }
+            _ = dog.tick(), if watchdog.is_some() => systemd::notify("WATCHDOG=1"),
+        }
+    }
+
+    tracing::info!("stopping");
+    systemd::notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    engine.shutdown(grace).await;
+    if let Some(path) = own_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

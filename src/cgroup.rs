@@ -1,1 +1,0 @@
-//! (module cgroup: filled in by its own change.)

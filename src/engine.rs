@@ -1,1 +1,0 @@
-//! (module engine: filled in by its own change.)

@@ -1,0 +1,253 @@
+//! Operator actions on the engine: pool limits, prediction policy, cache flush, status.
+//!
+//! The D-Bus interface and `precogctl` reach these through [`EngineHandle`]; they hold no state
+//! of their own. Changes are announced on the engine's event channel so that watchers (D-Bus
+//! signals, `precogctl top`) see them.
+
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use super::{Command, Engine, EngineHandle, json_map};
+
+/// Something that happened that an operator may want to see as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    PoolResized {
+        pool: String,
+        workers: u64,
+    },
+    QuotaChanged {
+        pool: String,
+        what: String,
+        old: String,
+        new: String,
+        why: String,
+    },
+    WorkerFailed {
+        pool: String,
+        reason: String,
+    },
+    PolicyChanged,
+}
+
+/// An operator action.
+#[derive(Debug, Clone)]
+pub enum ControlOp {
+    Pools,
+    /// Keys: `warm_min`, `workers_max`, `timeout`, `cpu_quota`, `cpu_weight`, `memory_max`,
+    /// `memory_reserve`, `pids_max`, with values as written in the configuration.
+    SetPool {
+        pool: String,
+        changes: Map<String, Value>,
+    },
+    /// Keys: `hot_path`, `threshold`, `speculation`.
+    SetPolicy {
+        changes: Map<String, Value>,
+    },
+    FlushCache,
+}
+
+impl EngineHandle {
+    /// Runs an operator action; `Err` carries a message saying what was wrong with it.
+    pub async fn control(&self, op: ControlOp) -> Result<Value, String> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Control { op, reply: tx })
+            .await
+            .is_err()
+        {
+            return Err("precogd is stopping".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("precogd is stopping".into()))
+    }
+
+    /// Subscribes to engine events.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl Engine {
+    pub(super) fn control(&mut self, op: ControlOp) -> Result<Value, String> {
+        match op {
+            ControlOp::Pools => Ok(self.pools_view()),
+            ControlOp::SetPool { pool, changes } => self.set_pool(&pool, changes),
+            ControlOp::SetPolicy { changes } => self.set_policy(changes),
+            ControlOp::FlushCache => Ok(json!({"flushed": self.flush_cache()})),
+        }
+    }
+
+    /// Every pool with its configured limits and its live figures.
+    pub(super) fn pools_view(&self) -> Value {
+        let mut out = Map::new();
+        for p in &self.config.pools {
+            let live = self
+                .pools
+                .get(&p.name)
+                .map(|pool| serde_json::to_value(pool.stats()).unwrap_or_default())
+                .unwrap_or_default();
+            out.insert(
+                p.name.clone(),
+                json!({
+                    "command": p.command,
+                    "limits": {
+                        "cpus": p.cpus.as_ref().map(|c| c.to_string()),
+                        "cpu_quota": p.cpu_quota.map(|q| q.to_string()),
+                        "cpu_weight": p.cpu_weight,
+                        "memory_max": p.memory_max.map(|m| m.0),
+                        "memory_reserve": p.memory_reserve.map(|m| m.0),
+                        "pids_max": p.pids_max,
+                        "warm_min": p.warm_min,
+                        "workers_max": p.workers_max,
+                        "timeout_ms": p.timeout.0.as_millis() as u64,
+                    },
+                    "live": live,
+                }),
+            );
+        }
+        Value::Object(out)
+    }
+
+    fn set_pool(&mut self, name: &str, changes: Map<String, Value>) -> Result<Value, String> {
+        if changes.is_empty() {
+            return Err("give at least one key=value to change".into());
+        }
+        let mut cfg = self.config.clone();
+        let Some(pool) = cfg.pools.iter_mut().find(|p| p.name == name) else {
+            return Err(format!("no pool named `{name}`"));
+        };
+        // Re-use the configuration parser so values are written and checked exactly as in the
+        // file: build a one-pool TOML layer and merge it over the running configuration.
+        let mut table = toml::Table::new();
+        for (k, v) in &changes {
+            let allowed = [
+                "warm_min",
+                "workers_max",
+                "timeout",
+                "cpu_quota",
+                "cpu_weight",
+                "memory_max",
+                "memory_reserve",
+                "pids_max",
+            ];
+            if !allowed.contains(&k.as_str()) {
+                return Err(format!(
+                    "`{k}` cannot be changed; changeable: {}",
+                    allowed.join(", ")
+                ));
+            }
+            let tv = match v {
+                Value::String(s) => toml::Value::String(s.clone()),
+                Value::Number(n) if n.is_u64() => {
+                    toml::Value::Integer(n.as_u64().unwrap_or(0) as i64)
+                }
+                _ => return Err(format!("`{k}` needs a string or a whole number")),
+            };
+            table.insert(k.clone(), tv);
+        }
+        let mut merged = toml::Table::try_from(&*pool).map_err(|e| e.to_string())?;
+        merged.extend(table);
+        let updated: crate::config::PoolConfig = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        *pool = updated;
+        let check = crate::config::load_sources(&[crate::config::Source {
+            name: "<set-pool>".into(),
+            text: toml::to_string(&cfg).map_err(|e| e.to_string())?,
+        }]);
+        let cfg = check.map_err(|e| e.to_string())?;
+        let old = self.config.pool(name).cloned();
+        self.reload(cfg)?;
+        if let (Some(old), Some(new)) = (old, self.config.pool(name).cloned()) {
+            for (what, o, n) in [
+                (
+                    "workers_max",
+                    old.workers_max.to_string(),
+                    new.workers_max.to_string(),
+                ),
+                (
+                    "warm_min",
+                    old.warm_min.to_string(),
+                    new.warm_min.to_string(),
+                ),
+                (
+                    "cpu_quota",
+                    fmt_opt(&old.cpu_quota),
+                    fmt_opt(&new.cpu_quota),
+                ),
+                (
+                    "memory_max",
+                    fmt_opt(&old.memory_max),
+                    fmt_opt(&new.memory_max),
+                ),
+            ] {
+                if o != n {
+                    tracing::info!(pool = name, what, old = %o, new = %n, "pool limit changed by operator");
+                    let _ = self.events.send(super::EngineEvent::QuotaChanged {
+                        pool: name.to_string(),
+                        what: what.to_string(),
+                        old: o,
+                        new: n,
+                        why: "operator".into(),
+                    });
+                }
+            }
+        }
+        Ok(self.pools_view()[name].clone())
+    }
+
+    fn set_policy(&mut self, changes: Map<String, Value>) -> Result<Value, String> {
+        if changes.is_empty() {
+            return Err("give at least one of hot_path, threshold, speculation".into());
+        }
+        let mut predict = self.config.predict.clone();
+        let mut threshold = None;
+        for (k, v) in &changes {
+            match k.as_str() {
+                "hot_path" => {
+                    predict.hot_path = v
+                        .as_u64()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or("hot_path must be a whole number from 1 to 64")?
+                        as usize;
+                }
+                "threshold" => {
+                    threshold = Some(
+                        v.as_f64()
+                            .filter(|t| (0.0..=1.0).contains(t))
+                            .ok_or("threshold must be a number from 0 to 1")?,
+                    );
+                }
+                "speculation" => {
+                    predict.speculation = v.as_bool().ok_or("speculation must be true or false")?;
+                }
+                other => {
+                    return Err(format!(
+                        "`{other}` is not a policy key; use hot_path, threshold or speculation"
+                    ));
+                }
+            }
+        }
+        self.config.predict = predict;
+        self.apply_policy(threshold);
+        tracing::info!(?changes, "prediction policy changed by operator");
+        let _ = self.events.send(super::EngineEvent::PolicyChanged);
+        Ok(self.policy_view())
+    }
+}
+
+fn fmt_opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "unset".into())
+}
+
+pub(super) fn policy_json(hot_path: usize, threshold: f64, speculation: bool) -> Value {
+    Value::Object(json_map(json!({
+        "hot_path": hot_path,
+        "threshold": threshold,
+        "speculation": speculation,
+    })))
+}

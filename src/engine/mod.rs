@@ -1,0 +1,351 @@
+//! The engine: the one owner of precog's mutable state, fed by messages.
+//!
+//! Every stimulus — a client request, a finished job, a timer tick, a reload, a control call —
+//! becomes one [`Command`] on a channel to a single task that owns the configuration, the pools,
+//! the in-flight jobs and the counters. Nothing it does blocks: a `run` that needs a worker is
+//! handed to the pool, and the job's outcome comes back later as another message, so the loop
+//! stays free for the next request. The socket server and the D-Bus interface only forward.
+
+mod control;
+mod run;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Config;
+use crate::pool::{JobOutcome, Placement, Pool, PoolError, PoolSettings};
+use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
+
+pub use control::{ControlOp, EngineEvent};
+pub use run::{JobKey, canonical_json};
+pub use stats::Counters;
+
+/// Who sent a request, from the socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+pub type Reply = Result<Map<String, Value>, ErrorReply>;
+
+/// A message to the engine.
+pub enum Command {
+    Request {
+        op: Op,
+        client: Client,
+        received: Instant,
+        reply: oneshot::Sender<Reply>,
+    },
+    JobDone {
+        key: JobKey,
+        outcome: JobOutcome,
+    },
+    Reload {
+        config: Box<Config>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Value>,
+    },
+    Control {
+        op: ControlOp,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("pool `{pool}` cannot be set up")]
+    Pool {
+        pool: String,
+        #[source]
+        source: PoolError,
+    },
+}
+
+impl EngineHandle {
+    /// Sends a request and returns where its reply will arrive. Waits when the engine is
+    /// saturated, which is the server's backpressure.
+    pub async fn request(&self, op: Op, client: Client) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Request {
+            op,
+            client,
+            received: Instant::now(),
+            reply: tx,
+        };
+        if let Err(mpsc::error::SendError(Command::Request { reply, .. })) = self.tx.send(cmd).await
+        {
+            let _ = reply.send(Err(ErrorReply::new(
+                ErrorCode::ShuttingDown,
+                "precogd is stopping",
+            )));
+        }
+        rx
+    }
+
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Reload {
+            config: Box::new(config),
+            reply: tx,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return Err("precogd is stopping".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("precogd is stopping".into()))
+    }
+
+    /// Everything `stats` reports, for the control interface.
+    pub async fn snapshot(&self) -> Option<Value> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Snapshot { reply: tx }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Lets in-flight work finish within `grace`, stops the workers, and ends the engine.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Shutdown { grace, done: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Gives the placement of a pool's workers by pool name; `None` runs them without cgroups.
+pub type PlacementFor = Box<dyn Fn(&str) -> Option<Arc<dyn Placement>> + Send>;
+
+/// What the engine is built from, besides the configuration.
+pub struct EngineParts {
+    pub placement: PlacementFor,
+}
+
+struct Engine {
+    config: Config,
+    pools: HashMap<String, Pool>,
+    inflight: HashMap<JobKey, run::Inflight>,
+    counters: Counters,
+    started: Instant,
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<EngineEvent>,
+    /// The operator's fixed speculation threshold, when set.
+    threshold: Option<f64>,
+}
+
+/// Starts the engine task and its pools.
+pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineError> {
+    let (tx, rx) = mpsc::channel(4096);
+    let (events, _) = broadcast::channel(256);
+    let mut pools = HashMap::new();
+    for p in &config.pools {
+        let settings = pool_settings(&config, p)?;
+        pools.insert(
+            p.name.clone(),
+            Pool::start(settings, (parts.placement)(&p.name)),
+        );
+    }
+    let engine = Engine {
+        config,
+        pools,
+        inflight: HashMap::new(),
+        counters: Counters::default(),
+        started: Instant::now(),
+        tx: tx.clone(),
+        events: events.clone(),
+        threshold: None,
+    };
+    tokio::spawn(engine.run(rx));
+    Ok(EngineHandle { tx, events })
+}
+
+fn pool_settings(cfg: &Config, p: &crate::config::PoolConfig) -> Result<PoolSettings, EngineError> {
+    let err = |source| EngineError::Pool {
+        pool: p.name.clone(),
+        source,
+    };
+    let program = crate::pool::resolve_command(&p.command[0]).map_err(err)?;
+    let identity = match (&cfg.daemon.worker_user, nix::unistd::geteuid().is_root()) {
+        (Some(user), true) => Some(crate::pool::lookup_user(user).map_err(err)?),
+        _ => None,
+    };
+    Ok(PoolSettings {
+        name: p.name.clone(),
+        program,
+        args: p.command[1..].to_vec(),
+        cpus: p.cpus.as_ref().map(|c| c.0.clone()),
+        timeout: p.timeout.0,
+        warm_min: p.warm_min,
+        workers_max: p.workers_max,
+        queue_max: cfg.daemon.queue_max,
+        identity,
+    })
+}
+
+impl Engine {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Request {
+                    op,
+                    client,
+                    received,
+                    reply,
+                } => self.request(op, client, received, reply),
+                Command::JobDone { key, outcome } => self.job_done(key, outcome),
+                Command::Reload { config, reply } => {
+                    let _ = reply.send(self.reload(*config));
+                }
+                Command::Snapshot { reply } => {
+                    let _ = reply.send(Value::Object(self.stats()));
+                }
+                Command::Control { op, reply } => {
+                    let _ = reply.send(self.control(op));
+                }
+                Command::Shutdown { grace, done } => {
+                    rx.close();
+                    let pools: Vec<Pool> = self.pools.values().cloned().collect();
+                    for p in &pools {
+                        let p = p.clone();
+                        tokio::spawn(async move { p.shutdown(grace).await });
+                    }
+                    // Keep answering finished jobs until the pools have drained.
+                    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(4);
+                    loop {
+                        let live: usize = pools
+                            .iter()
+                            .map(|p| {
+                                let s = p.stats();
+                                s.workers + s.starting
+                            })
+                            .sum();
+                        if live == 0 && self.inflight.is_empty() {
+                            break;
+                        }
+                        tokio::select! {
+                            Some(Command::JobDone { key, outcome }) = rx.recv() => {
+                                self.job_done(key, outcome);
+                            }
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                            _ = tokio::time::sleep_until(deadline) => break,
+                        }
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        op: Op,
+        client: Client,
+        received: Instant,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        self.counters.requests += 1;
+        let answer = match op {
+            Op::Ping => Ok(json_map(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": PROTOCOL_VERSION,
+            }))),
+            Op::Stats => Ok(self.stats()),
+            Op::Run {
+                session,
+                process,
+                inputs,
+            } => {
+                // Answered now (cache, error) or later (when the job finishes).
+                self.run_request(client, session, process, inputs, received, reply);
+                return;
+            }
+            Op::Event(_) | Op::Hint { .. } | Op::Predict { .. } | Op::End { .. } => Err(
+                ErrorReply::new(ErrorCode::UnknownOp, "this op is not served by this build"),
+            ),
+        };
+        if let Err(e) = &answer {
+            self.counters.count_error(e.code);
+        }
+        let _ = reply.send(answer);
+    }
+
+    fn reload(&mut self, config: Config) -> Result<(), String> {
+        for p in &config.pools {
+            let settings = pool_settings(&config, p).map_err(|e| {
+                let source = std::error::Error::source(&e).map(|s| s.to_string());
+                format!("{e}: {}", source.unwrap_or_default())
+            })?;
+            match self.pools.get(&p.name) {
+                Some(pool) => pool.reconfigure(settings),
+                None => {
+                    self.pools
+                        .insert(p.name.clone(), Pool::start(settings, None));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .pools
+            .keys()
+            .filter(|n| config.pool(n).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(pool) = self.pools.remove(&name) {
+                tokio::spawn(async move { pool.shutdown(Duration::from_secs(5)).await });
+            }
+        }
+        self.config = config;
+        tracing::info!(pools = self.pools.len(), "configuration reloaded");
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Applies the prediction policy in `config.predict` plus an operator threshold.
+    fn apply_policy(&mut self, threshold: Option<f64>) {
+        if threshold.is_some() {
+            self.threshold = threshold;
+        }
+    }
+
+    fn policy_view(&self) -> Value {
+        let p = &self.config.predict;
+        control::policy_json(p.hot_path, self.threshold.unwrap_or(0.0), p.speculation)
+    }
+
+    /// Drops every cached result; returns how many there were.
+    fn flush_cache(&mut self) -> u64 {
+        0
+    }
+}
+
+pub(crate) fn json_map(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}

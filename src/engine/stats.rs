@@ -1,0 +1,111 @@
+//! Counters the engine keeps, and the `stats` reply built from them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{Engine, json_map};
+use crate::protocol::ErrorCode;
+
+/// Request and outcome counters; plain numbers owned by the engine task.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: u64,
+    pub served_cache: u64,
+    pub served_inflight: u64,
+    pub served_warm: u64,
+    pub served_cold: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Latency of answered runs, as seen by the server, in power-of-two microsecond buckets.
+    pub run_latency_us: [u64; 32],
+}
+
+impl Counters {
+    pub fn count_error(&mut self, code: ErrorCode) {
+        *self.errors.entry(code.as_str()).or_default() += 1;
+    }
+
+    pub fn count_served(&mut self, served: &str) {
+        match served {
+            "cache" => self.served_cache += 1,
+            "inflight" => self.served_inflight += 1,
+            "warm" => self.served_warm += 1,
+            _ => self.served_cold += 1,
+        }
+    }
+
+    pub fn record_latency(&mut self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let bucket = (63 - us.leading_zeros()) as usize;
+        self.run_latency_us[bucket.min(31)] += 1;
+    }
+
+    /// Upper bound of the bucket holding the `q` quantile, in microseconds.
+    pub fn latency_quantile_us(&self, q: f64) -> u64 {
+        let total: u64 = self.run_latency_us.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.run_latency_us.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return 1 << (i + 1);
+            }
+        }
+        1 << 32
+    }
+}
+
+impl Engine {
+    pub(super) fn stats(&self) -> Map<String, Value> {
+        let c = &self.counters;
+        let pools: Map<String, Value> = self
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    serde_json::to_value(p.stats()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        json_map(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "requests": c.requests,
+            "served": {
+                "cache": c.served_cache,
+                "inflight": c.served_inflight,
+                "warm": c.served_warm,
+                "cold": c.served_cold,
+            },
+            "errors": c.errors,
+            "run_latency_us": {
+                "p50": c.latency_quantile_us(0.5),
+                "p99": c.latency_quantile_us(0.99),
+            },
+            "inflight_jobs": self.inflight.len(),
+            "policy": self.policy_view(),
+            "pools": pools,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_come_from_buckets() {
+        let mut c = Counters::default();
+        for _ in 0..99 {
+            c.record_latency(Duration::from_micros(100));
+        }
+        c.record_latency(Duration::from_millis(50));
+        assert_eq!(c.latency_quantile_us(0.5), 128);
+        assert_eq!(c.latency_quantile_us(1.0), 65536);
+    }
+}

@@ -1,1 +1,0 @@
-//! (module pool: filled in by its own change.)

@@ -1,0 +1,501 @@
+//! Worker pools: warm worker processes that run jobs, one at a time each.
+//!
+//! A [`Pool`] owns the workers of one configured pool. Jobs wait in two queues, on-demand before
+//! speculative, so speculation never delays a real request; when a real request finds every worker
+//! busy and the pool at its size limit, a worker running a speculative job is taken back.
+//!
+//! Each worker is a tokio task that owns one child process and speaks the worker protocol with it
+//! (see `worker.rs`). A small supervisor task per pool keeps the number of workers at the target
+//! (`warm_min`, or what the allocator asks for), adds workers while jobs queue up, and backs off
+//! exponentially when workers die at start, so a broken executable cannot cause a respawn storm;
+//! while it backs off with no live worker, requests fail at once with `worker_failed`.
+//!
+//! Where workers sit (cgroups) is behind [`Placement`], so the pool runs the same with or without
+//! cgroups and tests need no root.
+
+mod spawn;
+mod worker;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use spawn::{WorkerIdentity, lookup_user, resolve_command};
+
+/// Where workers are placed and how their end is explained; implemented over cgroups.
+pub trait Placement: Send + Sync {
+    /// Prepares the cgroup of a new worker; returns files whose write of "0" moves the writer in.
+    fn prepare_worker(&self, worker: u64) -> std::io::Result<Vec<OwnedFd>>;
+    /// The worker is gone: kill whatever it left behind, tidy up, and say whether the kernel's
+    /// OOM killer ended it.
+    fn worker_gone(&self, worker: u64) -> bool;
+    /// CPU time the worker's cgroup has used so far, in nanoseconds, if known.
+    fn worker_cpu_ns(&self, worker: u64) -> Option<u64>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("worker executable `{0}` was not found beside precogd, in /usr/lib/precog or in PATH")]
+    NoExecutable(String),
+    #[error("cannot start worker {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker user `{0}` does not exist; create it or unset daemon.worker_user")]
+    UnknownUser(String),
+    #[error("cannot place worker in its cgroup")]
+    Placement(#[source] std::io::Error),
+}
+
+/// How urgently a job must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    OnDemand,
+    Speculative,
+}
+
+/// One job to run on a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub process: String,
+    pub inputs: Map<String, Value>,
+    /// A checkpoint to resume from.
+    pub state: Option<Value>,
+    /// `Some("prepare")` for a prepare run.
+    pub phase: Option<&'static str>,
+    pub priority: Priority,
+    /// Receives each checkpoint as the worker emits it.
+    pub checkpoints: Option<mpsc::UnboundedSender<Value>>,
+    /// Set to drop a queued speculative job before it starts.
+    pub cancelled: Arc<AtomicBool>,
+    /// Set by the worker that takes the job.
+    pub started: Arc<AtomicBool>,
+}
+
+/// Why a job produced no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Timeout,
+    Crashed,
+    Oom,
+    Protocol,
+    WorkerError,
+    Unavailable,
+    Overloaded,
+    Cancelled,
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub struct JobOutcome {
+    pub result: Result<Value, JobFailure>,
+    /// From submission until a worker took the job.
+    pub wait_us: u64,
+    /// From the job reaching the worker until its answer.
+    pub exec_us: u64,
+    /// A worker had to be started for this job.
+    pub cold: bool,
+    pub cpu_ns: u64,
+    pub last_checkpoint: Option<Value>,
+}
+
+impl JobOutcome {
+    fn failed(kind: FailureKind, message: impl Into<String>) -> JobOutcome {
+        JobOutcome {
+            result: Err(JobFailure {
+                kind,
+                message: message.into(),
+            }),
+            wait_us: 0,
+            exec_us: 0,
+            cold: false,
+            cpu_ns: 0,
+            last_checkpoint: None,
+        }
+    }
+}
+
+/// A pool's settings, from its configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cpus: Option<Vec<usize>>,
+    pub timeout: Duration,
+    pub warm_min: usize,
+    pub workers_max: usize,
+    pub queue_max: usize,
+    pub identity: Option<WorkerIdentity>,
+}
+
+/// Counters and sizes of one pool, for `stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PoolStats {
+    pub workers: usize,
+    pub busy: usize,
+    pub starting: usize,
+    pub target_warm: usize,
+    pub workers_max: usize,
+    pub queued_on_demand: usize,
+    pub queued_speculative: usize,
+    pub spawned: u64,
+    pub cold_starts: u64,
+    pub jobs_ok: u64,
+    pub jobs_failed: u64,
+    pub timeouts: u64,
+    pub crashes: u64,
+    pub oom_kills: u64,
+    pub preempted: u64,
+    pub backoff_ms: u64,
+    pub last_failure: Option<String>,
+}
+
+struct Queued {
+    job: Job,
+    enqueued: Instant,
+    retried: bool,
+    reply: oneshot::Sender<JobOutcome>,
+}
+
+struct WorkerSlot {
+    busy: Option<Priority>,
+    take_back: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    on_demand: VecDeque<Queued>,
+    speculative: VecDeque<Queued>,
+    workers: BTreeMap<u64, WorkerSlot>,
+    starting: usize,
+    target_warm: usize,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    generation: u64,
+    stats: PoolStats,
+}
+
+struct Shared {
+    settings: Mutex<PoolSettings>,
+    state: Mutex<State>,
+    job_ready: Notify,
+    supervisor_wake: Notify,
+    placement: Option<Arc<dyn Placement>>,
+    shutting_down: AtomicBool,
+    next_worker: AtomicU64,
+}
+
+/// Job numbers are unique across all pools for the daemon's lifetime.
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+/// A pool of worker processes. Cloning gives another handle to the same pool.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// Creates the pool and starts its supervisor, which brings up `warm_min` workers.
+    pub fn start(settings: PoolSettings, placement: Option<Arc<dyn Placement>>) -> Pool {
+        let state = State {
+            target_warm: settings.warm_min,
+            ..State::default()
+        };
+        let shared = Arc::new(Shared {
+            settings: Mutex::new(settings),
+            state: Mutex::new(state),
+            job_ready: Notify::new(),
+            supervisor_wake: Notify::new(),
+            placement,
+            shutting_down: AtomicBool::new(false),
+            next_worker: AtomicU64::new(1),
+        });
+        tokio::spawn(supervise(shared.clone()));
+        Pool { shared }
+    }
+
+    pub fn name(&self) -> String {
+        self.shared
+            .settings
+            .lock()
+            .expect("pool settings")
+            .name
+            .clone()
+    }
+
+    /// Queues a job; the receiver gets its outcome. Never blocks.
+    pub fn submit(&self, job: Job) -> oneshot::Receiver<JobOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let queue_max = self
+            .shared
+            .settings
+            .lock()
+            .expect("pool settings")
+            .queue_max;
+        let mut st = self.shared.state.lock().expect("pool state");
+
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            let _ = tx.send(JobOutcome::failed(
+                FailureKind::ShuttingDown,
+                "precogd is stopping",
+            ));
+            return rx;
+        }
+        if st.workers.is_empty()
+            && st.starting == 0
+            && let Some(until) = st.backoff_until
+            && until > Instant::now()
+        {
+            let why = st.stats.last_failure.clone().unwrap_or_default();
+            let wait = until.saturating_duration_since(Instant::now()).as_millis();
+            let _ = tx.send(JobOutcome::failed(
+                FailureKind::Unavailable,
+                format!("pool has no live worker ({why}); next start in {wait} ms"),
+            ));
+            return rx;
+        }
+
+        let priority = job.priority;
+        let queued = Queued {
+            job,
+            enqueued: Instant::now(),
+            retried: false,
+            reply: tx,
+        };
+        match priority {
+            Priority::OnDemand => {
+                if st.on_demand.len() >= queue_max {
+                    let _ = queued.reply.send(JobOutcome::failed(
+                        FailureKind::Overloaded,
+                        format!("{} requests are already waiting for this pool", queue_max),
+                    ));
+                    return rx;
+                }
+                st.on_demand.push_back(queued);
+                self.take_back_speculative_worker(&mut st);
+            }
+            Priority::Speculative => {
+                if st.speculative.len() >= queue_max {
+                    // Speculation is optional: drop the oldest guess rather than refuse.
+                    if let Some(old) = st.speculative.pop_front() {
+                        let _ = old
+                            .reply
+                            .send(JobOutcome::failed(FailureKind::Cancelled, "displaced"));
+                    }
+                }
+                st.speculative.push_back(queued);
+            }
+        }
+        let idle = st.workers.values().filter(|w| w.busy.is_none()).count();
+        drop(st);
+        self.shared.job_ready.notify_one();
+        if idle == 0 {
+            self.shared.supervisor_wake.notify_one();
+        }
+        rx
+    }
+
+    /// When a real request would wait because every worker is busy and the pool cannot grow,
+    /// a worker running a speculative job is killed and replaced.
+    fn take_back_speculative_worker(&self, st: &mut State) {
+        let max = self
+            .shared
+            .settings
+            .lock()
+            .expect("pool settings")
+            .workers_max;
+        let idle = st.workers.values().any(|w| w.busy.is_none());
+        if idle || st.workers.len() + st.starting < max {
+            return;
+        }
+        if let Some(w) = st
+            .workers
+            .values()
+            .find(|w| w.busy == Some(Priority::Speculative))
+        {
+            w.take_back.notify_one();
+            st.stats.preempted += 1;
+        }
+    }
+
+    /// Sets how many warm workers the pool keeps (clamped to `warm_min..=workers_max`).
+    pub fn set_target_warm(&self, n: usize) {
+        let (lo, hi) = {
+            let s = self.shared.settings.lock().expect("pool settings");
+            (s.warm_min, s.workers_max)
+        };
+        self.shared.state.lock().expect("pool state").target_warm = n.clamp(lo, hi);
+        self.shared.supervisor_wake.notify_one();
+    }
+
+    /// Applies new settings. Workers started with an older command finish their job and retire.
+    pub fn reconfigure(&self, new: PoolSettings) {
+        let mut s = self.shared.settings.lock().expect("pool settings");
+        let restart = s.program != new.program || s.args != new.args || s.cpus != new.cpus;
+        let (lo, hi) = (new.warm_min, new.workers_max);
+        *s = new;
+        drop(s);
+        let mut st = self.shared.state.lock().expect("pool state");
+        if restart {
+            st.generation += 1;
+            st.failures = 0;
+            st.backoff_until = None;
+        }
+        st.target_warm = st.target_warm.clamp(lo, hi);
+        drop(st);
+        self.shared.job_ready.notify_waiters();
+        self.shared.supervisor_wake.notify_one();
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let st = self.shared.state.lock().expect("pool state");
+        let mut s = st.stats.clone();
+        s.workers = st.workers.len();
+        s.busy = st.workers.values().filter(|w| w.busy.is_some()).count();
+        s.starting = st.starting;
+        s.target_warm = st.target_warm;
+        s.workers_max = self
+            .shared
+            .settings
+            .lock()
+            .expect("pool settings")
+            .workers_max;
+        s.queued_on_demand = st.on_demand.len();
+        s.queued_speculative = st.speculative.len();
+        s.backoff_ms = st
+            .backoff_until
+            .map(|u| u.saturating_duration_since(Instant::now()).as_millis() as u64)
+            .unwrap_or(0);
+        s
+    }
+
+    /// Stops taking jobs, lets running ones finish within `grace`, then stops every worker.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let queued: Vec<Queued> = {
+            let mut st = self.shared.state.lock().expect("pool state");
+            let st = &mut *st;
+            st.on_demand
+                .drain(..)
+                .chain(st.speculative.drain(..))
+                .collect()
+        };
+        for q in queued {
+            let _ = q.reply.send(JobOutcome::failed(
+                FailureKind::ShuttingDown,
+                "precogd is stopping",
+            ));
+        }
+        self.shared.job_ready.notify_waiters();
+        self.shared.supervisor_wake.notify_one();
+
+        let deadline = Instant::now() + grace;
+        loop {
+            let live = {
+                let st = self.shared.state.lock().expect("pool state");
+                st.workers.len() + st.starting
+            };
+            if live == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let st = self.shared.state.lock().expect("pool state");
+                for w in st.workers.values() {
+                    w.take_back.notify_one();
+                }
+            }
+            self.shared.job_ready.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if Instant::now() >= deadline + Duration::from_secs(3) {
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps the pool at its target size and restarts failed workers with backoff.
+async fn supervise(shared: Arc<Shared>) {
+    loop {
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let to_start = {
+            let max = shared.settings.lock().expect("pool settings").workers_max;
+            let mut st = shared.state.lock().expect("pool state");
+            let now = Instant::now();
+            let backing_off = st.backoff_until.is_some_and(|u| u > now);
+            let idle = st.workers.values().filter(|w| w.busy.is_none()).count();
+            let waiting = st.on_demand.len() + st.speculative.len();
+            let live = st.workers.len() + st.starting;
+            let wanted = st
+                .target_warm
+                .max(live + waiting.saturating_sub(idle + st.starting));
+            let n = if backing_off {
+                if live == 0 {
+                    fail_waiting(&mut st);
+                }
+                0
+            } else {
+                wanted.min(max).saturating_sub(live)
+            };
+            st.starting += n;
+            n
+        };
+        for _ in 0..to_start {
+            let id = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(worker::run(shared.clone(), id));
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            shared.supervisor_wake.notified(),
+        )
+        .await;
+    }
+}
+
+/// With no worker alive and starts backing off, waiting requests are answered at once.
+fn fail_waiting(st: &mut State) {
+    let why = st.stats.last_failure.clone().unwrap_or_default();
+    let mut waiting: Vec<Queued> = st.on_demand.drain(..).collect();
+    waiting.extend(st.speculative.drain(..));
+    for q in waiting {
+        let _ = q.reply.send(JobOutcome::failed(
+            FailureKind::Unavailable,
+            format!("pool has no live worker ({why})"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_names_resolve_beside_the_binary_or_in_path() {
+        assert!(resolve_command("sh").is_ok());
+        assert!(matches!(
+            resolve_command("precog-no-such-worker"),
+            Err(PoolError::NoExecutable(_))
+        ));
+        assert_eq!(resolve_command("/x/y").unwrap(), PathBuf::from("/x/y"));
+    }
+}

@@ -1,0 +1,138 @@
+//! Starting one worker process: a clean environment, no inherited descriptors, its cgroup, its
+//! CPUs, its user, no new privileges, and a parent-death signal — all set between fork and exec,
+//! so the worker's first instruction already runs confined.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use super::PoolError;
+
+/// Who the worker runs as, resolved once in the parent (no lookups are allowed after fork).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerIdentity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resolves a user name to its uid and primary gid.
+pub fn lookup_user(name: &str) -> Result<WorkerIdentity, PoolError> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(WorkerIdentity {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }),
+        _ => Err(PoolError::UnknownUser(name.to_string())),
+    }
+}
+
+/// Finds the worker executable: a path is used as it is; a bare name is looked up beside the
+/// running binary first (so a build tree or `/usr/lib/precog` works without `PATH`), then in
+/// `PATH`.
+pub fn resolve_command(program: &str) -> Result<PathBuf, PoolError> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(program)));
+    let lib = Path::new("/usr/lib/precog").join(program);
+    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::iter::once(lib))
+        .chain(std::env::split_paths(&path_dirs).map(|d| d.join(program)))
+        .find(|p| p.is_file())
+        .ok_or_else(|| PoolError::NoExecutable(program.to_string()))
+}
+
+/// Everything the child needs between fork and exec, prepared in the parent.
+pub struct SpawnPlan<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub cpus: Option<&'a [usize]>,
+    pub identity: Option<WorkerIdentity>,
+    /// Files whose write of "0" moves the writing process into a cgroup.
+    pub cgroup_join: &'a [OwnedFd],
+}
+
+/// Starts the worker with piped stdin, stdout and stderr.
+pub fn spawn(plan: &SpawnPlan<'_>) -> Result<Child, PoolError> {
+    let mut cmd = Command::new(plan.program);
+    cmd.args(plan.args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+
+    // SAFETY: a zeroed cpu_set_t is the empty set, the documented starting point for CPU_SET.
+    let mut cpu_set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let pin = match plan.cpus {
+        Some(cpus) if !cpus.is_empty() => {
+            for &c in cpus {
+                // SAFETY: `c` is below 4096 (checked when the CPU list was parsed) and
+                // cpu_set_t holds 1024 bits; CPU_SET ignores numbers past its size.
+                unsafe { libc::CPU_SET(c, &mut cpu_set) };
+            }
+            true
+        }
+        _ => false,
+    };
+    let join_fds: Vec<i32> = plan.cgroup_join.iter().map(|f| f.as_raw_fd()).collect();
+    let identity = plan.identity;
+    let zero = CString::new("0").expect("no interior NUL");
+
+    // SAFETY: the closure runs in the child between fork and exec and only makes raw,
+    // async-signal-safe system calls on values prepared above; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Join the cgroup first, so everything the worker does is charged there.
+            for &fd in &join_fds {
+                if libc::write(fd, zero.as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if pin && libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &cpu_set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(id) = identity
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(id.gid) != 0
+                    || libc::setuid(id.uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // After the user change, which would clear it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() == 1 {
+                // The daemon died before the signal was armed.
+                libc::_exit(1);
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Mark every descriptor above stdio close-on-exec: sockets passed by systemd, the
+            // cgroup files above, anything a library opened without O_CLOEXEC.
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    cmd.spawn().map_err(|e| PoolError::Spawn {
+        program: plan.program.to_path_buf(),
+        source: e,
+    })
+}

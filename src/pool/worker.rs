@@ -1,0 +1,552 @@
+//! One worker: a task that owns one child process and runs jobs on it, one at a time.
+//!
+//! A worker that times out, breaks the protocol or exits is killed together with its process
+//! group (and its cgroup, through the placement) and not reused; the supervisor replaces it. A job
+//! lost that way is queued again once, from its last checkpoint; a second loss fails it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::Notify;
+
+use super::spawn::{SpawnPlan, spawn};
+use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
+use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
+
+/// Largest line a worker may write; a longer one breaks the protocol.
+const MAX_REPLY: usize = 8 << 20;
+
+/// A worker idle this long above the warm target retires.
+const IDLE_RETIRE: Duration = Duration::from_secs(30);
+
+/// A worker that dies sooner than this without serving a job counts as failing at start.
+const HEALTHY_AFTER: Duration = Duration::from_secs(2);
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How a job on this worker ended.
+enum Ran {
+    Answered(JobOutcome),
+    /// The worker cannot be used again; the job may be retried.
+    Lost {
+        kind: FailureKind,
+        message: String,
+        checkpoint: Option<Value>,
+        exec_us: u64,
+    },
+}
+
+pub(super) async fn run(shared: Arc<Shared>, id: u64) {
+    let (settings, generation) = {
+        let s = shared.settings.lock().expect("pool settings").clone();
+        (s, shared.state.lock().expect("pool state").generation)
+    };
+
+    let join = match &shared.placement {
+        Some(p) => match p.prepare_worker(id) {
+            Ok(fds) => fds,
+            Err(e) => {
+                started_failed(&shared, format!("cannot prepare the worker's cgroup: {e}"));
+                return;
+            }
+        },
+        None => Vec::new(),
+    };
+    let plan = SpawnPlan {
+        program: &settings.program,
+        args: &settings.args,
+        cpus: settings.cpus.as_deref(),
+        identity: settings.identity,
+        cgroup_join: &join,
+    };
+    let mut child = match spawn(&plan) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(p) = &shared.placement {
+                p.worker_gone(id);
+            }
+            started_failed(&shared, format!("{e}: {}", source_text(&e)));
+            return;
+        }
+    };
+    drop(join);
+
+    let pid = child.id().unwrap_or(0);
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(log_stderr(settings.name.clone(), pid, stderr));
+    }
+
+    let take_back = Arc::new(Notify::new());
+    let started = Instant::now();
+    {
+        let mut st = shared.state.lock().expect("pool state");
+        st.starting -= 1;
+        st.stats.spawned += 1;
+        st.workers.insert(
+            id,
+            WorkerSlot {
+                busy: None,
+                take_back: take_back.clone(),
+            },
+        );
+    }
+    tracing::debug!(pool = %settings.name, worker = id, pid, "worker started");
+
+    let mut framer = Framer::new(MAX_REPLY);
+    let mut served = 0u64;
+    let mut last_cpu = 0u64;
+    let mut death: Option<String> = None;
+
+    loop {
+        let Some(queued) = next_job(&shared, id, generation, &take_back, &mut child).await else {
+            break;
+        };
+        let cold = started > queued.enqueued && served == 0;
+        let wait_us = queued.enqueued.elapsed().as_micros() as u64;
+        let timeout = shared.settings.lock().expect("pool settings").timeout;
+        let job_id = super::NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+
+        let ran = run_job(
+            &queued,
+            job_id,
+            timeout,
+            &mut stdin,
+            &mut stdout,
+            &mut framer,
+            &take_back,
+        )
+        .await;
+        served += 1;
+
+        let cpu_now = shared
+            .placement
+            .as_ref()
+            .and_then(|p| p.worker_cpu_ns(id))
+            .or_else(|| proc_cpu_ns(pid))
+            .unwrap_or(last_cpu);
+        let cpu_ns = cpu_now.saturating_sub(last_cpu);
+        last_cpu = cpu_now;
+
+        match ran {
+            Ran::Answered(mut outcome) => {
+                outcome.wait_us = wait_us;
+                outcome.cold = cold;
+                outcome.cpu_ns = cpu_ns;
+                let mut st = shared.state.lock().expect("pool state");
+                if let Some(w) = st.workers.get_mut(&id) {
+                    w.busy = None;
+                }
+                if outcome.result.is_ok() {
+                    st.stats.jobs_ok += 1;
+                } else {
+                    st.stats.jobs_failed += 1;
+                }
+                if cold {
+                    st.stats.cold_starts += 1;
+                }
+                st.failures = 0;
+                drop(st);
+                let _ = queued.reply.send(outcome);
+            }
+            Ran::Lost {
+                kind,
+                message,
+                checkpoint,
+                exec_us,
+            } => {
+                kill_group(pid);
+                let _ = child.wait().await;
+                let oom = shared.placement.as_ref().is_some_and(|p| p.worker_gone(id));
+                let (kind, message) = if oom {
+                    (
+                        FailureKind::Oom,
+                        "worker was killed by the OOM killer".to_string(),
+                    )
+                } else {
+                    (kind, message)
+                };
+                tracing::warn!(pool = %settings.name, worker = id, pid, reason = ?kind,
+                    "{message}; replacing the worker");
+                finish_lost(
+                    &shared, queued, kind, message, checkpoint, wait_us, exec_us, cold,
+                );
+                remove_slot(&shared, id, started, served, None);
+                return;
+            }
+        }
+        if let Some(status) = child.try_wait().ok().flatten() {
+            death = Some(format!("worker exited ({status})"));
+            break;
+        }
+    }
+
+    if death.is_none()
+        && let Ok(Some(status)) = child.try_wait()
+    {
+        death = Some(format!("worker exited ({status})"));
+    }
+
+    // Orderly end: close stdin so a well-behaved worker exits, then make sure it did.
+    drop(stdin);
+    let graceful = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
+    if graceful.is_err() {
+        terminate(pid, &mut child).await;
+    } else {
+        kill_group(pid);
+    }
+    if let Some(p) = &shared.placement {
+        p.worker_gone(id);
+    }
+    remove_slot(&shared, id, started, served, death);
+}
+
+/// Waits for a job for this worker; `None` when the worker should stop.
+async fn next_job(
+    shared: &Arc<Shared>,
+    id: u64,
+    generation: u64,
+    take_back: &Notify,
+    child: &mut Child,
+) -> Option<Queued> {
+    let mut idle_since = Instant::now();
+    loop {
+        let ready = shared.job_ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        {
+            let mut st = shared.state.lock().expect("pool state");
+            if shared.shutting_down.load(Ordering::Relaxed) || st.generation != generation {
+                return None;
+            }
+            while let Some(q) = st
+                .on_demand
+                .pop_front()
+                .or_else(|| st.speculative.pop_front())
+            {
+                if q.job.priority == Priority::Speculative
+                    && q.job.cancelled.load(Ordering::Relaxed)
+                {
+                    let _ = q
+                        .reply
+                        .send(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
+                    continue;
+                }
+                if let Some(w) = st.workers.get_mut(&id) {
+                    w.busy = Some(q.job.priority);
+                }
+                q.job.started.store(true, Ordering::Relaxed);
+                return Some(q);
+            }
+            let surplus = st.workers.len() > st.target_warm;
+            if surplus && idle_since.elapsed() >= IDLE_RETIRE {
+                return None;
+            }
+        }
+        tokio::select! {
+            _ = &mut ready => {}
+            _ = take_back.notified() => {
+                if shared.shutting_down.load(Ordering::Relaxed) {
+                    return None;
+                }
+            }
+            _ = child.wait() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if shared.state.lock().expect("pool state").workers.len() <= 1 {
+            idle_since = Instant::now();
+        }
+    }
+}
+
+async fn run_job(
+    queued: &Queued,
+    job_id: u64,
+    timeout: Duration,
+    stdin: &mut ChildStdin,
+    stdout: &mut BufReader<ChildStdout>,
+    framer: &mut Framer,
+    take_back: &Notify,
+) -> Ran {
+    let job = &queued.job;
+    let line = encode_job(
+        job_id,
+        &job.process,
+        &job.inputs,
+        job.state.as_ref(),
+        job.phase,
+    );
+    let start = Instant::now();
+    let mut checkpoint: Option<Value> = None;
+    let lost = |kind, message: String, checkpoint: Option<Value>| Ran::Lost {
+        kind,
+        message,
+        checkpoint,
+        exec_us: start.elapsed().as_micros() as u64,
+    };
+
+    if let Err(e) = stdin.write_all(&line).await {
+        return lost(
+            FailureKind::Crashed,
+            format!("worker closed its input: {e}"),
+            None,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(next) = framer.next_line() {
+            let Ok(line) = next else {
+                return lost(
+                    FailureKind::Protocol,
+                    format!("worker wrote a line over {MAX_REPLY} bytes"),
+                    checkpoint,
+                );
+            };
+            match decode_worker_reply(&line) {
+                Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
+                Ok(reply) if reply.job != Some(job_id) => {
+                    tracing::debug!(job = job_id, got = ?reply.job, "discarded a reply for another job");
+                }
+                Ok(reply) => match reply.kind {
+                    WorkerReplyKind::Checkpoint(state) => {
+                        if let Some(tx) = &job.checkpoints {
+                            let _ = tx.send(state.clone());
+                        }
+                        checkpoint = Some(state);
+                    }
+                    WorkerReplyKind::Result(value) => {
+                        return Ran::Answered(answered(Ok(value), start, checkpoint));
+                    }
+                    WorkerReplyKind::Error(message) => {
+                        let failure = super::JobFailure {
+                            kind: FailureKind::WorkerError,
+                            message,
+                        };
+                        return Ran::Answered(answered(Err(failure), start, checkpoint));
+                    }
+                },
+            }
+        }
+
+        let read = tokio::select! {
+            r = stdout.read(&mut buf) => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                let ms = timeout.as_millis();
+                return lost(FailureKind::Timeout, format!("job ran past its {ms} ms timeout"),
+                    checkpoint);
+            }
+            _ = take_back.notified() => {
+                return lost(FailureKind::Cancelled,
+                    "worker taken back for an on-demand request".into(), checkpoint);
+            }
+        };
+        match read {
+            Ok(0) => {
+                return lost(
+                    FailureKind::Crashed,
+                    "worker exited during the job".into(),
+                    checkpoint,
+                );
+            }
+            Ok(n) => framer.push(&buf[..n]),
+            Err(e) => {
+                return lost(
+                    FailureKind::Crashed,
+                    format!("cannot read from worker: {e}"),
+                    checkpoint,
+                );
+            }
+        }
+    }
+}
+
+fn answered(
+    result: Result<Value, super::JobFailure>,
+    start: Instant,
+    last_checkpoint: Option<Value>,
+) -> JobOutcome {
+    JobOutcome {
+        result,
+        wait_us: 0,
+        exec_us: start.elapsed().as_micros() as u64,
+        cold: false,
+        cpu_ns: 0,
+        last_checkpoint,
+    }
+}
+
+/// Answers or re-queues a job whose worker was lost.
+#[allow(clippy::too_many_arguments)]
+fn finish_lost(
+    shared: &Shared,
+    mut queued: Queued,
+    kind: FailureKind,
+    message: String,
+    checkpoint: Option<Value>,
+    wait_us: u64,
+    exec_us: u64,
+    cold: bool,
+) {
+    let mut st = shared.state.lock().expect("pool state");
+    match kind {
+        FailureKind::Timeout => st.stats.timeouts += 1,
+        FailureKind::Oom => st.stats.oom_kills += 1,
+        FailureKind::Cancelled => {}
+        _ => st.stats.crashes += 1,
+    }
+    let retry = matches!(kind, FailureKind::Crashed | FailureKind::Protocol)
+        && !queued.retried
+        && !shared.shutting_down.load(Ordering::Relaxed);
+    if retry {
+        queued.retried = true;
+        if checkpoint.is_some() {
+            queued.job.state = checkpoint;
+        }
+        st.on_demand.push_front(queued);
+        drop(st);
+        shared.job_ready.notify_one();
+        shared.supervisor_wake.notify_one();
+        return;
+    }
+    st.stats.jobs_failed += 1;
+    drop(st);
+    let _ = queued.reply.send(JobOutcome {
+        result: Err(super::JobFailure { kind, message }),
+        wait_us,
+        exec_us,
+        cold,
+        cpu_ns: 0,
+        last_checkpoint: checkpoint,
+    });
+}
+
+fn remove_slot(shared: &Shared, id: u64, started: Instant, served: u64, death: Option<String>) {
+    let mut st = shared.state.lock().expect("pool state");
+    st.workers.remove(&id);
+    if let Some(why) = death {
+        st.stats.crashes += 1;
+        if served == 0 && started.elapsed() < HEALTHY_AFTER {
+            note_start_failure(&mut st, why);
+        }
+    }
+    drop(st);
+    shared.supervisor_wake.notify_one();
+}
+
+fn started_failed(shared: &Shared, why: String) {
+    let mut st = shared.state.lock().expect("pool state");
+    st.starting -= 1;
+    note_start_failure(&mut st, why);
+    drop(st);
+    shared.supervisor_wake.notify_one();
+}
+
+fn note_start_failure(st: &mut super::State, why: String) {
+    st.failures = st.failures.saturating_add(1);
+    let backoff = BACKOFF_START
+        .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
+        .min(BACKOFF_MAX);
+    if st.failures == 1 || st.failures.is_power_of_two() {
+        tracing::warn!(
+            failures = st.failures,
+            backoff_ms = backoff.as_millis() as u64,
+            "worker failed at start: {why}"
+        );
+    }
+    st.backoff_until = Some(Instant::now() + backoff);
+    st.stats.last_failure = Some(why);
+}
+
+fn source_text(e: &super::PoolError) -> String {
+    std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// SIGKILL to the worker's process group (it leads its own group).
+fn kill_group(pid: u32) {
+    if pid > 0 {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL for the whole group.
+async fn terminate(pid: u32, child: &mut Child) {
+    if pid > 0 {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(1), child.wait())
+        .await
+        .is_err()
+    {
+        kill_group(pid);
+        let _ = child.wait().await;
+    }
+    kill_group(pid);
+}
+
+/// CPU time of a process from `/proc/<pid>/stat` (user + system), in nanoseconds.
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 2..];
+    let mut fields = after.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some((utime + stime) * 1_000_000_000 / hz)
+}
+
+/// Logs what a worker writes on stderr, at most a few lines a second per worker.
+async fn log_stderr(pool: String, pid: u32, stderr: tokio::process::ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut framer = Framer::new(4096);
+    let mut window = Instant::now();
+    let (mut logged, mut dropped) = (0u32, 0u64);
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            let line = match framer.next_line() {
+                None => break,
+                Some(Ok(l)) => l,
+                Some(Err(_)) => {
+                    // An endless line: keep its start, drop the rest.
+                    framer = Framer::new(4096);
+                    b"(a line of over 4 KiB was cut)".to_vec()
+                }
+            };
+            if window.elapsed() >= Duration::from_secs(1) {
+                if dropped > 0 {
+                    tracing::warn!(pool = %pool, pid, dropped, "worker stderr lines not logged");
+                }
+                window = Instant::now();
+                logged = 0;
+                dropped = 0;
+            }
+            if logged < 5 {
+                logged += 1;
+                tracing::warn!(pool = %pool, pid, "worker: {}", String::from_utf8_lossy(&line));
+            } else {
+                dropped += 1;
+            }
+        }
+    }
+}

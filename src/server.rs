@@ -1,1 +1,0 @@
-//! (module server: filled in by its own change.)
