@@ -171,6 +171,9 @@ lintian_is_clean() {
     [ -z "$out" ] || { printf '%s\n' "$out"; return 1; }
 }
 check "lintian reports no errors and no warnings" lintian_is_clean
+# The threshold is on systemd-analyze's internal scale of 0-100: 25 is an exposure of 2.5.
+check "precogd.service's exposure is 2.5 or lower" systemd-analyze security --offline=true \
+    --threshold=25 "$E2E_ROOT/systemd/precogd.service"
 
 ROOTFS=$(bookworm_rootfs) \
     || skip "cannot debootstrap a bookworm root filesystem"
