@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use precog::cgroup::Cgroups;
 use precog::config::{self, Config};
 use precog::engine::{self, EngineParts};
 use precog::server::{self, Access, ServerSettings, systemd};
@@ -128,6 +129,46 @@ fn user_dirs() -> (PathBuf, PathBuf, PathBuf) {
     (runtime, cache, state)
 }
 
+/// Finds the cgroup subtree for the pools and clears what a crashed earlier run left there.
+/// Without one, precog still runs; it says so once.
+fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
+    // systemd starts a service with Delegate=yes in its own `<unit>.service` cgroup and says so
+    // with INVOCATION_ID; a daemon started by hand uses a parent cgroup of its own instead.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let delegated = std::env::var_os("INVOCATION_ID").is_some()
+        && own.lines().any(|l| l.trim_end().ends_with(".service"));
+    let found = Cgroups::detect(
+        Path::new("/sys/fs/cgroup"),
+        Path::new("/proc"),
+        &cfg.daemon.cgroup_parent,
+        delegated,
+    );
+    match found {
+        Ok(Some(cg)) => {
+            match cg.remove_stale() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed cgroups left by an earlier run"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove cgroups left by an earlier run")
+                }
+            }
+            tracing::info!(cgroups = %cg.describe(), "worker pools run in cgroups");
+            Some(cg)
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "cgroups are unavailable or not delegated to this user; pools run without CPU \
+                 and memory limits"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up cgroups; pools run without CPU and memory limits");
+            None
+        }
+    }
+}
+
 fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
     Arc::new(ServerSettings {
         max_connections: cfg.daemon.max_connections,
@@ -147,7 +188,7 @@ async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
     };
 
     let parts = EngineParts {
-        placement: Box::new(|_| None),
+        cgroups: setup_cgroups(&cfg),
     };
     let engine = engine::start(cfg.clone(), parts).context("cannot start the engine")?;
 

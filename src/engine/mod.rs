@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::cgroup::{Cgroups, PoolLimits};
 use crate::config::Config;
-use crate::pool::{JobOutcome, Placement, Pool, PoolError, PoolSettings};
+use crate::pool::{CgroupPlacement, JobOutcome, Placement, Pool, PoolError, PoolSettings};
 use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
 
 pub use control::{ControlOp, EngineEvent};
@@ -79,6 +80,12 @@ pub enum EngineError {
         #[source]
         source: PoolError,
     },
+    #[error("the cgroup of pool `{pool}` cannot be set up")]
+    Cgroup {
+        pool: String,
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
 }
 
 impl EngineHandle {
@@ -136,12 +143,10 @@ impl EngineHandle {
     }
 }
 
-/// Gives the placement of a pool's workers by pool name; `None` runs them without cgroups.
-pub type PlacementFor = Box<dyn Fn(&str) -> Option<Arc<dyn Placement>> + Send>;
-
 /// What the engine is built from, besides the configuration.
 pub struct EngineParts {
-    pub placement: PlacementFor,
+    /// The cgroup subtree for the pools; `None` runs workers without cgroups.
+    pub cgroups: Option<Cgroups>,
 }
 
 struct Engine {
@@ -154,30 +159,29 @@ struct Engine {
     events: broadcast::Sender<EngineEvent>,
     /// The operator's fixed speculation threshold, when set.
     threshold: Option<f64>,
+    cgroups: Option<Cgroups>,
+    placements: HashMap<String, Arc<CgroupPlacement>>,
 }
 
 /// Starts the engine task and its pools.
 pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineError> {
     let (tx, rx) = mpsc::channel(4096);
     let (events, _) = broadcast::channel(256);
-    let mut pools = HashMap::new();
-    for p in &config.pools {
-        let settings = pool_settings(&config, p)?;
-        pools.insert(
-            p.name.clone(),
-            Pool::start(settings, (parts.placement)(&p.name)),
-        );
-    }
-    let engine = Engine {
-        config,
-        pools,
+    let mut engine = Engine {
+        config: config.clone(),
+        pools: HashMap::new(),
         inflight: HashMap::new(),
         counters: Counters::default(),
         started: Instant::now(),
         tx: tx.clone(),
         events: events.clone(),
         threshold: None,
+        cgroups: parts.cgroups,
+        placements: HashMap::new(),
     };
+    for p in &config.pools {
+        engine.start_pool(p)?;
+    }
     tokio::spawn(engine.run(rx));
     Ok(EngineHandle { tx, events })
 }
@@ -253,6 +257,12 @@ impl Engine {
                             _ = tokio::time::sleep_until(deadline) => break,
                         }
                     }
+                    self.placements.clear();
+                    if let Some(cg) = self.cgroups.take()
+                        && let Err(e) = cg.remove()
+                    {
+                        tracing::warn!(error = %e, "cannot remove precog's cgroups");
+                    }
                     let _ = done.send(());
                     return;
                 }
@@ -315,7 +325,11 @@ impl Engine {
             .collect();
         for name in gone {
             if let Some(pool) = self.pools.remove(&name) {
-                tokio::spawn(async move { pool.shutdown(Duration::from_secs(5)).await });
+                let placement = self.placements.remove(&name);
+                tokio::spawn(async move {
+                    pool.shutdown(Duration::from_secs(5)).await;
+                    drop(placement);
+                });
             }
         }
         self.config = config;
@@ -325,6 +339,26 @@ impl Engine {
 }
 
 impl Engine {
+    /// Creates the pool's cgroup (when cgroups are in use) and starts its workers.
+    fn start_pool(&mut self, p: &crate::config::PoolConfig) -> Result<(), EngineError> {
+        let settings = pool_settings(&self.config, p)?;
+        let mut placement: Option<Arc<dyn Placement>> = None;
+        if let Some(cg) = &self.cgroups {
+            let pool_cg = cg
+                .create_pool(&p.name, &PoolLimits::from_config(p))
+                .map_err(|source| EngineError::Cgroup {
+                    pool: p.name.clone(),
+                    source,
+                })?;
+            let pl = Arc::new(CgroupPlacement::new(pool_cg));
+            self.placements.insert(p.name.clone(), pl.clone());
+            placement = Some(pl);
+        }
+        self.pools
+            .insert(p.name.clone(), Pool::start(settings, placement));
+        Ok(())
+    }
+
     /// Applies the prediction policy in `config.predict` plus an operator threshold.
     fn apply_policy(&mut self, threshold: Option<f64>) {
         if threshold.is_some() {

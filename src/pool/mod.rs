@@ -13,31 +13,38 @@
 //! Where workers sit (cgroups) is behind [`Placement`], so the pool runs the same with or without
 //! cgroups and tests need no root.
 
+mod placement;
 mod spawn;
 mod worker;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command};
 
 /// Where workers are placed and how their end is explained; implemented over cgroups.
 pub trait Placement: Send + Sync {
-    /// Prepares the cgroup of a new worker; returns files whose write of "0" moves the writer in.
-    fn prepare_worker(&self, worker: u64) -> std::io::Result<Vec<OwnedFd>>;
+    /// Prepares the cgroup of a new worker; the handle moves the child in before exec.
+    fn prepare_worker(&self, worker: u64) -> std::io::Result<Option<JoinHandle>>;
     /// The worker is gone: kill whatever it left behind, tidy up, and say whether the kernel's
     /// OOM killer ended it.
     fn worker_gone(&self, worker: u64) -> bool;
     /// CPU time the worker's cgroup has used so far, in nanoseconds, if known.
     fn worker_cpu_ns(&self, worker: u64) -> Option<u64>;
+    /// What the whole pool uses now.
+    fn usage(&self) -> Option<Usage>;
+    /// Where the pool sits and its limits in force, for `stats`.
+    fn describe(&self) -> Value;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +174,8 @@ pub struct PoolStats {
     pub preempted: u64,
     pub backoff_ms: u64,
     pub last_failure: Option<String>,
+    /// The pool's cgroup: paths, limits in force, usage; absent without cgroups.
+    pub cgroup: Option<Value>,
 }
 
 struct Queued {
@@ -381,6 +390,18 @@ impl Pool {
             .workers_max;
         s.queued_on_demand = st.on_demand.len();
         s.queued_speculative = st.speculative.len();
+        s.cgroup = self.shared.placement.as_ref().map(|p| {
+            let mut v = p.describe();
+            if let Some(u) = p.usage() {
+                v["usage"] = serde_json::json!({
+                    "cpu_ns": u.cpu_ns,
+                    "memory_now": u.memory_now,
+                    "memory_peak": u.memory_peak,
+                    "oom_kills": u.oom_kills,
+                });
+            }
+            v
+        });
         s.backoff_ms = st
             .backoff_until
             .map(|u| u.saturating_duration_since(Instant::now()).as_millis() as u64)

@@ -2,14 +2,13 @@
 //! CPUs, its user, no new privileges, and a parent-death signal — all set between fork and exec,
 //! so the worker's first instruction already runs confined.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
 use super::PoolError;
+use crate::cgroup::JoinHandle;
 
 /// Who the worker runs as, resolved once in the parent (no lookups are allowed after fork).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +54,12 @@ pub struct SpawnPlan<'a> {
     pub args: &'a [String],
     pub cpus: Option<&'a [usize]>,
     pub identity: Option<WorkerIdentity>,
-    /// Files whose write of "0" moves the writing process into a cgroup.
-    pub cgroup_join: &'a [OwnedFd],
+    /// Moves the child into its cgroup; consumed by the spawn.
+    pub cgroup_join: Option<JoinHandle>,
 }
 
 /// Starts the worker with piped stdin, stdout and stderr.
-pub fn spawn(plan: &SpawnPlan<'_>) -> Result<Child, PoolError> {
+pub fn spawn(plan: SpawnPlan<'_>) -> Result<Child, PoolError> {
     let mut cmd = Command::new(plan.program);
     cmd.args(plan.args)
         .env_clear()
@@ -86,19 +85,16 @@ pub fn spawn(plan: &SpawnPlan<'_>) -> Result<Child, PoolError> {
         }
         _ => false,
     };
-    let join_fds: Vec<i32> = plan.cgroup_join.iter().map(|f| f.as_raw_fd()).collect();
+    let join = plan.cgroup_join;
     let identity = plan.identity;
-    let zero = CString::new("0").expect("no interior NUL");
 
     // SAFETY: the closure runs in the child between fork and exec and only makes raw,
     // async-signal-safe system calls on values prepared above; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Join the cgroup first, so everything the worker does is charged there.
-            for &fd in &join_fds {
-                if libc::write(fd, zero.as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(join) = &join {
+                join.join_raw()?;
             }
             if pin && libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &cpu_set) != 0 {
                 return Err(std::io::Error::last_os_error());

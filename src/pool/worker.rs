@@ -49,22 +49,22 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
 
     let join = match &shared.placement {
         Some(p) => match p.prepare_worker(id) {
-            Ok(fds) => fds,
+            Ok(handle) => handle,
             Err(e) => {
                 started_failed(&shared, format!("cannot prepare the worker's cgroup: {e}"));
                 return;
             }
         },
-        None => Vec::new(),
+        None => None,
     };
     let plan = SpawnPlan {
         program: &settings.program,
         args: &settings.args,
         cpus: settings.cpus.as_deref(),
         identity: settings.identity,
-        cgroup_join: &join,
+        cgroup_join: join,
     };
-    let mut child = match spawn(&plan) {
+    let mut child = match spawn(plan) {
         Ok(c) => c,
         Err(e) => {
             if let Some(p) = &shared.placement {
@@ -74,7 +74,6 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             return;
         }
     };
-    drop(join);
 
     let pid = child.id().unwrap_or(0);
     let mut stdin = child.stdin.take().expect("piped stdin");
@@ -401,14 +400,17 @@ fn finish_lost(
         FailureKind::Cancelled => {}
         _ => st.stats.crashes += 1,
     }
-    let retry = matches!(kind, FailureKind::Crashed | FailureKind::Protocol)
+    // A job that got as far as a checkpoint is worth one more try from there; one that did
+    // not would most likely fail the same way again, so it fails now with the reason.
+    let retry = matches!(
+        kind,
+        FailureKind::Crashed | FailureKind::Protocol | FailureKind::Timeout
+    ) && checkpoint.is_some()
         && !queued.retried
         && !shared.shutting_down.load(Ordering::Relaxed);
     if retry {
         queued.retried = true;
-        if checkpoint.is_some() {
-            queued.job.state = checkpoint;
-        }
+        queued.job.state = checkpoint;
         st.on_demand.push_front(queued);
         drop(st);
         shared.job_ready.notify_one();

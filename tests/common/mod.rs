@@ -1,0 +1,276 @@
+//! Shared harness for the black-box tests: starts the real `precogd` on a temporary directory
+//! and socket, and speaks the socket protocol to it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub fn precogd() -> &'static str {
+    env!("CARGO_BIN_EXE_precogd")
+}
+
+/// Path of a test worker in `tests/workers/`.
+pub fn worker(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workers")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn have_python() -> bool {
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Prints the skip line and returns true when `cond` is false.
+pub fn skip_unless(cond: bool, reason: &str) -> bool {
+    if !cond {
+        println!("SKIPPED: {reason}");
+    }
+    !cond
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique cgroup parent name for one daemon of one test run.
+pub fn cgroup_parent() -> String {
+    format!(
+        "precog-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts precogd with the built-in configuration plus `extra` TOML, on a private socket,
+    /// cache and state directory. Waits until the socket answers.
+    pub fn start(extra: &str) -> Daemon {
+        Daemon::start_with("", extra)
+    }
+
+    /// Like [`Daemon::start`], with `daemon_keys` added to the `[daemon]` table.
+    pub fn start_with(daemon_keys: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("precogd.sock");
+        let config = dir.path().join("precogd.toml");
+        let parent = cgroup_parent();
+        let text = format!(
+            "[daemon]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n\
+             socket_group = \"root\"\nallowed_groups = []\n{daemon_keys}\n{extra}\n",
+            dir.path().join("cache").display(),
+            dir.path().join("state").display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut d = Daemon {
+            dir,
+            socket,
+            config,
+            cgroup_parent: parent,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts (again) the daemon process on this directory.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("precogd.log")).expect("log");
+        let child = Command::new(precogd())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start precogd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = self.try_connect()
+                && c.try_call(&json!({"op":"ping"}))
+                    .is_some_and(|r| r["ok"] == json!(true))
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("precogd exited at start ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("precogd did not answer within 20 s:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("precogd.log")).unwrap_or_default()
+    }
+
+    pub fn try_connect(&self) -> std::io::Result<Conn> {
+        Conn::open(&self.socket)
+    }
+
+    pub fn connect(&self) -> Conn {
+        self.try_connect().expect("connect to precogd")
+    }
+
+    /// One request on a new connection.
+    pub fn call(&self, req: Value) -> Value {
+        self.connect().call(&req)
+    }
+
+    /// The worker processes precogd started (its direct children).
+    pub fn workers(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    /// SIGTERM and wait; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub struct Conn {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+}
+
+impl Conn {
+    pub fn open(path: &Path) -> std::io::Result<Conn> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    pub fn send(&mut self, req: &Value) {
+        let mut line = serde_json::to_vec(req).expect("json");
+        line.push(b'\n');
+        self.writer.write_all(&line).expect("send");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "precogd closed the connection");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line}"))
+    }
+
+    /// Like `call`, but `None` when the connection fails.
+    pub fn try_call(&mut self, req: &Value) -> Option<Value> {
+        let mut line = serde_json::to_vec(req).ok()?;
+        line.push(b'\n');
+        self.writer.write_all(&line).ok()?;
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply).ok().filter(|n| *n > 0)?;
+        serde_json::from_str(&reply).ok()
+    }
+
+    pub fn call(&mut self, req: &Value) -> Value {
+        self.send(req);
+        self.recv()
+    }
+
+    /// True when the daemon has closed this connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}

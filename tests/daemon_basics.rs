@@ -1,0 +1,275 @@
+//! Black-box tests of the daemon's socket, protocol errors and worker handling, on the real
+//! `precogd` with real worker processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, have_python, skip_unless, worker};
+use serde_json::json;
+
+/// A pool of Python echo workers with a 1 s timeout, and processes on it.
+fn echo_pool() -> String {
+    format!(
+        r#"
+[[pool]]
+name = "shop"
+warm_min = 1
+
+[[pool]]
+name = "t"
+command = ["python3", "{echo}"]
+warm_min = 1
+workers_max = 2
+timeout = "1s"
+
+[[process]]
+name = "echo"
+pool = "t"
+inputs = ["x"]
+
+[[process]]
+name = "sleep"
+pool = "t"
+inputs = ["sleep_ms"]
+
+[[process]]
+name = "noisy"
+pool = "t"
+inputs = ["stderr_kb"]
+"#,
+        echo = worker("echo.py")
+    )
+}
+
+#[test]
+fn run_is_served_warm_by_the_shop_worker() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    let r = c.call(&json!({"id": 1, "op": "run", "session": "s1",
+        "process": "validate_postal_code",
+        "inputs": {"country": "DE", "postal_code": "10115"}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["id"], json!(1));
+    assert_eq!(r["served"], json!("warm"), "{r}");
+    assert!(r["result"].is_object(), "{r}");
+
+    let r = c.call(&json!({"id": 2, "op": "run", "session": "s1", "process": "teleport"}));
+    assert_eq!(r["error"]["code"], json!("unknown_process"), "{r}");
+
+    let r = c.call(
+        &json!({"op": "run", "session": "s1", "process": "calc_shipping",
+        "inputs": {"country": "DE"}}),
+    );
+    assert_eq!(r["error"]["code"], json!("missing_input"), "{r}");
+}
+
+#[test]
+fn bad_json_is_answered_and_the_connection_stays_open() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    c.send_raw(b"{this is not json\n").unwrap();
+    let r = c.recv();
+    assert_eq!(r["ok"], json!(false));
+    assert_eq!(r["error"]["code"], json!("bad_json"));
+
+    c.send_raw(b"{\"id\":\"u\",\"op\":\"dance\"}\n").unwrap();
+    assert_eq!(c.recv()["error"]["code"], json!("unknown_op"));
+
+    let r = c.call(&json!({"id": 9, "op": "ping"}));
+    assert_eq!(r["ok"], json!(true));
+    assert_eq!(r["protocol"], json!(1));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    let mut batch = Vec::new();
+    for i in 0..50 {
+        let req = if i % 3 == 0 {
+            json!({"id": i, "op": "run", "session": "p", "process": "validate_postal_code",
+                "inputs": {"country": "FR", "postal_code": format!("750{:02}", i % 20 + 1)}})
+        } else {
+            json!({"id": i, "op": "ping"})
+        };
+        batch.extend(serde_json::to_vec(&req).unwrap());
+        batch.push(b'\n');
+    }
+    c.send_raw(&batch).unwrap();
+    for i in 0..50 {
+        let r = c.recv();
+        assert_eq!(r["id"], json!(i), "reply out of order: {r}");
+        assert_eq!(r["ok"], json!(true), "{r}");
+    }
+}
+
+#[test]
+fn an_overlong_line_is_refused_and_memory_stays_bounded() {
+    let d = Daemon::start("");
+    let before = common::rss_kib(d.pid());
+    let mut c = d.connect();
+    let chunk = vec![b'x'; 64 * 1024];
+    // 2 MiB with no newline; the daemon may close the connection before all of it is sent.
+    for _ in 0..32 {
+        if c.send_raw(&chunk).is_err() {
+            break;
+        }
+    }
+    let r = c.recv();
+    assert_eq!(r["error"]["code"], json!("too_large"), "{r}");
+    assert!(
+        c.closed(),
+        "the connection should be closed after too_large"
+    );
+    let after = common::rss_kib(d.pid());
+    println!("precogd RSS before {before} KiB, after a 2 MiB line {after} KiB");
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+
+    // The daemon still serves others.
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}
+
+#[test]
+fn a_worker_killed_mid_job_gives_an_error_and_the_next_run_works() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&echo_pool());
+    let before = d.workers();
+    let sock = d.socket.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut c = common::Conn::open(&sock).unwrap();
+        c.call(&json!({"op": "run", "session": "k", "process": "sleep",
+            "inputs": {"sleep_ms": 800}}))
+    });
+    // Find the worker that took the job: a child whose stat shows it sleeping in Python.
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = d
+        .workers()
+        .into_iter()
+        .filter(|p| cmdline(*p).contains("echo.py"))
+        .collect::<Vec<_>>();
+    assert!(!busy.is_empty(), "no echo worker found among {before:?}");
+    for pid in &busy {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let r = waiter.join().unwrap();
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
+    assert_eq!(r["error"]["reason"], json!("crashed"), "{r}");
+
+    let r = d.call(json!({"op": "run", "session": "k", "process": "echo", "inputs": {"x": 5}}));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+}
+
+#[test]
+fn a_worker_writing_a_mebibyte_to_stderr_still_replies() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&echo_pool());
+    let r = d.call(json!({"op": "run", "session": "n", "process": "noisy",
+        "inputs": {"stderr_kb": 1024}}));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+}
+
+#[test]
+fn a_timed_out_job_does_not_leak_its_answer_into_the_next_job() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&echo_pool());
+    let mut c = d.connect();
+    let start = Instant::now();
+    let r = c.call(&json!({"op": "run", "session": "t", "process": "sleep",
+        "inputs": {"sleep_ms": 1500}}));
+    assert_eq!(r["error"]["code"], json!("timeout"), "{r}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1400),
+        "the timeout was not enforced"
+    );
+
+    for x in 0..5 {
+        let r = c.call(&json!({"op": "run", "session": "t", "process": "echo",
+            "inputs": {"x": x}}));
+        assert_eq!(r["ok"], json!(true), "{r}");
+        let text = r["result"].to_string();
+        assert!(
+            !text.contains("1500"),
+            "got the timed-out job's answer: {text}"
+        );
+        assert!(
+            text.contains(&format!("\"x\":{x}")),
+            "answer is not for this job: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_is_left_alone() {
+    let mut d = Daemon::start("");
+    d.kill9();
+    assert!(d.socket.exists(), "a killed daemon leaves its socket file");
+    d.spawn();
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving"), "{err}");
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+
+    assert!(d.stop(), "precogd did not stop cleanly");
+    assert!(
+        !d.socket.exists(),
+        "precogd should remove its socket at stop"
+    );
+}
+
+#[test]
+fn check_config_reports_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[daemon]\nqueue_max = \"many\"\n").unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: daemon.queue_max"), "{err}");
+
+    std::fs::write(&path, "[sessions]\nmax = 10\n").unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}

@@ -1,0 +1,204 @@
+//! Black-box tests of pools in real cgroups (this machine's v1 hierarchies), on the real daemon.
+//! Each daemon uses a cgroup parent of its own, removed when it stops.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Daemon, have_python, is_root, skip_unless, worker};
+use serde_json::json;
+
+fn cgroups_usable() -> bool {
+    if skip_unless(is_root(), "needs root to create cgroups") {
+        return false;
+    }
+    if skip_unless(
+        Path::new("/sys/fs/cgroup/cpu/cgroup.procs").exists()
+            || Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        "no cgroup filesystem",
+    ) {
+        return false;
+    }
+    !skip_unless(have_python(), "python3 is not installed")
+}
+
+fn pool(limits: &str) -> String {
+    format!(
+        r#"
+[[pool]]
+name = "shop"
+warm_min = 0
+
+[[pool]]
+name = "t"
+command = ["python3", "{echo}"]
+warm_min = 1
+workers_max = 2
+timeout = "10s"
+{limits}
+
+[[process]]
+name = "burn"
+pool = "t"
+inputs = ["cpu_ms"]
+
+[[process]]
+name = "hog"
+pool = "t"
+inputs = ["alloc_mb"]
+
+[[process]]
+name = "forks"
+pool = "t"
+inputs = ["fork_bomb"]
+
+[[process]]
+name = "echo"
+pool = "t"
+inputs = ["x"]
+"#,
+        echo = worker("echo.py")
+    )
+}
+
+fn v1_dir(controller: &str, d: &Daemon, rest: &str) -> std::path::PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(&d.cgroup_parent)
+        .join(rest)
+}
+
+#[test]
+fn a_cpu_burner_under_a_20_percent_quota_gets_about_a_fifth_of_a_core() {
+    if !cgroups_usable() {
+        return;
+    }
+    let d = Daemon::start(&pool("cpu_quota = \"20%\"\ncpus = \"0\""));
+    let usage = v1_dir("cpuacct", &d, "t/cpuacct.usage");
+    let before: u64 = read_u64(&usage);
+    let start = std::time::Instant::now();
+    // Asks for 2 s of CPU; with 20% of a core that takes about 10 s of wall time, so sample
+    // what it got in the first two seconds.
+    let sock = d.socket.clone();
+    let job = std::thread::spawn(move || {
+        common::Conn::open(&sock)
+            .unwrap()
+            .call(&json!({"op": "run", "session": "c",
+            "process": "burn", "inputs": {"cpu_ms": 2000}}))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let used_ns = read_u64(&usage) - before;
+    let wall = start.elapsed().as_secs_f64();
+    let share = used_ns as f64 / 1e9 / wall;
+    println!(
+        "CPU used under a 20% quota: {:.3} s in {wall:.2} s = {:.1}% of a core",
+        used_ns as f64 / 1e9,
+        share * 100.0
+    );
+    assert!(share <= 0.25, "used {:.1}% of a core", share * 100.0);
+    assert!(share >= 0.10, "used only {:.1}% of a core", share * 100.0);
+    let quota = std::fs::read_to_string(v1_dir("cpu", &d, "t/cpu.cfs_quota_us")).unwrap();
+    assert_eq!(quota.trim(), "20000");
+    drop(job);
+}
+
+#[test]
+fn a_job_past_the_memory_limit_is_reported_as_oom() {
+    if !cgroups_usable() {
+        return;
+    }
+    let d = Daemon::start(&pool("memory_max = \"64M\"\nmemory_reserve = \"16M\""));
+    let r = d.call(json!({"op": "run", "session": "m", "process": "hog",
+        "inputs": {"alloc_mb": 256}}));
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
+    assert_eq!(r["error"]["reason"], json!("oom"), "{r}\n{}", d.log());
+
+    let r = d.call(json!({"op": "run", "session": "m", "process": "hog",
+        "inputs": {"alloc_mb": 8}}));
+    assert_eq!(
+        r["ok"],
+        json!(true),
+        "a small job after the OOM should work: {r}"
+    );
+    let soft =
+        std::fs::read_to_string(v1_dir("memory", &d, "t/memory.soft_limit_in_bytes")).unwrap();
+    assert_eq!(soft.trim(), (16u64 << 20).to_string());
+}
+
+#[test]
+fn workers_run_on_the_pools_cpus_inside_its_cgroup() {
+    if !cgroups_usable() {
+        return;
+    }
+    let d = Daemon::start(&pool("cpus = \"0\""));
+    let r = d.call(json!({"op": "run", "session": "p", "process": "echo", "inputs": {"x": 1}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let workers = d.workers();
+    assert!(!workers.is_empty());
+    for pid in workers {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(cpus, "0", "worker {pid} may run on {cpus}");
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cg.contains(&format!("/{}/t/w", d.cgroup_parent)),
+            "worker {pid}: {cg}"
+        );
+    }
+}
+
+#[test]
+fn a_fork_bomb_is_stopped_by_the_pids_limit_and_the_daemon_keeps_serving() {
+    if !cgroups_usable() {
+        return;
+    }
+    let d = Daemon::start(&pool("pids_max = 16"));
+    let r = d.call(json!({"op": "run", "session": "f", "process": "forks",
+        "inputs": {"fork_bomb": 200}}));
+    println!("fork bomb reply: {r}");
+    let pids = std::fs::read_to_string(v1_dir("pids", &d, "t/pids.max")).unwrap();
+    assert_eq!(pids.trim(), "16");
+    let current: u64 = read_u64(&v1_dir("pids", &d, "t/pids.current"));
+    assert!(current <= 16, "{current} tasks in a pool limited to 16");
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+    let r = d.call(json!({"op": "run", "session": "f", "process": "echo", "inputs": {"x": 2}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+}
+
+#[test]
+fn no_cgroup_directory_remains_after_the_daemon_stops() {
+    if !cgroups_usable() {
+        return;
+    }
+    let mut d = Daemon::start(&pool("memory_max = \"128M\"\ncpu_quota = \"50%\""));
+    let r = d.call(json!({"op": "run", "session": "r", "process": "echo", "inputs": {"x": 3}}));
+    assert_eq!(r["ok"], json!(true));
+    assert!(v1_dir("memory", &d, "t").exists());
+    let stats = d.call(json!({"op": "stats"}));
+    let cg = &stats["pools"]["t"]["cgroup"];
+    assert!(
+        cg["paths"].to_string().contains(&d.cgroup_parent),
+        "{stats}"
+    );
+    assert_eq!(cg["limits"]["memory_max"], json!(128u64 << 20), "{cg}");
+    assert!(d.stop());
+    for c in ["cpu", "cpuacct", "cpuset", "memory", "pids"] {
+        let dir = Path::new("/sys/fs/cgroup").join(c).join(&d.cgroup_parent);
+        assert!(!dir.exists(), "{} remains", dir.display());
+    }
+}
+
+fn read_u64(p: &Path) -> u64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,728 @@
+//! Black-box tests of `precog-shop-worker` and of the Python test workers in `tests/workers/`.
+//!
+//! Each test starts the real executable and speaks the worker protocol over its stdin and
+//! stdout, as precogd does: one JSON job per line in, checkpoint lines and one result or error
+//! line per job out.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_precog-shop-worker");
+const REPLY_WAIT: Duration = Duration::from_secs(20);
+
+/// A running worker with a thread turning its stdout into lines.
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Worker {
+    fn start(mut command: Command) -> Worker {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start worker");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Worker {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn shop(catalog: &Path) -> Worker {
+        let mut command = Command::new(WORKER);
+        command.arg("--catalog").arg(catalog).env_clear();
+        Worker::start(command)
+    }
+
+    fn send_raw(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(REPLY_WAIT)
+            .expect("the worker answers within the wait")
+    }
+
+    fn next(&self) -> Value {
+        let line = self.next_line();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
+    }
+
+    /// Sends a job and returns its checkpoints and its final (result or error) line.
+    fn ask(&mut self, job: Value) -> (Vec<Value>, Value) {
+        self.send_raw(&job.to_string());
+        let mut checkpoints = Vec::new();
+        loop {
+            let reply = self.next();
+            assert_eq!(reply["job"], job["job"], "reply for another job: {reply}");
+            if reply.get("checkpoint").is_some() {
+                checkpoints.push(reply["checkpoint"].clone());
+            } else {
+                return (checkpoints, reply);
+            }
+        }
+    }
+
+    fn result(&mut self, process: &str, inputs: Value) -> Value {
+        let (_, reply) = self.ask(json!({"job": 1, "process": process, "inputs": inputs}));
+        assert!(reply.get("error").is_none(), "{process} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    fn error(&mut self, process: &str, inputs: Value) -> String {
+        let (_, reply) = self.ask(json!({"job": 2, "process": process, "inputs": inputs}));
+        reply["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{process} should fail: {reply}"))
+            .to_owned()
+    }
+
+    /// Closes stdin and waits for the exit status.
+    fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        wait_for(&mut self.child, REPLY_WAIT).expect("the worker exits at the end of its input")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn shared_data(relative: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(relative);
+    path.exists().then_some(path)
+}
+
+fn no_catalog() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.sqlite");
+    (dir, path)
+}
+
+fn build_catalog(from: &Path, out: &Path) {
+    let output = Command::new(WORKER)
+        .args(["build-catalog", "--from"])
+        .arg(from)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "build-catalog failed: {output:?}");
+}
+
+#[test]
+fn postal_codes_of_several_countries() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    let valid = [
+        ("DE", "10115", "10115"),
+        ("GB", "sw1a1aa", "SW1A 1AA"),
+        ("NL", "1012ab", "1012 AB"),
+        ("PL", "00950", "00-950"),
+        ("CA", "k1a 0b1", "K1A 0B1"),
+        ("JP", "1000001", "100-0001"),
+        ("SE", "11455", "114 55"),
+        ("US", "10001-1234", "10001-1234"),
+        ("FR", "75008", "75008"),
+    ];
+    for (country, code, normalized) in valid {
+        let result = worker.result(
+            "validate_postal_code",
+            json!({"country": country, "postal_code": code}),
+        );
+        assert_eq!(result["valid"], true, "{country} {code}: {result}");
+        assert_eq!(result["postal_code"], normalized);
+    }
+
+    let invalid = [
+        ("DE", "1011"),
+        ("GB", "SW1A 1CA"),
+        ("US", "ABCDE"),
+        ("CA", "D1A 0B1"),
+    ];
+    for (country, code) in invalid {
+        let result = worker.result(
+            "validate_postal_code",
+            json!({"country": country, "postal_code": code}),
+        );
+        assert_eq!(result["valid"], false, "{country} {code}: {result}");
+        assert!(result["reason"].as_str().unwrap().contains("not a valid"));
+    }
+    let unknown = worker.result(
+        "validate_postal_code",
+        json!({"country": "ZZ", "postal_code": "1"}),
+    );
+    assert!(
+        unknown["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no postal code rules")
+    );
+    assert!(worker.finish().success());
+}
+
+#[test]
+fn shipping_options_are_ordered_by_price() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    let berlin = worker.result(
+        "calc_shipping",
+        json!({"country": "DE", "postal_code": "10115", "cart_weight_g": 1500}),
+    );
+    let options = berlin["options"].as_array().unwrap();
+    assert!(options.len() >= 5, "{berlin}");
+    let prices: Vec<u64> = options
+        .iter()
+        .map(|o| o["price_cents"].as_u64().unwrap())
+        .collect();
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]), "{prices:?}");
+    assert!(
+        options
+            .iter()
+            .all(|o| o["carrier"].is_string() && o["days"].is_u64())
+    );
+
+    // An island costs more than the mainland; Japan more than both.
+    let sylt = worker.result(
+        "calc_shipping",
+        json!({"country": "DE", "postal_code": "25980", "cart_weight_g": "1500"}),
+    );
+    assert_eq!(sylt["remote"], true);
+    assert!(sylt["options"][0]["price_cents"].as_u64().unwrap() > prices[0]);
+    let tokyo = worker.result(
+        "calc_shipping",
+        json!({"country": "JP", "postal_code": "100-0001", "cart_weight_g": 1500}),
+    );
+    assert_eq!(tokyo["zone"], "world");
+    assert!(tokyo["options"][0]["price_cents"].as_u64().unwrap() > prices[0]);
+
+    let bad_code = worker.error(
+        "calc_shipping",
+        json!({"country": "DE", "postal_code": "123", "cart_weight_g": 1500}),
+    );
+    assert!(
+        bad_code.contains("not a valid DE postal code"),
+        "{bad_code}"
+    );
+    let too_heavy = worker.error(
+        "calc_shipping",
+        json!({"country": "DE", "postal_code": "10115", "cart_weight_g": 500_000}),
+    );
+    assert!(too_heavy.contains("split the order"), "{too_heavy}");
+}
+
+#[test]
+fn coupons_are_accepted_or_refused_with_a_reason() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    let accepted = worker.result(
+        "apply_coupon",
+        json!({"coupon": "welcome10", "cart_total_cents": 4999}),
+    );
+    assert_eq!(accepted["accepted"], true);
+    assert_eq!(accepted["discount_cents"], 500);
+    assert_eq!(accepted["new_total_cents"], 4499);
+
+    let refusals = [
+        (
+            json!({"coupon": "SAVE5", "cart_total_cents": 1000}),
+            "at least 25.00",
+        ),
+        (
+            json!({"coupon": "NOSUCH", "cart_total_cents": 1000}),
+            "unknown coupon",
+        ),
+        (
+            json!({"coupon": "AUTUMN2019", "cart_total_cents": 1000}),
+            "expired",
+        ),
+        (
+            json!({"coupon": "ELECTRO20", "cart_total_cents": 9000, "categories": ["apparel"]}),
+            "electronics",
+        ),
+    ];
+    for (inputs, reason) in refusals {
+        let refused = worker.result("apply_coupon", inputs.clone());
+        assert_eq!(refused["accepted"], false, "{inputs}");
+        assert!(
+            refused["reason"].as_str().unwrap().contains(reason),
+            "{refused}"
+        );
+        assert_eq!(refused["new_total_cents"], inputs["cart_total_cents"]);
+    }
+    let in_autumn = worker.result(
+        "apply_coupon",
+        json!({"coupon": "AUTUMN2019", "cart_total_cents": 1000, "today": "2019-10-15"}),
+    );
+    assert_eq!(in_autumn["discount_cents"], 120);
+}
+
+#[test]
+fn bad_input_gets_an_error_line_and_the_worker_keeps_serving() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    let postal = json!({"country": "DE", "postal_code": "10115"});
+
+    worker.send_raw("this is not json");
+    let reply = worker.next();
+    assert_eq!(reply["job"], Value::Null);
+    assert!(reply["error"].as_str().unwrap().contains("not valid JSON"));
+
+    worker.send_raw(r#"{"job": 77, "process": "calc_shipping", "inputs": {"#);
+    let reply = worker.next();
+    assert_eq!(reply["job"], 77, "the id of a broken line is salvaged");
+
+    let cases = [
+        (
+            json!({"job": 3, "process": "launch_rocket", "inputs": {}}),
+            "unknown process",
+        ),
+        (
+            json!({"job": 4, "process": "calc_shipping", "inputs": postal}),
+            "cart_weight_g",
+        ),
+        (
+            json!({"job": 5, "process": "calc_shipping",
+                   "inputs": {"country": "DE", "postal_code": "10115", "cart_weight_g": "heavy"}}),
+            "must be a whole number",
+        ),
+        (json!({"job": 6, "inputs": {}}), "no \"process\""),
+        (
+            json!({"job": 7, "process": "apply_coupon", "inputs": [1, 2]}),
+            "inputs",
+        ),
+        (
+            json!({"job": 8, "process": "cart_total", "inputs": {"cart": "x"}}),
+            "cart",
+        ),
+        (
+            json!({"job": 9, "process": "calc_shipping", "inputs": postal, "phase": "prepare"}),
+            "no prepare phase",
+        ),
+    ];
+    for (job, expected) in cases {
+        let (_, reply) = worker.ask(job.clone());
+        let error = reply["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{job}: {reply}"));
+        assert!(error.contains(expected), "{job}: {error}");
+    }
+    worker.send_raw("[1,2,3]");
+    assert!(worker.next()["error"].is_string());
+    worker.send_raw("");
+
+    let still = worker.result("validate_postal_code", postal);
+    assert_eq!(still["valid"], true);
+    assert_eq!(worker.finish().code(), Some(0));
+}
+
+#[test]
+fn catalogue_processes_explain_a_missing_catalogue() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    for process in ["check_inventory", "price_quote", "reserve_stock"] {
+        let error = worker.error(process, json!({"sku": "1517085"}));
+        assert!(error.contains("build-catalog"), "{process}: {error}");
+    }
+    let error = worker.error(
+        "cart_total",
+        json!({"cart": [{"sku": "1517085", "qty": 1}]}),
+    );
+    assert!(error.contains("build-catalog"), "{error}");
+    // The other processes do not need the catalogue.
+    let coupon = worker.result(
+        "apply_coupon",
+        json!({"coupon": "SAVE5", "cart_total_cents": 3000}),
+    );
+    assert_eq!(coupon["accepted"], true);
+}
+
+#[test]
+fn catalogue_built_from_otto_answers_stock_and_prices() {
+    let Some(otto) = shared_data("otto/otto_train_sample.jsonl") else {
+        println!("SKIPPED: ../shared/data/otto/otto_train_sample.jsonl is absent");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("shop.sqlite");
+    build_catalog(&otto, &catalog);
+
+    let first_session: Value = serde_json::from_str(
+        std::fs::read_to_string(&otto)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let sku = first_session["events"][0]["aid"].to_string();
+
+    let mut worker = Worker::shop(&catalog);
+    let price = worker.result("price_quote", json!({"sku": sku}));
+    let price_cents = price["price_cents"].as_i64().unwrap();
+    assert!(price_cents > 0, "{price}");
+    assert_eq!(price["currency"], "EUR");
+    assert_eq!(
+        price["net_cents"].as_i64().unwrap() + price["vat_cents"].as_i64().unwrap(),
+        price_cents
+    );
+
+    let stock = worker.result("check_inventory", json!({"sku": sku}));
+    let units = stock["stock"].as_i64().unwrap();
+    assert_eq!(stock["in_stock"], units > 0);
+
+    let total = worker.result("cart_total", json!({"cart": [{"sku": sku, "qty": 3}]}));
+    assert_eq!(total["total_cents"].as_i64().unwrap(), 3 * price_cents);
+    assert!(total["weight_g"].as_i64().unwrap() > 0);
+
+    let reserved = worker.result("reserve_stock", json!({"sku": sku}));
+    if units > 0 {
+        assert_eq!(reserved["reserved"], true, "{reserved}");
+        assert_eq!(reserved["stock_left"], units - 1);
+        let after = worker.result("check_inventory", json!({"sku": sku}));
+        assert_eq!(after["stock"], units - 1, "reserving is a real write");
+    } else {
+        assert_eq!(reserved["reserved"], false, "{reserved}");
+    }
+
+    let unknown = worker.error("price_quote", json!({"sku": "no-such-sku"}));
+    assert!(unknown.contains("unknown sku"), "{unknown}");
+    assert!(worker.finish().success());
+
+    // The same file always builds the same catalogue.
+    let again = dir.path().join("again.sqlite");
+    build_catalog(&otto, &again);
+    let mut worker = Worker::shop(&again);
+    assert_eq!(
+        worker.result("price_quote", json!({"sku": sku}))["price_cents"],
+        price_cents
+    );
+    assert_eq!(
+        worker.result("check_inventory", json!({"sku": sku}))["stock"],
+        units
+    );
+}
+
+#[test]
+fn catalogue_built_from_rees46_keeps_the_listed_price() {
+    let Some(rees46) = shared_data("rees46/2019-Oct_head.complete_rows.csv") else {
+        println!("SKIPPED: ../shared/data/rees46 is absent");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("shop.sqlite");
+    build_catalog(&rees46, &catalog);
+
+    // The last row of a product carries its current price.
+    let text = std::fs::read_to_string(&rees46).unwrap();
+    let row: Vec<&str> = text.lines().nth(2).unwrap().split(',').collect();
+    let sku = row[2];
+    let last_price = text
+        .lines()
+        .rev()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&sku))
+        .map(|f| f[6].parse::<f64>().unwrap())
+        .unwrap();
+
+    let mut worker = Worker::shop(&catalog);
+    let price = worker.result("price_quote", json!({"sku": sku}));
+    assert_eq!(
+        price["price_cents"],
+        (last_price * 100.0).round() as i64,
+        "{price}"
+    );
+    let brand = row[5];
+    if !brand.is_empty() {
+        assert_eq!(price["brand"], brand);
+    }
+}
+
+#[test]
+fn quote_carriers_checkpoints_and_resumes() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    let inputs = json!({"country": "US", "postal_code": "10001", "cart_weight_g": 2500});
+    let (checkpoints, reply) = worker.ask(json!({
+        "job": 10, "process": "quote_carriers", "inputs": inputs, "state": null
+    }));
+    let fresh = &reply["result"];
+    assert_eq!(fresh["resumed_from"], 0);
+    let quotes = fresh["quotes"].as_array().unwrap();
+    assert!(quotes.len() >= 4);
+    assert_eq!(
+        checkpoints.len(),
+        quotes.len() - 1,
+        "a checkpoint between carriers"
+    );
+    for checkpoint in &checkpoints {
+        assert!(checkpoint.to_string().len() < 64 * 1024);
+    }
+
+    // A replacement worker given the third checkpoint does only the remaining carriers.
+    let mut replacement = Worker::shop(&catalog);
+    let (later, reply) = replacement.ask(json!({
+        "job": 11, "process": "quote_carriers", "inputs": inputs, "state": checkpoints[2]
+    }));
+    let resumed = &reply["result"];
+    assert_eq!(resumed["resumed_from"], 3, "{resumed}");
+    assert_eq!(later.len(), quotes.len() - 4);
+    assert_eq!(resumed["quotes"], fresh["quotes"]);
+    assert_eq!(resumed["cheapest"], fresh["cheapest"]);
+}
+
+#[test]
+fn quote_carriers_prepare_phase_does_the_route_lookups() {
+    let (_dir, catalog) = no_catalog();
+    let mut worker = Worker::shop(&catalog);
+    let (checkpoints, reply) = worker.ask(json!({
+        "job": 20, "process": "quote_carriers", "phase": "prepare",
+        "inputs": {"country": "GB", "postal_code": "EH1 1YZ"}
+    }));
+    assert_eq!(reply["result"]["prepared"], true, "{reply}");
+    assert_eq!(checkpoints.len(), 1);
+    let routes = checkpoints[0]["routes"].as_array().unwrap();
+    assert!(routes.iter().any(|r| r["route"]["hubs"].is_array()));
+
+    let (_, reply) = worker.ask(json!({
+        "job": 21, "process": "quote_carriers", "state": checkpoints[0],
+        "inputs": {"country": "GB", "postal_code": "EH1 1YZ", "cart_weight_g": 800}
+    }));
+    let result = &reply["result"];
+    assert_eq!(result["routes_from_state"], true, "{result}");
+    assert_eq!(result["resumed_from"], 0);
+    assert_eq!(result["delivery_hub"], "Glasgow");
+}
+
+// --- the Python test workers for the daemon's fault tests ---
+
+fn python_worker(name: &str) -> Option<Command> {
+    let has_python = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_python {
+        println!("SKIPPED: python3 is not installed");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workers")
+        .join(name);
+    // Run the script itself, as a pool command would, through its shebang.
+    Some(Command::new(script))
+}
+
+#[test]
+fn echo_worker_answers_with_its_inputs_and_does_real_work() {
+    let Some(command) = python_worker("echo.py") else {
+        return;
+    };
+    let mut worker = Worker::start(command);
+    let inputs =
+        json!({"sku": "1", "sleep_ms": 150, "cpu_ms": 100, "alloc_mb": 16, "stderr_kb": 4});
+    let start = Instant::now();
+    let (_, reply) = worker.ask(json!({"job": 1, "process": "x", "inputs": inputs}));
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "slept and burned CPU"
+    );
+    assert_eq!(reply["result"]["echo"], inputs);
+    assert_eq!(reply["result"]["allocated_mb"], 16);
+
+    // A small bomb: the daemon's tests fork without a limit under their pids_max.
+    let (_, reply) = worker.ask(json!({"job": 3, "process": "x", "inputs": {"fork_bomb": 5}}));
+    let children: Vec<i32> = reply["result"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pid| pid.as_i64().unwrap() as i32)
+        .collect();
+    for pid in &children {
+        // SAFETY: kill(2) on a pid the test's own worker forked and reported; no memory involved.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert_eq!(children.len(), 5, "{reply}");
+    assert_eq!(reply["result"]["forked"], 5);
+
+    let (_, reply) =
+        worker.ask(json!({"job": 2, "process": "x", "inputs": {"spawn_grandchild": true}}));
+    let grandchild = reply["result"]["grandchild_pid"].as_i64().unwrap() as i32;
+    assert!(worker.finish().success());
+    let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).is_ok();
+    // SAFETY: kill(2) with a pid this test's worker started and reported; no memory involved.
+    unsafe { libc::kill(grandchild, libc::SIGKILL) };
+    assert!(alive, "the grandchild outlives the worker");
+}
+
+#[test]
+fn crash_at_start_worker_exits_at_once() {
+    let Some(mut command) = python_worker("crash_at_start.py") else {
+        return;
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut child, REPLY_WAIT).expect("exits without input");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn garbage_worker_answers_non_json() {
+    let Some(command) = python_worker("garbage.py") else {
+        return;
+    };
+    let mut worker = Worker::start(command);
+    worker.send_raw(&json!({"job": 1, "process": "x", "inputs": {}}).to_string());
+    let line = worker.next_line();
+    assert!(serde_json::from_str::<Value>(&line).is_err(), "{line}");
+}
+
+#[test]
+fn huge_line_worker_writes_100_mib_without_a_newline() {
+    let Some(mut command) = python_worker("huge_line.py") else {
+        return;
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", json!({"job": 1, "process": "x", "inputs": {}})).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut total, mut newlines) = (0usize, 0usize);
+    while total < 100 << 20 {
+        let read = stdout.read(&mut buffer).unwrap();
+        assert!(read > 0, "stopped after {total} bytes");
+        newlines += buffer[..read].iter().filter(|b| **b == b'\n').count();
+        total += read;
+    }
+    assert_eq!(newlines, 0);
+    drop(stdin);
+    assert!(wait_for(&mut child, REPLY_WAIT).is_some());
+}
+
+#[test]
+fn ignore_term_worker_survives_sigterm() {
+    let Some(command) = python_worker("ignore_term.py") else {
+        return;
+    };
+    let mut worker = Worker::start(command);
+    // Its stderr line says the handler is in place.
+    let mut stderr = BufReader::new(worker.child.stderr.take().unwrap());
+    let mut said = String::new();
+    stderr.read_line(&mut said).unwrap();
+    assert!(said.contains("SIGTERM ignored"));
+    worker.send_raw(&json!({"job": 1, "process": "x", "inputs": {}}).to_string());
+
+    let pid = worker.child.id() as i32;
+    // SAFETY: kill(2) on the pid of the child this test started; no memory involved.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(worker.child.try_wait().unwrap().is_none(), "still running");
+    assert!(worker.lines.try_recv().is_err(), "no answer to the job");
+}
+
+#[test]
+fn late_reply_worker_answers_after_its_sleep() {
+    let Some(command) = python_worker("late_reply.py") else {
+        return;
+    };
+    let mut worker = Worker::start(command);
+    let start = Instant::now();
+    let (_, reply) = worker.ask(json!({"job": 9, "process": "x", "inputs": {"sleep_ms": 300}}));
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(reply["result"]["late"], true);
+}
+
+#[test]
+fn die_mid_job_worker_checkpoints_then_exits() {
+    let Some(command) = python_worker("die_mid_job.py") else {
+        return;
+    };
+    let mut worker = Worker::start(command);
+    worker.send_raw(&json!({"job": 4, "process": "x", "inputs": {}}).to_string());
+    let checkpoint = worker.next();
+    assert_eq!(checkpoint["checkpoint"]["step"], 1);
+    let status = wait_for(&mut worker.child, REPLY_WAIT).expect("exits mid-job");
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        worker
+            .lines
+            .recv_timeout(Duration::from_millis(200))
+            .is_err()
+    );
+
+    let Some(command) = python_worker("die_mid_job.py") else {
+        return;
+    };
+    let mut retry = Worker::start(command);
+    let (_, reply) = retry.ask(json!({"job": 5, "process": "x", "inputs": {},
+                                      "state": checkpoint["checkpoint"]}));
+    assert_eq!(reply["result"]["resumed"], true);
+}
+
+#[test]
+fn checkpointer_worker_checkpoints_and_resumes() {
+    let Some(command) = python_worker("checkpointer.py") else {
+        return;
+    };
+    let mut worker = Worker::start(command);
+    let (checkpoints, reply) =
+        worker.ask(json!({"job": 1, "process": "x", "inputs": {"steps": 4}, "state": null}));
+    assert_eq!(
+        checkpoints,
+        vec![json!({"done": 1}), json!({"done": 2}), json!({"done": 3})]
+    );
+    assert_eq!(reply["result"]["resumed_from"], 0);
+
+    let (checkpoints, reply) =
+        worker.ask(json!({"job": 2, "process": "x", "inputs": {"steps": 4}, "state": {"done": 2}}));
+    assert_eq!(checkpoints, vec![json!({"done": 3})]);
+    assert_eq!(reply["result"]["resumed_from"], 2);
+    assert!(worker.finish().success());
+}
