@@ -90,6 +90,30 @@ boot_container() {
     return 1
 }
 
+# Installs and purges the deb in a container where systemd is not running (as in a chroot or an
+# image build): the maintainer scripts must create the users and skip starting anything.
+install_without_systemd() {
+    local rootfs=$1 debdir=$2 dir
+    for dir in $(own_cgroups); do
+        mkdir -p "$dir" || return 1
+    done
+    (
+        for dir in $(own_cgroups); do
+            echo "$BASHPID" >"$dir/cgroup.procs"
+        done
+        exec env SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --register=no \
+            --keep-unit --private-network --volatile=overlay --directory="$rootfs" \
+            --bind-ro="$debdir:/mnt/precog-deb" /bin/sh -exc '
+                test ! -d /run/systemd/system
+                dpkg -i /mnt/precog-deb/*.deb
+                getent group precog
+                getent passwd precog-worker
+                test -L /etc/systemd/system/sockets.target.wants/precogd.socket
+                dpkg --purge precog
+                ! getent passwd precog-worker'
+    ) </dev/null
+}
+
 in_ct() {
     nsenter -t "$LEADER" -m -u -i -n -p -C \
         env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
@@ -177,6 +201,8 @@ check "precogd.service's exposure is 2.5 or lower" systemd-analyze security --of
 
 ROOTFS=$(bookworm_rootfs) \
     || skip "cannot debootstrap a bookworm root filesystem"
+check "the deb installs, enables and purges without a running systemd" \
+    install_without_systemd "$ROOTFS" "$WORK/deb"
 boot_container "$ROOTFS" "$WORK/deb" \
     || skip "systemd-nspawn cannot boot a container here: $(tail -n 5 "$WORK/console.log")"
 
