@@ -25,16 +25,10 @@ has_value() {
     [ "$actual" = "$2" ] || { echo "$1 is '$actual', expected '$2'"; return 1; }
 }
 
-# The pool's cgroup: `pool-<name>` by the daemon's contract; a bare `<name>` is found too, so a
-# naming difference fails one check instead of hiding what the limits are.
+# The pool's cgroup: named after the pool, beside the daemon's own `daemon/` leaf (a pool may
+# not be called `daemon`).
 pool_cgroup() {
-    local cg
-    cg=$(service_cgroup)
-    if [ -d "$cg/pool-$1" ] || [ ! -d "$cg/$1" ]; then
-        printf '%s\n' "$cg/pool-$1"
-    else
-        printf '%s\n' "$cg/$1"
-    fi
+    printf '%s\n' "$(service_cgroup)/$1"
 }
 
 daemon_in_its_leaf() { grep -qx "$(main_pid)" "$(service_cgroup)/daemon/cgroup.procs"; }
@@ -107,7 +101,6 @@ check "precogd moved itself into the daemon/ leaf" daemon_in_its_leaf
 
 for pool in shop e2e; do
     check "the $pool pool's cgroup sits in precogd.service's subtree" test -d "$(pool_cgroup $pool)"
-    check "the $pool pool's cgroup is named pool-$pool" test -d "$cg/pool-$pool"
 done
 shop=$(pool_cgroup shop)
 e2e=$(pool_cgroup e2e)
