@@ -27,7 +27,7 @@ fn compare_step_model_variants() {
     let without = |i: usize| all & !(1 << i);
     let mut variants = vec![("default".to_string(), base)];
     variants.push((
-        "one mixer".into(),
+        "two mixers".into(),
         StepTuning {
             second_mixer: false,
             ..base

@@ -76,7 +76,7 @@ impl Default for StepTuning {
             experts: u32::MAX,
             weight_sets_by_step: true,
             initial_weight: 0.07,
-            second_mixer: true,
+            second_mixer: false,
             first_order_weight: 0.4,
         }
     }
