@@ -21,8 +21,7 @@
 //! | learning rate 0.002, a weight set per last step | 60.9 | 86.5 |
 //! | PPM chain (each context backs off to its parent, not order 1) | -0.1..-0.3 | -0.3 |
 //! | a second mixer selected by dwell and item events, averaged in | -0.1 | 0.0 |
-//! | kept: the above without the second mixer, plus entry step, pace, fine dwell, the | 60.7 | 86.4 |
-//! |   first-order start and learned trust (small data sets: REES46, OTTO) | | |
+//! | kept: one mixer; entry step, pace, fine dwell; first-order start, trust | 60.7 | 86.4 |
 //! | kept, without the visitor's own habit expert | 59.3 | 85.3 |
 //!
 //! Each single context can be left out for less than 0.2 points; the visitor's habit is worth
