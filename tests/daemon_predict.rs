@@ -80,16 +80,23 @@ fn a_wasted_guess_is_counted_when_the_session_ends() {
     for i in 0..20 {
         visit(&mut c, &format!("t{i}"), &format!("{}", 20095 + i));
     }
-    c.call(&json!({"op": "event", "session": "quitter", "type": "input",
-        "target": "address", "attrs": {"country": "DE", "postal_code": "50667"}}));
+    c.call(
+        &json!({"op": "event", "session": "quitter", "type": "input",
+        "target": "address", "attrs": {"country": "DE", "postal_code": "50667"}}),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let end = c.call(&json!({"op": "end", "session": "quitter"}));
     assert_eq!(end["speculative_wasted"], json!(1), "{end}");
     let stats = c.call(&json!({"op": "stats"}));
-    assert!(stats["speculation"]["wasted"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["speculation"]["wasted"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
 
     // The wasted result is not kept: asking now runs it again.
-    let r = c.call(&json!({"op": "run", "session": "late", "process": "validate_postal_code",
-        "inputs": {"country": "DE", "postal_code": "50667"}}));
+    let r = c.call(
+        &json!({"op": "run", "session": "late", "process": "validate_postal_code",
+        "inputs": {"country": "DE", "postal_code": "50667"}}),
+    );
     assert_ne!(r["served"], json!("cache"), "{r}");
 }

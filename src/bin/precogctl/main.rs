@@ -6,6 +6,7 @@
 mod bench;
 mod client;
 mod dbus_client;
+mod eval;
 mod generate;
 mod local;
 mod ops;
@@ -60,6 +61,14 @@ enum Cmd {
     Bench {
         #[arg(long, default_value_t = 5000)]
         rounds: usize,
+    },
+    /// Score the prediction model on recorded sessions against two baselines.
+    Eval {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// jd, rees46, otto or events (NDJSON, one event a line).
+        #[arg(long)]
+        format: String,
     },
     /// The other end of `bench`'s echo floor.
     #[command(hide = true)]
@@ -142,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
         Cmd::EchoServer => bench::echo_server()?,
+        Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
         Cmd::Stats => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
             if cli.json {
