@@ -10,24 +10,41 @@ use precog::predict::{CONTEXTS, StepTuning};
 #[test]
 #[ignore]
 fn compare_step_model_variants() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/jd");
+    // PRECOG_TUNING_SET=rees46 (or otto) compares on another data set.
+    let set = std::env::var("PRECOG_TUNING_SET").unwrap_or_else(|_| "jd".into());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(&set);
     if !path.exists() {
-        println!("SKIPPED: ../shared/data/jd is not there");
+        println!("SKIPPED: ../shared/data/{set} is not there");
         return;
     }
-    let sessions = read_sessions(&path, Format::Jd).expect("the JD sessions read");
+    let format: Format = set.parse().expect("the data set's folder names its format");
+    let sessions = read_sessions(&path, format).expect("the sessions read");
     let cfg = Config::builtin();
     let base = StepTuning::default();
     let all = u32::MAX;
     let without = |i: usize| all & !(1 << i);
     let mut variants = vec![("default".to_string(), base)];
     variants.push((
-        "one mixer".into(),
+        "two mixers".into(),
         StepTuning {
             second_mixer: false,
             ..base
         },
     ));
+    if std::env::var_os("PRECOG_TUNING_START").is_some() {
+        for first in [0.07, 0.2, 0.4, 0.8] {
+            for lr in [0.002, 0.005] {
+                let t = StepTuning {
+                    first_order_weight: first,
+                    learning_rate: lr,
+                    ..base
+                };
+                variants.push((format!("first {first} lr {lr}"), t));
+            }
+        }
+    }
     if std::env::var_os("PRECOG_TUNING_GRID").is_some() {
         for lr in [0.001, 0.002, 0.005] {
             for backoff in [0.4, 1.5] {
@@ -67,6 +84,23 @@ fn compare_step_model_variants() {
         };
         variants.push((format!("without expert {i}"), t));
     }
+    // JD's dwell is a whole product visit's, so it is known before the visit ends only to an
+    // app that reports it up front; this shows what precog scores without it.
+    let mut no_dwell = sessions.clone();
+    for e in no_dwell.iter_mut().flat_map(|s| s.events.iter_mut()) {
+        e.dwell_ms = None;
+    }
+    let r = evaluate_tuned(&no_dwell, &cfg, None);
+    let (p, m) = (r.models.precog, r.models.markov1);
+    println!(
+        "{:<24} hit@1 {:5.1} ({:+.1})  hit@3 {:5.1} ({:+.1})  mrr {:.3}",
+        "default, no dwell",
+        p.hit1 * 100.0,
+        (p.hit1 - m.hit1) * 100.0,
+        p.hit3 * 100.0,
+        (p.hit3 - m.hit3) * 100.0,
+        p.mrr
+    );
     for (name, tuning) in variants {
         let r = evaluate_tuned(&sessions, &cfg, Some(tuning));
         let (p, m) = (r.models.precog, r.models.markov1);

@@ -97,7 +97,7 @@ impl Predictor {
         self.process_ids = self
             .processes
             .iter()
-            .map(|p| (self.runs.intern(&p.name), format!("run:{}", p.name)))
+            .map(|p| self.runs.intern(&p.name))
             .collect();
         Ok(())
     }

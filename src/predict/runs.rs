@@ -33,7 +33,7 @@ pub struct RunCounts {
 impl RunCounts {
     fn decay_to(&mut self, now_ms: u64, half_life_ms: f64) {
         if now_ms > self.last_ms && half_life_ms > 0.0 {
-            let f = (-((now_ms - self.last_ms) as f64) / half_life_ms).exp2() as f32;
+            let f = super::steps::fading(self.total, now_ms - self.last_ms, half_life_ms);
             self.total *= f;
             for (_, c) in &mut self.runs {
                 *c *= f;

@@ -34,6 +34,13 @@ pub const MAX_STEPS: usize = 1024;
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
 
+/// How fast the trust in the mixers over the first-order chain moves.
+const TRUST_RATE: f32 = 0.005;
+
+fn half() -> f32 {
+    0.3
+}
+
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;
 
@@ -57,6 +64,8 @@ pub struct StepTuning {
     pub initial_weight: f32,
     /// A second mixer, its weights selected by the signals, averaged with the first.
     pub second_mixer: bool,
+    /// Starting weight of the first-order expert.
+    pub first_order_weight: f32,
 }
 
 impl Default for StepTuning {
@@ -67,7 +76,8 @@ impl Default for StepTuning {
             experts: u32::MAX,
             weight_sets_by_step: true,
             initial_weight: 0.07,
-            second_mixer: true,
+            second_mixer: false,
+            first_order_weight: 0.4,
         }
     }
 }
@@ -83,7 +93,7 @@ pub struct Counts {
 impl Counts {
     fn decay_to(&mut self, now_ms: u64, half_life_ms: f64) {
         if now_ms > self.last_ms && half_life_ms > 0.0 {
-            let f = (-((now_ms - self.last_ms) as f64) / half_life_ms).exp2() as f32;
+            let f = fading(self.total, now_ms - self.last_ms, half_life_ms);
             if f < 0.999_999 {
                 self.total *= f;
                 for (_, c) in &mut self.next {
@@ -100,6 +110,22 @@ impl Counts {
             Some((_, c)) => *c += 1.0,
             None => self.next.push((step, 1.0)),
         }
+    }
+}
+
+/// Evidence a context keeps however long it was quiet: fading memory weighs old observations
+/// against new ones, and without new ones the old shape is still the best guess. (Measured: a
+/// shop with a visit an hour, OTTO, fell below the plain chain when quiet contexts faded to
+/// nothing.)
+const KEPT_EVIDENCE: f32 = 8.0;
+
+/// The factor a context's counts fade by over `elapsed_ms`, never below [`KEPT_EVIDENCE`].
+pub(crate) fn fading(total: f32, elapsed_ms: u64, half_life_ms: f64) -> f32 {
+    let f = (-(elapsed_ms as f64) / half_life_ms).exp2() as f32;
+    if total * f >= KEPT_EVIDENCE || total <= 0.0 {
+        f
+    } else {
+        (KEPT_EVIDENCE / total).min(1.0)
     }
 }
 
@@ -136,6 +162,9 @@ pub struct StepModel {
     /// Mixer weights per weight set, expert and confidence bucket.
     pub weights: Vec<[f32; CONFIDENCE]>,
     pub tuning: StepTuning,
+    /// How far the mixers are trusted over the plain first-order chain (0..1), learned.
+    #[serde(default = "half")]
+    pub trust: f32,
     #[serde(skip)]
     pub half_life_ms: f64,
     /// Buffers reused by `learn`, so the hot path does not allocate.
@@ -159,8 +188,9 @@ impl StepModel {
             ids: HashMap::new(),
             order0: Counts::default(),
             tables: KeyMap::default(),
-            weights: vec![[StepTuning::default().initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS],
+            weights: initial_weights(&StepTuning::default()),
             tuning: StepTuning::default(),
+            trust: 0.3,
             half_life_ms,
             scratch: Scratch::default(),
         }
@@ -183,7 +213,7 @@ impl StepModel {
         if !in_range(&self.order0) || !self.tables.values().all(in_range) {
             return Err("a step count names a step that does not exist".into());
         }
-        if !self.weights.iter().flatten().all(|w| w.is_finite()) {
+        if !self.weights.iter().flatten().all(|w| w.is_finite()) || !self.trust.is_finite() {
             return Err("a mixer weight is not a number".into());
         }
         Ok(())
@@ -192,7 +222,7 @@ impl StepModel {
     /// Changes the mixer's knobs and starts its weights afresh.
     pub fn set_tuning(&mut self, tuning: StepTuning) {
         self.tuning = tuning;
-        self.weights = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS];
+        self.weights = initial_weights(&tuning);
     }
 
     fn weight_set(&self, ctx: &Context) -> usize {
@@ -253,7 +283,7 @@ impl StepModel {
 
         let decay = |c: &Counts| -> f32 {
             if now_ms > c.last_ms && self.half_life_ms > 0.0 {
-                (-((now_ms - c.last_ms) as f64) / self.half_life_ms).exp2() as f32
+                fading(c.total, now_ms - c.last_ms, self.half_life_ms)
             } else {
                 1.0
             }
@@ -263,14 +293,18 @@ impl StepModel {
         let f0 = decay(&self.order0);
         let n0 = self.order0.total * f0;
         let prior = 0.1f32;
-        let mut p0 = vec![prior / (n0 + prior * v as f32); v];
+        let mut p0 = std::mem::take(&mut out.p0);
+        p0.clear();
+        p0.resize(v, prior / (n0 + prior * v as f32));
         for (s, c) in &self.order0.next {
             p0[*s as usize] = (c * f0 + prior) / (n0 + prior * v as f32);
         }
 
         // Expert i's distribution backs off to the one of the context below it in the chain
         // (order-1 backs off to order-0), which keeps rare contexts from shouting.
-        let mut order1 = p0.clone();
+        let mut order1 = std::mem::take(&mut out.order1);
+        order1.clear();
+        order1.extend_from_slice(&p0);
         for (i, key) in ctx.keys.iter().enumerate() {
             let counts = self.tables.get(key);
             let (n, f) = counts.map_or((0.0, 1.0), |c| {
@@ -313,7 +347,7 @@ impl StepModel {
         }
 
         for x in out.x.iter_mut() {
-            *x = x.max(1e-6).ln();
+            *x = fast_ln(x.max(1e-6));
         }
         let sets = self.weight_sets(ctx);
         for (m, set) in sets.iter().enumerate() {
@@ -339,14 +373,23 @@ impl StepModel {
                 *q /= sum;
             }
         }
+        // The mixers' average, blended with the plain first-order chain by a learned trust:
+        // a young or thin model leans on the chain until the mixers prove better.
         let mixers = sets.iter().flatten().count() as f32;
-        for s in 0..v {
-            out.q[s] = (0..2)
+        out.mixed.clear();
+        out.first_order.clear();
+        out.first_order.extend_from_slice(&order1);
+        out.p0 = p0;
+        for (s, chain) in order1.iter().enumerate() {
+            let mixed = (0..2)
                 .filter(|m| sets[*m].is_some())
                 .map(|m| out.qs[m][s])
                 .sum::<f32>()
                 / mixers;
+            out.mixed.push(mixed);
+            out.q[s] = self.trust * mixed + (1.0 - self.trust) * chain;
         }
+        out.order1 = order1;
     }
 
     fn weight_sets(&self, ctx: &Context) -> [Option<usize>; 2] {
@@ -363,6 +406,11 @@ impl StepModel {
         self.mix(ctx, habit, now_ms, &mut scratch);
         let v = self.names.len();
         if (step as usize) < v {
+            let y = step as usize;
+            let blended = scratch.q[y].max(1e-6);
+            let pull = (scratch.mixed[y] - scratch.first_order[y]) / blended;
+            self.trust = (self.trust + TRUST_RATE * pull).clamp(0.0, 1.0);
+
             let rate = self.tuning.learning_rate;
             let mask = self.tuning.experts;
             let sets = self.weight_sets(ctx);
@@ -392,6 +440,18 @@ impl StepModel {
         self.scratch = scratch;
     }
 
+    /// Learns how a session ended: counts only. The end is never ranked as a next step, so
+    /// letting it move the mixer only pulls the weights away from what the ranking needs
+    /// (measured: visits of a few events, where ends are a third of all steps, lost ground).
+    pub fn learn_end(&mut self, ctx: &Context, step: u16, now_ms: u64) {
+        let hl = self.half_life_ms;
+        for key in &ctx.keys {
+            let counts = self.tables.entry(*key).or_default();
+            counts.decay_to(now_ms, hl);
+            counts.add(step);
+        }
+    }
+
     /// Drops the contexts that carry least evidence once the table is full.
     fn prune(&mut self, now_ms: u64) {
         let hl = self.half_life_ms;
@@ -406,9 +466,24 @@ impl StepModel {
     }
 }
 
+/// Every mixer starts out leaning on the first-order chain (expert 1) and learns from there, so
+/// a young model does not stray far below the chain.
+fn initial_weights(tuning: &StepTuning) -> Vec<[f32; CONFIDENCE]> {
+    let mut w = vec![[tuning.initial_weight; CONFIDENCE]; EXPERTS * ALL_SETS];
+    for set in 0..ALL_SETS {
+        w[set * EXPERTS + 1] = [tuning.first_order_weight; CONFIDENCE];
+    }
+    w
+}
+
 #[derive(Debug, Clone, Default)]
 struct Scratch {
     q: Vec<f32>,
+    /// The mixers' average and the first-order chain, before the trust blend.
+    mixed: Vec<f32>,
+    first_order: Vec<f32>,
+    p0: Vec<f32>,
+    order1: Vec<f32>,
     /// Each mixer's own distribution.
     qs: [Vec<f32>; 2],
     x: Vec<f32>,
@@ -424,6 +499,19 @@ fn confidence(n: f32) -> usize {
         n if n < 50.0 => 4,
         _ => 5,
     }
+}
+
+/// Natural logarithm to about 1e-5, several times cheaper than `ln`; the mixer takes hundreds
+/// of logarithms per event and only needs them to rank and to learn weights.
+fn fast_ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let exponent = ((bits >> 23) & 0xff) as f32 - 127.0;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // ln m = 2 atanh t with t = (m - 1) / (m + 1) <= 1/3, whose series converges fast.
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let ln_m = 2.0 * t * (1.0 + t2 * (1.0 / 3.0 + t2 * (0.2 + t2 * (1.0 / 7.0))));
+    exponent * std::f32::consts::LN_2 + ln_m
 }
 
 /// log2 bucket of a duration, capped.
@@ -483,5 +571,17 @@ pub fn context_of(profile: &Profile) -> Context {
         keys,
         last_step: profile.step(0),
         signal_set: (dwell.min(11) * 5 + item_events) as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast_ln;
+
+    #[test]
+    fn fast_ln_is_close_to_ln() {
+        for x in [1e-6f32, 0.001, 0.1, 0.5, 0.9, 1.0, 3.0] {
+            assert!((fast_ln(x) - x.ln()).abs() < 1e-3, "{x}");
+        }
     }
 }

@@ -164,3 +164,58 @@ fn save_and_load_round_trip_and_damage_is_refused() {
     assert!(q.load(b"junk").is_err());
     assert!(q.load(&[]).is_err());
 }
+
+#[test]
+fn a_busy_session_stays_near_a_kibibyte() {
+    let mut p = Predictor::new(&Config::builtin());
+    let kinds = ["page_view", "hover", "dwell", "scroll", "input", "run"];
+    for i in 0..20_000u64 {
+        let kind = kinds[(i % 6) as usize];
+        let mut attrs = Map::new();
+        attrs.insert("sku".into(), json!(format!("sku-{}", i / 4)));
+        let target = (kind == "run").then(|| ["check_inventory", "price_quote"][(i % 2) as usize]);
+        p.event(Event {
+            attrs,
+            ms: Some(i % 5000),
+            ..ev("s", kind, target, i * 100)
+        });
+        if i % 7 == 0 {
+            p.hint("s", &[("apply_coupon".into(), 0.3)], i * 100);
+        }
+    }
+    let profile = p.profile("s").expect("the session is live");
+    let bytes = profile.memory_bytes_without_inputs();
+    println!("session profile after 20000 events, apart from input values: {bytes} bytes");
+    assert!(bytes <= 1024, "{bytes} bytes");
+}
+
+#[test]
+fn a_hint_keeps_a_session_active_and_reload_keeps_what_was_learned() {
+    let mut cfg = Config::builtin();
+    cfg.sessions.max = 2;
+    let mut p = Predictor::new(&cfg);
+    p.event(ev("a", "page_view", None, 1));
+    p.event(ev("b", "page_view", None, 2));
+    p.hint("a", &[("apply_coupon".into(), 0.5)], 3);
+    p.event(ev("a", "hover", None, 4));
+    p.event(ev("c", "page_view", None, 5));
+    assert!(
+        p.profile("a").is_some(),
+        "the idlest session, b, goes first"
+    );
+    assert!(p.profile("b").is_none());
+
+    for i in 0..30 {
+        let kind = ["page_view", "hover"][i % 2];
+        p.event(ev("a", kind, None, 10 + i as u64));
+    }
+    let before = p.step_ranking("a");
+    cfg.processes.retain(|c| c.name != "apply_coupon");
+    p.reconfigure(&cfg);
+    assert_eq!(p.step_ranking("a"), before);
+    assert!(
+        p.hot_path("a", 5)
+            .iter()
+            .all(|h| h.process != "apply_coupon")
+    );
+}
