@@ -24,6 +24,8 @@ pub struct Latency {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Speculation {
+    pub issued: Option<u64>,
+    pub cancelled: Option<u64>,
     pub used: Option<u64>,
     pub wasted: Option<u64>,
     pub cpu_s_wasted: Option<f64>,
@@ -125,6 +127,8 @@ impl ModeReport {
 fn speculation_of(stats: &Value) -> Speculation {
     let s = &stats["speculation"];
     Speculation {
+        issued: s["issued"].as_u64(),
+        cancelled: s["cancelled"].as_u64(),
         used: s["used"].as_u64(),
         wasted: s["wasted"].as_u64(),
         cpu_s_wasted: s["cpu_s_wasted"].as_f64(),
@@ -234,6 +238,10 @@ impl Report {
             );
         }
         let opt = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
+        row(
+            "speculative jobs issued",
+            each(&|m| opt(m.speculation.issued)),
+        );
         row("speculative jobs used", each(&|m| opt(m.speculation.used)));
         row(
             "speculative jobs wasted",
