@@ -6,10 +6,12 @@
 mod bench;
 mod client;
 mod dbus_client;
+mod demo;
 mod eval;
 mod generate;
 mod local;
 mod ops;
+mod replay;
 mod top;
 
 use std::path::PathBuf;
@@ -87,6 +89,10 @@ enum Cmd {
     Flush(dbus_client::BusArgs),
     /// Live view of pools, hit ratio and speculation; `q` or Ctrl-C quits.
     Top(top::TopArgs),
+    /// Replay real shop sessions through precog and measure what the app sees.
+    Replay(replay::ReplayArgs),
+    /// Replay the shipped OTTO sessions in all three modes on private daemons and compare.
+    Demo(demo::DemoArgs),
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -168,6 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Flush(bus) => ops::flush(&bus)?,
         Cmd::Top(args) => top::run(&args, &socket)?,
         Cmd::Generate(args) => generate::run(&args)?,
+        Cmd::Replay(args) => {
+            replay::run(&args, cli.socket.as_deref(), cli.json)?;
+        }
+        Cmd::Demo(args) => demo::run(&args, cli.json)?,
     }
     Ok(())
 }
