@@ -233,6 +233,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
         predictor: load_predictor(&cfg),
     };
     let engine = engine::start(cfg.clone(), parts).context("cannot start the engine")?;
+    engine.wait_warm(Duration::from_secs(10)).await;
 
     let (settings_tx, settings_rx) = watch::channel(server_settings(&cfg));
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -137,6 +137,24 @@ impl EngineHandle {
         rx.await.ok()
     }
 
+    /// Waits until every pool has its warm workers up (or is backing off after failures), at
+    /// most `limit`, so that the first requests find warm workers.
+    pub async fn wait_warm(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let Some(stats) = self.snapshot().await else { return };
+            let pools = stats["pools"].as_object().cloned().unwrap_or_default();
+            let warm = pools.values().all(|p| {
+                p["workers"].as_u64() >= p["target_warm"].as_u64()
+                    || p["backoff_ms"].as_u64().unwrap_or(0) > 0
+            });
+            if warm {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Lets in-flight work finish within `grace`, stops the workers, and ends the engine.
     pub async fn shutdown(&self, grace: Duration) {
         let (tx, rx) = oneshot::channel();

@@ -117,7 +117,7 @@ pub fn bind(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener,
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if answers_ping(path) {
                 return Err(ServerError::AlreadyRunning(path.to_path_buf()));
             }
             tracing::info!(path = %path.display(), "replacing a stale socket");
@@ -143,6 +143,24 @@ pub fn bind(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener,
         }
     }
     Ok(listener)
+}
+
+/// Whether a daemon serves the socket: it must accept and answer a `ping` within a second. A
+/// socket that accepts but never answers is held by something that is not serving it (a
+/// process left over from a crash), and is treated as stale.
+fn answers_ping(path: &Path) -> bool {
+    use std::io::{BufRead, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(path) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"{\"op\":\"ping\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(stream);
+    matches!(reader.read_line(&mut line), Ok(n) if n > 0)
 }
 
 /// Wraps a socket passed by systemd.
