@@ -211,6 +211,7 @@ impl Engine {
         phase: Option<&'static str>,
         waiters: Vec<Waiter>,
     ) {
+        self.note_arrival(pool_name);
         let state_key = self.state_key(&key, &inputs);
         let state = self.saved_state(&state_key);
         let Some(pool) = self.pools.get(pool_name) else {
@@ -285,6 +286,7 @@ impl Engine {
         if inflight.speculative {
             self.speculative_done(&key, &outcome);
         }
+        self.tuning_job_done(&key, &outcome);
         for w in inflight.waiters {
             let answer = match &outcome.result {
                 Ok(result) => {

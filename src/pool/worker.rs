@@ -20,8 +20,8 @@ use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
 /// Largest line a worker may write; a longer one breaks the protocol.
 const MAX_REPLY: usize = 8 << 20;
 
-/// A worker idle this long above the warm target retires.
-const IDLE_RETIRE: Duration = Duration::from_secs(30);
+/// A worker idle this long above the warm target retires, until the allocator learns better.
+pub(super) const IDLE_RETIRE: Duration = Duration::from_secs(30);
 
 /// A worker that dies sooner than this without serving a job counts as failing at start.
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
@@ -244,7 +244,8 @@ async fn next_job(
                 return Some(q);
             }
             let surplus = st.workers.len() > st.target_warm;
-            if surplus && idle_since.elapsed() >= IDLE_RETIRE {
+            let keep_alive = Duration::from_millis(shared.keep_alive_ms.load(Ordering::Relaxed));
+            if surplus && idle_since.elapsed() >= keep_alive {
                 return None;
             }
         }
