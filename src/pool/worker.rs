@@ -224,10 +224,18 @@ async fn next_job(
             if shared.shutting_down.load(Ordering::Relaxed) || st.generation != generation {
                 return None;
             }
+            // Speculation leaves one idle worker for the next real request: taking a worker
+            // back from a speculative job costs that request a cold start.
+            let idle_others = st
+                .workers
+                .iter()
+                .filter(|(w, slot)| **w != id && slot.busy.is_none())
+                .count();
+            let may_speculate = idle_others > 0 || st.workers.len() <= 1;
             while let Some(q) = st
                 .on_demand
                 .pop_front()
-                .or_else(|| st.speculative.pop_front())
+                .or_else(|| may_speculate.then(|| st.speculative.pop_front()).flatten())
             {
                 if q.job.priority == Priority::Speculative
                     && q.job.cancelled.load(Ordering::Relaxed)
