@@ -276,7 +276,8 @@ fn hash_string_key(s: &str) -> u64 {
 /// All live sessions, capped in number, with idle expiry.
 #[derive(Debug, Default)]
 pub struct Profiles {
-    by_session: HashMap<String, (Profile, u64)>,
+    /// Profile, sequence number and last activity (its key in `by_activity`).
+    by_session: HashMap<String, (Profile, u64, u64)>,
     /// (last activity, sequence) → session, so the idlest session is found first.
     by_activity: BTreeMap<(u64, u64), String>,
     seq: u64,
@@ -310,11 +311,11 @@ impl Profiles {
     }
 
     pub fn get(&self, session: &str) -> Option<&Profile> {
-        self.by_session.get(session).map(|(p, _)| p)
+        self.by_session.get(session).map(|(p, _, _)| p)
     }
 
     pub fn get_mut(&mut self, session: &str) -> Option<&mut Profile> {
-        self.by_session.get_mut(session).map(|(p, _)| p)
+        self.by_session.get_mut(session).map(|(p, _, _)| p)
     }
 
     /// The session's profile, created when new (evicting the idlest session at the cap), and
@@ -328,17 +329,21 @@ impl Profiles {
             self.seq += 1;
             self.by_activity
                 .insert((ts_ms, self.seq), session.to_string());
+            let profile = Profile::new(ts_ms);
             self.by_session
-                .insert(session.to_string(), (Profile::new(ts_ms), self.seq));
+                .insert(session.to_string(), (profile, self.seq, ts_ms));
         } else {
-            let (profile, seq) = self.by_session.get_mut(session).expect("checked above");
-            let key = (profile.last_ts_ms, *seq);
-            if ts_ms > key.0 {
-                let name = self.by_activity.remove(&key).unwrap_or_default();
+            let (_, seq, active) = self.by_session.get_mut(session).expect("checked above");
+            if ts_ms > *active {
+                let name = self
+                    .by_activity
+                    .remove(&(*active, *seq))
+                    .unwrap_or_default();
                 self.by_activity.insert((ts_ms, *seq), name);
+                *active = ts_ms;
             }
         }
-        let (profile, _) = self.by_session.get_mut(session).expect("inserted above");
+        let (profile, _, _) = self.by_session.get_mut(session).expect("inserted above");
         (profile, evicted)
     }
 
@@ -349,15 +354,8 @@ impl Profiles {
     }
 
     pub fn remove(&mut self, session: &str) -> Option<Profile> {
-        let (profile, seq) = self.by_session.remove(session)?;
-        let key = self
-            .by_activity
-            .range((profile.last_ts_ms, seq)..=(u64::MAX, seq))
-            .find(|(k, _)| k.1 == seq)
-            .map(|(k, _)| *k);
-        if let Some(key) = key {
-            self.by_activity.remove(&key);
-        }
+        let (profile, seq, active) = self.by_session.remove(session)?;
+        self.by_activity.remove(&(active, seq));
         Some(profile)
     }
 
@@ -457,6 +455,7 @@ mod tests {
         assert!(all.get("c").is_some());
         assert!(all.remove("c").is_some());
         assert!(all.is_empty());
+        assert!(all.by_activity.is_empty());
         assert!(all.expire(u64::MAX).is_empty());
     }
 }

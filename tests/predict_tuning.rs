@@ -27,7 +27,7 @@ fn compare_step_model_variants() {
     let without = |i: usize| all & !(1 << i);
     let mut variants = vec![("default".to_string(), base)];
     variants.push((
-        "one mixer".into(),
+        "two mixers".into(),
         StepTuning {
             second_mixer: false,
             ..base
@@ -84,6 +84,23 @@ fn compare_step_model_variants() {
         };
         variants.push((format!("without expert {i}"), t));
     }
+    // JD's dwell is a whole product visit's, so it is known before the visit ends only to an
+    // app that reports it up front; this shows what precog scores without it.
+    let mut no_dwell = sessions.clone();
+    for e in no_dwell.iter_mut().flat_map(|s| s.events.iter_mut()) {
+        e.dwell_ms = None;
+    }
+    let r = evaluate_tuned(&no_dwell, &cfg, None);
+    let (p, m) = (r.models.precog, r.models.markov1);
+    println!(
+        "{:<24} hit@1 {:5.1} ({:+.1})  hit@3 {:5.1} ({:+.1})  mrr {:.3}",
+        "default, no dwell",
+        p.hit1 * 100.0,
+        (p.hit1 - m.hit1) * 100.0,
+        p.hit3 * 100.0,
+        (p.hit3 - m.hit3) * 100.0,
+        p.mrr
+    );
     for (name, tuning) in variants {
         let r = evaluate_tuned(&sessions, &cfg, Some(tuning));
         let (p, m) = (r.models.precog, r.models.markov1);

@@ -287,6 +287,18 @@ impl Engine {
             self.speculative_done(&key, &outcome);
         }
         self.tuning_job_done(&key, &outcome);
+        // A guess taken back to make room for a real request, or dropped with its session,
+        // while real requests had joined it: run it for them now, as the real thing.
+        if let Err(f) = &outcome.result
+            && f.kind == FailureKind::Cancelled
+            && !inflight.waiters.is_empty()
+            && let Some(pool) = self.config.process(&key.process).map(|p| p.pool.clone())
+        {
+            let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
+            let waiters = inflight.waiters;
+            self.start_job(key, inputs, &pool, Priority::OnDemand, None, waiters);
+            return;
+        }
         for w in inflight.waiters {
             let answer = match &outcome.result {
                 Ok(result) => {

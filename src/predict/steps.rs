@@ -76,7 +76,7 @@ impl Default for StepTuning {
             experts: u32::MAX,
             weight_sets_by_step: true,
             initial_weight: 0.07,
-            second_mixer: true,
+            second_mixer: false,
             first_order_weight: 0.4,
         }
     }
@@ -293,14 +293,18 @@ impl StepModel {
         let f0 = decay(&self.order0);
         let n0 = self.order0.total * f0;
         let prior = 0.1f32;
-        let mut p0 = vec![prior / (n0 + prior * v as f32); v];
+        let mut p0 = std::mem::take(&mut out.p0);
+        p0.clear();
+        p0.resize(v, prior / (n0 + prior * v as f32));
         for (s, c) in &self.order0.next {
             p0[*s as usize] = (c * f0 + prior) / (n0 + prior * v as f32);
         }
 
         // Expert i's distribution backs off to the one of the context below it in the chain
         // (order-1 backs off to order-0), which keeps rare contexts from shouting.
-        let mut order1 = p0.clone();
+        let mut order1 = std::mem::take(&mut out.order1);
+        order1.clear();
+        order1.extend_from_slice(&p0);
         for (i, key) in ctx.keys.iter().enumerate() {
             let counts = self.tables.get(key);
             let (n, f) = counts.map_or((0.0, 1.0), |c| {
@@ -343,7 +347,7 @@ impl StepModel {
         }
 
         for x in out.x.iter_mut() {
-            *x = x.max(1e-6).ln();
+            *x = fast_ln(x.max(1e-6));
         }
         let sets = self.weight_sets(ctx);
         for (m, set) in sets.iter().enumerate() {
@@ -375,6 +379,7 @@ impl StepModel {
         out.mixed.clear();
         out.first_order.clear();
         out.first_order.extend_from_slice(&order1);
+        out.p0 = p0;
         for (s, chain) in order1.iter().enumerate() {
             let mixed = (0..2)
                 .filter(|m| sets[*m].is_some())
@@ -384,6 +389,7 @@ impl StepModel {
             out.mixed.push(mixed);
             out.q[s] = self.trust * mixed + (1.0 - self.trust) * chain;
         }
+        out.order1 = order1;
     }
 
     fn weight_sets(&self, ctx: &Context) -> [Option<usize>; 2] {
@@ -476,6 +482,8 @@ struct Scratch {
     /// The mixers' average and the first-order chain, before the trust blend.
     mixed: Vec<f32>,
     first_order: Vec<f32>,
+    p0: Vec<f32>,
+    order1: Vec<f32>,
     /// Each mixer's own distribution.
     qs: [Vec<f32>; 2],
     x: Vec<f32>,
@@ -491,6 +499,19 @@ fn confidence(n: f32) -> usize {
         n if n < 50.0 => 4,
         _ => 5,
     }
+}
+
+/// Natural logarithm to about 1e-5, several times cheaper than `ln`; the mixer takes hundreds
+/// of logarithms per event and only needs them to rank and to learn weights.
+fn fast_ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let exponent = ((bits >> 23) & 0xff) as f32 - 127.0;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // ln m = 2 atanh t with t = (m - 1) / (m + 1) <= 1/3, whose series converges fast.
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let ln_m = 2.0 * t * (1.0 + t2 * (1.0 / 3.0 + t2 * (0.2 + t2 * (1.0 / 7.0))));
+    exponent * std::f32::consts::LN_2 + ln_m
 }
 
 /// log2 bucket of a duration, capped.
@@ -550,5 +571,17 @@ pub fn context_of(profile: &Profile) -> Context {
         keys,
         last_step: profile.step(0),
         signal_set: (dwell.min(11) * 5 + item_events) as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast_ln;
+
+    #[test]
+    fn fast_ln_is_close_to_ln() {
+        for x in [1e-6f32, 0.001, 0.1, 0.5, 0.9, 1.0, 3.0] {
+            assert!((fast_ln(x) - x.ln()).abs() < 1e-3, "{x}");
+        }
     }
 }

@@ -188,3 +188,34 @@ fn a_busy_session_stays_near_a_kibibyte() {
     println!("session profile after 20000 events, apart from input values: {bytes} bytes");
     assert!(bytes <= 1024, "{bytes} bytes");
 }
+
+#[test]
+fn a_hint_keeps_a_session_active_and_reload_keeps_what_was_learned() {
+    let mut cfg = Config::builtin();
+    cfg.sessions.max = 2;
+    let mut p = Predictor::new(&cfg);
+    p.event(ev("a", "page_view", None, 1));
+    p.event(ev("b", "page_view", None, 2));
+    p.hint("a", &[("apply_coupon".into(), 0.5)], 3);
+    p.event(ev("a", "hover", None, 4));
+    p.event(ev("c", "page_view", None, 5));
+    assert!(
+        p.profile("a").is_some(),
+        "the idlest session, b, goes first"
+    );
+    assert!(p.profile("b").is_none());
+
+    for i in 0..30 {
+        let kind = ["page_view", "hover"][i % 2];
+        p.event(ev("a", kind, None, 10 + i as u64));
+    }
+    let before = p.step_ranking("a");
+    cfg.processes.retain(|c| c.name != "apply_coupon");
+    p.reconfigure(&cfg);
+    assert_eq!(p.step_ranking("a"), before);
+    assert!(
+        p.hot_path("a", 5)
+            .iter()
+            .all(|h| h.process != "apply_coupon")
+    );
+}
