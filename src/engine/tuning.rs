@@ -66,9 +66,13 @@ fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
 
 fn bounds_of(p: &PoolConfig, budget: &crate::config::BudgetConfig) -> crate::tune::TuneBounds {
     let cpus = budget.cpus.0.len().max(1) as f64;
+    // A quota without `cpu_min` or `cpu_max` is the operator's fixed choice: no bounds, no tuning.
+    let fixed = p
+        .cpu_quota
+        .filter(|_| p.cpu_min.is_none() && p.cpu_max.is_none());
     crate::tune::TuneBounds {
-        cpu_min: p.cpu_min.map_or(10.0, |c| c.0),
-        cpu_max: p.cpu_max.map_or(cpus * 100.0, |c| c.0),
+        cpu_min: fixed.or(p.cpu_min).map_or(10.0, |c| c.0),
+        cpu_max: fixed.or(p.cpu_max).map_or(cpus * 100.0, |c| c.0),
         memory_min: p.memory_reserve.map_or(32 << 20, |m| m.0),
         memory_ceiling: p
             .memory_ceiling
