@@ -17,6 +17,7 @@ pub mod control;
 pub mod engine;
 pub mod eval;
 pub mod logging;
+pub mod metrics;
 pub mod partition;
 pub mod pool;
 pub mod predict;

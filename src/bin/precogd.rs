@@ -33,6 +33,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = &config.daemon.metrics_listen
+        && let Err(e) = precog::metrics::listen_addr(addr)
+    {
+        eprintln!("precogd: {e}");
+        return ExitCode::from(2);
+    }
     if args.check_config {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
@@ -244,6 +250,15 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
         stop_rx,
     ));
 
+    if let Some(addr) = &cfg.daemon.metrics_listen {
+        let addr = precog::metrics::listen_addr(addr)?;
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        tokio::spawn(serve_metrics(metrics, engine.clone()));
+    }
+
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     // Kept alive until the daemon stops; dropping it leaves the bus.
     let _control = match control::serve(engine.clone(), &args.bus, reload_tx).await {
@@ -325,4 +340,45 @@ async fn reload(
     };
     systemd::notify("READY=1");
     result
+}
+
+/// Answers scrapers on the loopback `/metrics` listener: one request per connection, a few
+/// connections at a time, each given a few seconds.
+async fn serve_metrics(listener: tokio::net::TcpListener, engine: EngineHandle) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(8));
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let stats = engine.snapshot().await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&head);
+            let reply = precog::metrics::http_response(&text, || precog::metrics::render(&stats));
+            let _ = conn.write_all(reply.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
 }

@@ -10,6 +10,7 @@ mod control;
 mod predict;
 mod run;
 mod stats;
+mod tuning;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,6 +202,7 @@ struct Engine {
     speculative: predict::Speculative,
     spec: predict::SpeculationCounters,
     last_model_save: Instant,
+    tuning: tuning::Tuning,
 }
 
 /// Starts the engine task and its pools.
@@ -225,6 +227,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         speculative: Default::default(),
         spec: Default::default(),
         last_model_save: Instant::now(),
+        tuning: Default::default(),
     };
     for p in &config.pools {
         engine.start_pool(p)?;

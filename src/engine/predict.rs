@@ -60,6 +60,7 @@ impl Engine {
             attrs: ev.attrs,
             ts_ms: ev.ts.unwrap_or_else(now_ms),
         });
+        self.note_hot_path(&session, &hot);
         self.speculate(client, &session);
         Ok(json_map(json!({"hot_path": hot_json(&hot)})))
     }
@@ -71,6 +72,7 @@ impl Engine {
         predictions: &[(String, f64)],
     ) -> Reply {
         let hot = self.predictor.hint(session, predictions, now_ms());
+        self.note_hot_path(session, &hot);
         self.speculate(client, session);
         Ok(json_map(json!({"hot_path": hot_json(&hot)})))
     }
@@ -103,6 +105,7 @@ impl Engine {
     pub(super) fn on_end(&mut self, session: &str, outcome: Option<&str>) -> Reply {
         let known = self.predictor.end(session, outcome, now_ms());
         let wasted = self.release_session(session);
+        self.session_gone(session);
         Ok(json_map(
             json!({"ended": known, "speculative_wasted": wasted}),
         ))
@@ -293,6 +296,7 @@ impl Engine {
         if self.last_model_save.elapsed() >= self.config.predict.save_interval.0 {
             self.save_model();
         }
+        self.tuning_tick();
     }
 
     /// Writes the learned model to `state_dir/model.bin` (atomically: a new file, renamed).

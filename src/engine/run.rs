@@ -211,6 +211,7 @@ impl Engine {
         phase: Option<&'static str>,
         waiters: Vec<Waiter>,
     ) {
+        self.note_arrival(pool_name);
         let state_key = self.state_key(&key, &inputs);
         let state = self.saved_state(&state_key);
         let Some(pool) = self.pools.get(pool_name) else {
@@ -285,6 +286,7 @@ impl Engine {
         if inflight.speculative {
             self.speculative_done(&key, &outcome);
         }
+        self.tuning_job_done(&key, &outcome);
         // A guess taken back to make room for a real request, or dropped with its session,
         // while real requests had joined it: run it for them now, as the real thing.
         if let Err(f) = &outcome.result

@@ -93,6 +93,8 @@ impl Engine {
             "cache": self.cache.as_ref().map(|c| store_json(&c.stats())),
             "sessions": {"active": self.predictor.stats().sessions},
             "speculation": self.speculation_json(),
+            "alloc": self.alloc_json(),
+            "tune": self.tune_json(),
             "states": self.states.as_ref().map(|c| store_json(&c.stats())),
         }))
     }

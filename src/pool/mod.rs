@@ -211,6 +211,8 @@ struct Shared {
     placement: Option<Arc<dyn Placement>>,
     shutting_down: AtomicBool,
     next_worker: AtomicU64,
+    /// How long a worker above the warm target may idle before it retires, in milliseconds.
+    keep_alive_ms: AtomicU64,
 }
 
 /// Job numbers are unique across all pools for the daemon's lifetime.
@@ -237,6 +239,7 @@ impl Pool {
             placement,
             shutting_down: AtomicBool::new(false),
             next_worker: AtomicU64::new(1),
+            keep_alive_ms: AtomicU64::new(worker::IDLE_RETIRE.as_millis() as u64),
         });
         tokio::spawn(supervise(shared.clone()));
         Pool { shared }
@@ -354,6 +357,12 @@ impl Pool {
         };
         self.shared.state.lock().expect("pool state").target_warm = n.clamp(lo, hi);
         self.shared.supervisor_wake.notify_one();
+    }
+
+    /// Sets how long a worker above the warm target may idle before it retires.
+    pub fn set_keep_alive(&self, keep_alive: Duration) {
+        let ms = keep_alive.as_millis().max(1) as u64;
+        self.shared.keep_alive_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Applies new settings. Workers started with an older command finish their job and retire.

@@ -25,6 +25,12 @@ impl CgroupPlacement {
     pub fn pool(&self) -> &PoolCgroup {
         &self.pool
     }
+
+    /// What each live worker's own cgroup has used (its memory peak, above all).
+    pub fn worker_usage(&self) -> Vec<Usage> {
+        let workers = self.workers.lock().expect("placement");
+        workers.values().map(|cg| cg.usage()).collect()
+    }
 }
 
 impl Placement for CgroupPlacement {

@@ -20,8 +20,8 @@ use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
 /// Largest line a worker may write; a longer one breaks the protocol.
 const MAX_REPLY: usize = 8 << 20;
 
-/// A worker idle this long above the warm target retires.
-const IDLE_RETIRE: Duration = Duration::from_secs(30);
+/// A worker idle this long above the warm target retires, until the allocator learns better.
+pub(super) const IDLE_RETIRE: Duration = Duration::from_secs(30);
 
 /// A worker that dies sooner than this without serving a job counts as failing at start.
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
@@ -224,10 +224,18 @@ async fn next_job(
             if shared.shutting_down.load(Ordering::Relaxed) || st.generation != generation {
                 return None;
             }
+            // Speculation leaves one idle worker for the next real request: taking a worker
+            // back from a speculative job costs that request a cold start.
+            let idle_others = st
+                .workers
+                .iter()
+                .filter(|(w, slot)| **w != id && slot.busy.is_none())
+                .count();
+            let may_speculate = idle_others > 0 || st.workers.len() <= 1;
             while let Some(q) = st
                 .on_demand
                 .pop_front()
-                .or_else(|| st.speculative.pop_front())
+                .or_else(|| may_speculate.then(|| st.speculative.pop_front()).flatten())
             {
                 if q.job.priority == Priority::Speculative
                     && q.job.cancelled.load(Ordering::Relaxed)
@@ -244,7 +252,8 @@ async fn next_job(
                 return Some(q);
             }
             let surplus = st.workers.len() > st.target_warm;
-            if surplus && idle_since.elapsed() >= IDLE_RETIRE {
+            let keep_alive = Duration::from_millis(shared.keep_alive_ms.load(Ordering::Relaxed));
+            if surplus && idle_since.elapsed() >= keep_alive {
                 return None;
             }
         }

@@ -10,6 +10,7 @@ mod demo;
 mod eval;
 mod generate;
 mod local;
+mod metrics;
 mod ops;
 mod replay;
 mod top;
@@ -58,7 +59,11 @@ enum Cmd {
         inputs: Vec<String>,
     },
     /// Show the daemon's counters.
-    Stats,
+    Stats {
+        /// Print them in the Prometheus text format.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// Measure a warm `run` round trip against a plain Unix-socket echo, in one run.
     Bench {
         #[arg(long, default_value_t = 5000)]
@@ -158,9 +163,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
         Cmd::EchoServer => bench::echo_server()?,
         Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
-        Cmd::Stats => {
+        Cmd::Stats { prometheus } => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
-            if cli.json {
+            if prometheus {
+                metrics::print(&reply);
+            } else if cli.json {
                 println!("{reply}");
             } else {
                 print_stats(&reply);

@@ -1,1 +1,0 @@
-//! (module tune: filled in by its own change.)

@@ -1,0 +1,93 @@
+//! Black-box: what became of speculative results flows back to prediction. Results that are
+//! never used are counted as wasted per process (with their CPU time) and raise the partitioner's
+//! threshold; results that are used lower it again.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, have_python, skip_unless, worker};
+use serde_json::{Value, json};
+
+fn config() -> String {
+    format!(
+        r#"
+[predict]
+precision_target = 0.5
+
+[[pool]]
+name = "shop"
+warm_min = 0
+
+[[pool]]
+name = "t"
+command = ["python3", "{echo}"]
+warm_min = 1
+workers_max = 2
+
+[[process]]
+name = "quote"
+pool = "t"
+inputs = ["n", "cpu_ms"]
+idempotent = true
+"#,
+        echo = worker("echo.py")
+    )
+}
+
+fn speculation(d: &Daemon) -> Value {
+    d.call(json!({"op": "stats"}))["speculation"].clone()
+}
+
+/// A session that makes `quote` hot with its inputs known, and waits for the speculative job.
+fn hot_session(d: &Daemon, s: &str, n: usize) {
+    let r = d.call(json!({"op": "event", "session": s, "type": "page_view",
+        "attrs": {"n": n, "cpu_ms": 5}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = d.call(json!({"op": "hint", "session": s,
+        "predictions": [{"process": "quote", "p": 0.95}]}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.call(json!({"op": "stats"}))["inflight_jobs"] != json!(0) {
+        assert!(Instant::now() < deadline, "speculative job did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn wasted_results_raise_the_threshold_and_used_ones_lower_it() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config());
+    let start = speculation(&d)["threshold"].as_f64().unwrap();
+
+    for i in 0..15 {
+        let s = format!("waste{i}");
+        hot_session(&d, &s, i);
+        d.call(json!({"op": "end", "session": s}));
+    }
+    let after_waste = speculation(&d);
+    let per = &after_waste["per_process"]["quote"];
+    assert!(per["wasted"].as_u64() >= Some(10), "{after_waste}");
+    assert!(per["cpu_ns_wasted"].as_u64() > Some(0), "{after_waste}");
+    let high = after_waste["threshold"].as_f64().unwrap();
+    assert!(high > start, "threshold {start} -> {high} after waste");
+
+    for i in 0..15 {
+        let s = format!("use{i}");
+        hot_session(&d, &s, 1000 + i);
+        let r = d.call(json!({"op": "run", "session": s, "process": "quote",
+            "inputs": {"n": 1000 + i, "cpu_ms": 5}}));
+        assert_eq!(r["served"], json!("cache"), "{r}");
+        d.call(json!({"op": "end", "session": s}));
+    }
+    let after_use = speculation(&d);
+    assert!(
+        after_use["per_process"]["quote"]["used"].as_u64() >= Some(10),
+        "{after_use}"
+    );
+    let low = after_use["threshold"].as_f64().unwrap();
+    assert!(low < high, "threshold {high} -> {low} after use");
+    println!("threshold: start {start:.3}, after waste {high:.3}, after use {low:.3}");
+}
