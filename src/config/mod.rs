@@ -32,7 +32,7 @@ pub const SYSTEM_PATH: &str = "/etc/precog/precogd.toml";
 /// A configuration error; its message says where and what to change.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ConfigError {
-    #[error("{file}:{line}: {key}: {message}")]
+    #[error("{file}:{line}: {}{message}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
     Invalid {
         file: String,
         line: usize,

@@ -50,6 +50,8 @@ pub enum Command {
     },
     JobDone {
         key: JobKey,
+        /// Which submission of the key this is; a replaced one's report is ignored.
+        seq: u64,
         outcome: JobOutcome,
     },
     Checkpoint {
@@ -143,7 +145,9 @@ impl EngineHandle {
     pub async fn wait_warm(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
-            let Some(stats) = self.snapshot().await else { return };
+            let Some(stats) = self.snapshot().await else {
+                return;
+            };
             let pools = stats["pools"].as_object().cloned().unwrap_or_default();
             let warm = pools.values().all(|p| {
                 p["workers"].as_u64() >= p["target_warm"].as_u64()
@@ -203,6 +207,8 @@ struct Engine {
     spec: predict::SpeculationCounters,
     last_model_save: Instant,
     tuning: tuning::Tuning,
+    /// Numbers each job submission, so a replaced job's late report is told apart.
+    next_seq: u64,
 }
 
 /// Starts the engine task and its pools.
@@ -227,6 +233,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         speculative: Default::default(),
         spec: Default::default(),
         last_model_save: Instant::now(),
+        next_seq: 0,
         tuning: Default::default(),
     };
     for p in &config.pools {
@@ -280,7 +287,7 @@ impl Engine {
                     received,
                     reply,
                 } => self.request(op, client, received, reply),
-                Command::JobDone { key, outcome } => self.job_done(key, outcome),
+                Command::JobDone { key, seq, outcome } => self.job_done(key, seq, outcome),
                 Command::Checkpoint { key, state } => self.save_state(&key, &state),
                 Command::Tick => self.tick(),
                 Command::Reload { config, reply } => {
@@ -313,8 +320,8 @@ impl Engine {
                             break;
                         }
                         tokio::select! {
-                            Some(Command::JobDone { key, outcome }) = rx.recv() => {
-                                self.job_done(key, outcome);
+                            Some(Command::JobDone { key, seq, outcome }) = rx.recv() => {
+                                self.job_done(key, seq, outcome);
                             }
                             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                             _ = tokio::time::sleep_until(deadline) => break,
@@ -355,16 +362,22 @@ impl Engine {
                 inputs,
             } => {
                 // Answered now (cache, error) or later (when the job finishes).
+                let session = scoped(client, &session);
                 self.run_request(client, session, process, inputs, received, reply);
                 return;
             }
-            Op::Event(ev) => self.on_event(client, ev),
+            Op::Event(mut ev) => {
+                ev.session = scoped(client, &ev.session);
+                self.on_event(client, ev)
+            }
             Op::Hint {
                 session,
                 predictions,
-            } => self.on_hint(client, &session, &predictions),
-            Op::Predict { session, n } => self.on_predict(client, &session, n),
-            Op::End { session, outcome } => self.on_end(&session, outcome.as_deref()),
+            } => self.on_hint(client, &scoped(client, &session), &predictions),
+            Op::Predict { session, n } => self.on_predict(client, &scoped(client, &session), n),
+            Op::End { session, outcome } => {
+                self.on_end(&scoped(client, &session), outcome.as_deref())
+            }
         };
         if let Err(e) = &answer {
             self.counters.count_error(e.code);
@@ -486,6 +499,12 @@ impl Engine {
             tracing::warn!(error = %e, "cannot write the partial states to disk");
         }
     }
+}
+
+/// Sessions are named by the app, so two client users may pick the same name: each user's
+/// sessions are kept apart, like their results.
+fn scoped(client: Client, session: &str) -> String {
+    format!("{}/{session}", client.uid)
 }
 
 pub(crate) fn json_map(v: Value) -> Map<String, Value> {

@@ -23,6 +23,7 @@ pub struct JobKey {
 
 /// A job on its way, and the requests waiting for it.
 pub(super) struct Inflight {
+    seq: u64,
     waiters: Vec<Waiter>,
     pub(super) speculative: bool,
     /// A prepare run: its checkpoint is what counts, its result is not kept.
@@ -234,9 +235,12 @@ impl Engine {
             cancelled: cancelled.clone(),
             started: started.clone(),
         });
+        self.next_seq += 1;
+        let seq = self.next_seq;
         self.inflight.insert(
             key.clone(),
             Inflight {
+                seq,
                 waiters,
                 speculative: priority == Priority::Speculative,
                 prepare: phase.is_some(),
@@ -269,11 +273,16 @@ impl Engine {
                 cpu_ns: 0,
                 last_checkpoint: None,
             });
-            let _ = tx.send(Command::JobDone { key, outcome }).await;
+            let _ = tx.send(Command::JobDone { key, seq, outcome }).await;
         });
     }
 
-    pub(super) fn job_done(&mut self, key: JobKey, outcome: JobOutcome) {
+    pub(super) fn job_done(&mut self, key: JobKey, seq: u64, outcome: JobOutcome) {
+        if self.inflight.get(&key).is_none_or(|i| i.seq != seq) {
+            // A job replaced by a newer submission of the same key (a guess dropped for a real
+            // request): its report belongs to no one.
+            return;
+        }
         let Some(inflight) = self.inflight.remove(&key) else {
             return;
         };

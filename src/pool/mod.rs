@@ -187,6 +187,8 @@ struct Queued {
 
 struct WorkerSlot {
     busy: Option<Priority>,
+    /// When the current job started.
+    busy_since: Option<Instant>,
     take_back: Arc<Notify>,
 }
 
@@ -214,6 +216,9 @@ struct Shared {
     /// How long a worker above the warm target may idle before it retires, in milliseconds.
     keep_alive_ms: AtomicU64,
 }
+
+/// A speculative job running longer than this is taken back for a real request.
+const TAKE_BACK_AFTER: Duration = Duration::from_millis(50);
 
 /// Job numbers are unique across all pools for the daemon's lifetime.
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
@@ -327,7 +332,9 @@ impl Pool {
     }
 
     /// When a real request would wait because every worker is busy and the pool cannot grow,
-    /// a worker running a speculative job is killed and replaced.
+    /// queued guesses already wait behind it; a worker is taken back (killed and replaced) only
+    /// from a speculative job that has run longer than [`TAKE_BACK_AFTER`]. Killing a short job
+    /// would cost the replacement's cold start, far more than letting it finish.
     fn take_back_speculative_worker(&self, st: &mut State) {
         let max = self
             .shared
@@ -339,11 +346,10 @@ impl Pool {
         if idle || st.workers.len() + st.starting < max {
             return;
         }
-        if let Some(w) = st
-            .workers
-            .values()
-            .find(|w| w.busy == Some(Priority::Speculative))
-        {
+        if let Some(w) = st.workers.values().find(|w| {
+            w.busy == Some(Priority::Speculative)
+                && w.busy_since.is_some_and(|t| t.elapsed() >= TAKE_BACK_AFTER)
+        }) {
             w.take_back.notify_one();
             st.stats.preempted += 1;
         }

@@ -92,6 +92,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             id,
             WorkerSlot {
                 busy: None,
+                busy_since: None,
                 take_back: take_back.clone(),
             },
         );
@@ -141,6 +142,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 let mut st = shared.state.lock().expect("pool state");
                 if let Some(w) = st.workers.get_mut(&id) {
                     w.busy = None;
+                    w.busy_since = None;
                 }
                 if outcome.result.is_ok() {
                     st.stats.jobs_ok += 1;
@@ -247,6 +249,7 @@ async fn next_job(
                 }
                 if let Some(w) = st.workers.get_mut(&id) {
                     w.busy = Some(q.job.priority);
+                    w.busy_since = Some(Instant::now());
                 }
                 q.job.started.store(true, Ordering::Relaxed);
                 return Some(q);

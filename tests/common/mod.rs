@@ -105,6 +105,8 @@ impl Daemon {
         let child = Command::new(precogd())
             .arg("--config")
             .arg(&self.config)
+            .arg("--bus")
+            .arg("none")
             .arg("--socket")
             .arg(&self.socket)
             .env("RUST_LOG", "debug")

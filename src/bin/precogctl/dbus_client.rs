@@ -13,7 +13,7 @@ use crate::client::Client;
 /// The bus option every D-Bus command takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BusArgs {
-    /// D-Bus bus where precogd publishes org.precog.Precog1: system, session or a D-Bus address.
+    /// D-Bus bus where precogd publishes org.precog.Precog1: system, session, none (use the socket) or a D-Bus address.
     #[arg(long, value_name = "BUS", default_value = "system", env = "PRECOG_BUS")]
     pub bus: Bus,
 }
@@ -55,7 +55,9 @@ impl Source {
         };
         match Client::connect(socket) {
             Ok(c) => {
-                eprintln!("precogctl: D-Bus not available ({bus_error:#}); using the socket");
+                if !matches!(bus, Bus::None) {
+                    eprintln!("precogctl: D-Bus not available ({bus_error:#}); using the socket");
+                }
                 Ok(Source::Socket(c))
             }
             Err(socket_error) => Err(socket_error.context(format!(

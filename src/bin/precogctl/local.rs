@@ -50,6 +50,8 @@ impl LocalDaemon {
         let child = Command::new(sibling("precogd")?)
             .arg("--config")
             .arg(&config)
+            .arg("--bus")
+            .arg("none")
             .arg("--socket")
             .arg(&socket)
             .stdin(Stdio::null())

@@ -41,6 +41,7 @@ pub fn status(bus: &BusArgs, socket: &Path, json: bool) -> anyhow::Result<()> {
                 Ok(text) => return serde_json::from_str(&text).context("status is not JSON"),
                 Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
             },
+            Err(_) if matches!(bus.bus, precog::control::Bus::None) => {}
             Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
         }
         let mut source = Source::Socket(crate::client::Client::connect(socket)?);
@@ -85,6 +86,7 @@ pub fn pools(bus: &BusArgs, socket: &Path, json: bool) -> anyhow::Result<()> {
                 Ok(text) => return serde_json::from_str(&text).context("pools are not JSON"),
                 Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
             },
+            Err(_) if matches!(bus.bus, precog::control::Bus::None) => {}
             Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
         }
         // The socket's stats carry the live figures only; limits need the bus.
