@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod dbus_client;
 mod generate;
+mod load;
 mod local;
 mod ops;
 mod top;
@@ -64,6 +65,9 @@ enum Cmd {
     /// The other end of `bench`'s echo floor.
     #[command(hide = true)]
     EchoServer,
+    /// Drive the socket with many clients and report latency, errors and memory.
+    #[command(hide = true)]
+    Load(load::LoadArgs),
     /// Summarise precogd's health (D-Bus, or the socket when the bus is out of reach).
     Status(dbus_client::BusArgs),
     /// Show the worker pools with their limits (D-Bus, or the socket's live figures).
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
         Cmd::EchoServer => bench::echo_server()?,
+        Cmd::Load(args) => load::run(&socket, &args)?,
         Cmd::Stats => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
             if cli.json {

@@ -1,0 +1,49 @@
+//! The CI-sized load run: 64 clients, 2,000 requests each, mixed `run` and `ping`, against the
+//! real daemon through `precogctl load`. No errors, memory flat after warm-up; p50 and p99 are
+//! printed. The full million-request run and its figures are in docs/reliability.md.
+
+mod common;
+
+use std::process::Command;
+
+use common::Daemon;
+use serde_json::Value;
+
+#[test]
+fn sixty_four_clients_get_no_errors_and_memory_stays_flat() {
+    let d = Daemon::start("");
+    let out = Command::new(env!("CARGO_BIN_EXE_precogctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "load",
+            "--clients",
+            "64",
+            "--requests",
+            "128000",
+            "--max-seconds",
+            "300",
+        ])
+        .arg("--pid")
+        .arg(d.pid().to_string())
+        .output()
+        .expect("run precogctl load");
+    assert!(
+        out.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    println!("{report}");
+    assert_eq!(report["requests"], 128_000, "{report}");
+    assert!(
+        report["errors"].as_object().is_some_and(|e| e.is_empty()),
+        "errors under load: {report}"
+    );
+    let rss = &report["rss_kib"];
+    let (warm, end) = (rss["warm"].as_u64().unwrap(), rss["end"].as_u64().unwrap());
+    assert!(
+        end <= warm + warm / 5 + 4096,
+        "memory grew after warm-up from {warm} to {end} KiB: {report}"
+    );
+}
