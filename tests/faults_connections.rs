@@ -158,6 +158,11 @@ fn out_of_descriptors_the_daemon_does_not_spin_and_recovers() {
         started.elapsed()
     );
     assert!(served, "precogd did not recover:\n{}", tail(&d.log()));
+
+    // The failing accepts were reported once, not ten times a second.
+    let log = d.log();
+    let warned = log.matches("cannot accept a connection").count();
+    assert!(warned == 1, "{warned} accept warnings:\n{}", tail(&log));
 }
 
 fn tail(log: &str) -> String {
