@@ -1,1 +1,361 @@
-//! (module partition: filled in by its own change.)
+//! The hot / cold split: which hot processes become speculative jobs, and which issued jobs
+//! have become pointless.
+//!
+//! A hot process is speculated when it is declared idempotent, all its declared inputs are
+//! known, its chance reaches the threshold, each of its prerequisites has run or is being
+//! speculated ahead of it, and the session has room: it starts with `predict.per_session` jobs
+//! and the room follows the measured precision. The same process with the same inputs is never
+//! issued twice in a session. The threshold adapts from feedback by stochastic approximation:
+//! each wasted result raises it a little and each used one lowers it, so it settles where the
+//! share of used results is `predict.precision_target`. Pure code over plain values.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::ProcessConfig;
+
+/// A process the partitioner wants run ahead of time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeculativeJob {
+    pub process: String,
+    /// The process's declared inputs only, from the session's known inputs.
+    pub inputs: Map<String, Value>,
+    pub p: f64,
+}
+
+/// One ranked entry of a session's hot path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HotEntry {
+    pub process: String,
+    pub p: f64,
+    pub inputs_known: bool,
+}
+
+/// Used and wasted speculative results of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFeedback {
+    pub used: u64,
+    pub wasted: u64,
+    pub cpu_ns_wasted: u64,
+}
+
+/// How far one feedback moves the threshold.
+const THRESHOLD_STEP: f64 = 0.01;
+const THRESHOLD_MIN: f64 = 0.02;
+const THRESHOLD_MAX: f64 = 0.95;
+const INITIAL_THRESHOLD: f64 = 0.2;
+
+/// Ended sessions whose jobs wait to be collected as cancellable.
+const ENDED_KEPT: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct SessionJobs {
+    /// Issued and still worth having.
+    live: Vec<SpeculativeJob>,
+    /// Cache keys of everything issued in this session.
+    issued: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Partitioner {
+    pub threshold: f64,
+    /// Set by an operator's policy: the threshold then stays where it was put.
+    pub threshold_pinned: bool,
+    pub precision_target: f64,
+    pub per_session: usize,
+    pub speculation: bool,
+    sessions: HashMap<String, SessionJobs>,
+    ended: VecDeque<(String, Vec<SpeculativeJob>)>,
+    pub used: u64,
+    pub wasted: u64,
+    pub per_process: BTreeMap<String, ProcessFeedback>,
+}
+
+impl Partitioner {
+    pub fn new(precision_target: f64, per_session: usize, speculation: bool) -> Partitioner {
+        Partitioner {
+            threshold: INITIAL_THRESHOLD,
+            threshold_pinned: false,
+            precision_target,
+            per_session,
+            speculation,
+            sessions: HashMap::new(),
+            ended: VecDeque::new(),
+            used: 0,
+            wasted: 0,
+            per_process: BTreeMap::new(),
+        }
+    }
+
+    /// Share of speculative results that were used (the target before any feedback).
+    pub fn precision(&self) -> f64 {
+        let all = self.used + self.wasted;
+        if all == 0 {
+            self.precision_target
+        } else {
+            self.used as f64 / all as f64
+        }
+    }
+
+    /// Speculative jobs a session may hold: `per_session` until there is feedback, then scaled
+    /// by how the measured precision compares with the target.
+    pub fn room(&self) -> usize {
+        if self.used + self.wasted < 20 || self.precision_target <= 0.0 {
+            return self.per_session;
+        }
+        let scale = (self.precision() / self.precision_target).clamp(0.34, 2.0);
+        ((self.per_session as f64 * scale).round() as usize).max(1)
+    }
+
+    /// New speculative jobs from a session's hot path (already in prerequisite order).
+    pub fn select(
+        &mut self,
+        session: &str,
+        hot: &[HotEntry],
+        known: &Map<String, Value>,
+        processes: &[ProcessConfig],
+        has_run: &dyn Fn(&str) -> bool,
+    ) -> Vec<SpeculativeJob> {
+        if !self.speculation {
+            return Vec::new();
+        }
+        let room = self.room();
+        let threshold = self.threshold;
+        let jobs = self
+            .sessions
+            .entry(session.to_string())
+            .or_insert_with(|| SessionJobs {
+                live: Vec::new(),
+                issued: HashSet::new(),
+            });
+
+        let mut fresh = Vec::new();
+        for entry in hot {
+            if jobs.live.len() >= room {
+                break;
+            }
+            let Some(cfg) = processes.iter().find(|p| p.name == entry.process) else {
+                continue;
+            };
+            if !cfg.idempotent || entry.p < threshold {
+                continue;
+            }
+            let ready = cfg
+                .after
+                .iter()
+                .all(|a| has_run(a) || jobs.live.iter().any(|j| &j.process == a));
+            let Some(inputs) = declared_inputs(cfg, known) else {
+                continue;
+            };
+            if !ready {
+                continue;
+            }
+            let key = cache_key(&cfg.name, &inputs);
+            if !jobs.issued.insert(key) {
+                continue;
+            }
+            let job = SpeculativeJob {
+                process: cfg.name.clone(),
+                inputs,
+                p: entry.p,
+            };
+            jobs.live.push(job.clone());
+            fresh.push(job);
+        }
+        fresh
+    }
+
+    /// Issued jobs of a session that ended or whose process left the hot path; each is
+    /// reported once.
+    pub fn cancellable(&mut self, session: &str, hot: &[HotEntry]) -> Vec<SpeculativeJob> {
+        if let Some(pos) = self.ended.iter().position(|(s, _)| s == session) {
+            return self
+                .ended
+                .remove(pos)
+                .map(|(_, jobs)| jobs)
+                .unwrap_or_default();
+        }
+        let Some(jobs) = self.sessions.get_mut(session) else {
+            return Vec::new();
+        };
+        let (keep, gone): (Vec<_>, Vec<_>) = jobs
+            .live
+            .drain(..)
+            .partition(|j| hot.iter().any(|h| h.process == j.process));
+        jobs.live = keep;
+        gone
+    }
+
+    /// Forgets a session; its live jobs become cancellable.
+    pub fn end_session(&mut self, session: &str) {
+        if let Some(jobs) = self.sessions.remove(session)
+            && !jobs.live.is_empty()
+        {
+            if self.ended.len() == ENDED_KEPT {
+                self.ended.pop_front();
+            }
+            self.ended.push_back((session.to_string(), jobs.live));
+        }
+    }
+
+    /// Marks a job as done with (a result the session asked for is no longer live).
+    pub fn consumed(&mut self, session: &str, process: &str) {
+        if let Some(jobs) = self.sessions.get_mut(session) {
+            jobs.live.retain(|j| j.process != process);
+        }
+    }
+
+    /// Learns whether a speculative result was used, and moves the threshold.
+    pub fn feedback(&mut self, process: &str, used: bool, cpu_ns: u64) {
+        let entry = self.per_process.entry(process.to_string()).or_default();
+        if used {
+            self.used += 1;
+            entry.used += 1;
+        } else {
+            self.wasted += 1;
+            entry.wasted += 1;
+            entry.cpu_ns_wasted = entry.cpu_ns_wasted.saturating_add(cpu_ns);
+        }
+        if !self.threshold_pinned {
+            let outcome = if used { 1.0 } else { 0.0 };
+            self.threshold = (self.threshold + THRESHOLD_STEP * (self.precision_target - outcome))
+                .clamp(THRESHOLD_MIN, THRESHOLD_MAX);
+        }
+    }
+}
+
+/// The process's declared inputs from what the session knows, or None if one is missing.
+pub fn declared_inputs(
+    cfg: &ProcessConfig,
+    known: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    cfg.inputs
+        .iter()
+        .map(|name| known.get(name).map(|v| (name.clone(), v.clone())))
+        .collect()
+}
+
+/// The cache key of a job: its process and its inputs in canonical (sorted-key) JSON.
+pub fn cache_key(process: &str, inputs: &Map<String, Value>) -> String {
+    let sorted: BTreeMap<&String, &Value> = inputs.iter().collect();
+    format!(
+        "{process}\u{0}{}",
+        serde_json::to_string(&sorted).unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn process(name: &str, inputs: &[&str], after: &[&str], idempotent: bool) -> ProcessConfig {
+        ProcessConfig {
+            name: name.into(),
+            inputs: inputs.iter().map(|a| a.to_string()).collect(),
+            after: after.iter().map(|a| a.to_string()).collect(),
+            idempotent,
+            ..ProcessConfig::default()
+        }
+    }
+
+    fn hot(entries: &[(&str, f64)]) -> Vec<HotEntry> {
+        entries
+            .iter()
+            .map(|(p, x)| HotEntry {
+                process: p.to_string(),
+                p: *x,
+                inputs_known: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_idempotent_ready_processes_with_known_inputs_are_speculated_once() {
+        let procs = vec![
+            process("validate", &["zip"], &[], true),
+            process("ship", &["zip", "weight"], &["validate"], true),
+            process("reserve", &["sku"], &[], false),
+            process("price", &["sku"], &[], true),
+        ];
+        let mut part = Partitioner::new(0.5, 3, true);
+        let known = json!({"zip": "10115", "sku": "a", "weight": 300, "other": 1});
+        let known = known.as_object().unwrap();
+        let h = hot(&[
+            ("validate", 0.9),
+            ("ship", 0.8),
+            ("reserve", 0.7),
+            ("price", 0.6),
+        ]);
+        let jobs = part.select("s", &h, known, &procs, &|_| false);
+        let names: Vec<_> = jobs.iter().map(|j| j.process.as_str()).collect();
+        assert_eq!(names, ["validate", "ship", "price"]);
+        assert_eq!(
+            jobs[1].inputs,
+            *json!({"zip": "10115", "weight": 300}).as_object().unwrap()
+        );
+        assert!(part.select("s", &h, known, &procs, &|_| false).is_empty());
+    }
+
+    #[test]
+    fn a_process_waits_for_its_prerequisite() {
+        let procs = vec![
+            process("validate", &["country"], &[], true),
+            process("ship", &["zip"], &["validate"], true),
+        ];
+        let mut part = Partitioner::new(0.5, 3, true);
+        let known = json!({"zip": "10115"});
+        let h = hot(&[("validate", 0.9), ("ship", 0.9)]);
+        let jobs = part.select("s", &h, known.as_object().unwrap(), &procs, &|_| false);
+        assert!(jobs.is_empty());
+        let jobs = part.select("s", &h, known.as_object().unwrap(), &procs, &|p| {
+            p == "validate"
+        });
+        assert_eq!(jobs.len(), 1);
+    }
+
+    #[test]
+    fn threshold_moves_toward_the_precision_target() {
+        let mut part = Partitioner::new(0.5, 3, true);
+        let start = part.threshold;
+        for _ in 0..20 {
+            part.feedback("price", false, 1000);
+        }
+        assert!(
+            part.threshold > start + 0.05,
+            "threshold {}",
+            part.threshold
+        );
+        assert!(part.room() < 3);
+        let high = part.threshold;
+        for _ in 0..60 {
+            part.feedback("price", true, 0);
+        }
+        assert!(part.threshold < high, "threshold {}", part.threshold);
+        assert_eq!(part.per_process["price"].cpu_ns_wasted, 20_000);
+    }
+
+    #[test]
+    fn jobs_that_left_the_hot_path_or_whose_session_ended_are_cancellable() {
+        let procs = vec![process("a", &[], &[], true), process("b", &[], &[], true)];
+        let mut part = Partitioner::new(0.5, 3, true);
+        let known = Map::new();
+        part.select(
+            "s",
+            &hot(&[("a", 0.9), ("b", 0.9)]),
+            &known,
+            &procs,
+            &|_| false,
+        );
+        let gone = part.cancellable("s", &hot(&[("a", 0.9)]));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].process, "b");
+        part.end_session("s");
+        let gone = part.cancellable("s", &[]);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].process, "a");
+        assert!(part.cancellable("s", &[]).is_empty());
+    }
+}

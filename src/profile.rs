@@ -1,1 +1,461 @@
-//! (module profile: filled in by its own change.)
+//! Per-session behavioural profiles: what one visitor did recently, in a bounded form.
+//!
+//! A profile keeps the last few steps (as symbol ids the model interned), the signals the model
+//! reads (dwell, hover target and time, scroll depth, time and events on the current item, how
+//! often the visitor came back to it, how many items the visit saw) and the known inputs taken
+//! from event attributes. Apart from the input values a profile stays near a fixed size: the
+//! recent-item list and the pending credit window are capped (see the test that prints the figure).
+//!
+//! [`Profiles`] holds all sessions, with a cap on their number (the least recently active is
+//! evicted first) and idle expiry. Pure code: the clock is the events' own `ts_ms`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use serde_json::{Map, Value};
+
+/// One thing a visitor did, as the engine hands it over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Event {
+    pub session: String,
+    /// `page_view`, `hover`, `dwell`, `scroll`, `input`, `run` (the app asked for a process;
+    /// `target` is its name), or an app-defined name.
+    pub kind: String,
+    pub target: Option<String>,
+    pub ms: Option<u64>,
+    pub depth: Option<f64>,
+    pub attrs: Map<String, Value>,
+    pub ts_ms: u64,
+}
+
+/// Steps remembered per session; the model reads up to this many back.
+pub const RECENT_STEPS: usize = 6;
+
+/// Distinct recent items remembered per session, for the "came back to it" signal.
+pub const RECENT_ITEMS: usize = 12;
+
+/// The attribute that names the item (product) an event concerns.
+pub const ITEM_ATTR: &str = "sku";
+
+/// One visitor's behaviour so far.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// Newest last; at most [`RECENT_STEPS`].
+    steps: [u16; RECENT_STEPS],
+    steps_len: u8,
+    pub events: u32,
+    pub first_ts_ms: u64,
+    pub last_ts_ms: u64,
+    /// Time between the previous event and the latest one.
+    pub gap_ms: u64,
+    /// Hash of the item the latest event concerned (0 when none).
+    pub item: u64,
+    /// Events in a row on the current item, the latest included.
+    pub item_events: u16,
+    /// The step that brought the visitor to the current item (how they navigate).
+    pub entry_step: Option<u16>,
+    /// Events in a row the previous item got.
+    pub prev_item_events: u16,
+    /// How many separate times the visit came to the current item.
+    pub item_visits: u16,
+    pub item_since_ms: u64,
+    /// Recently seen items (hash, separate visits), newest last.
+    items: Vec<(u64, u16)>,
+    pub distinct_items: u32,
+    /// Dwell reported with the latest event or dwell event.
+    pub dwell_ms: Option<u64>,
+    /// Hash of the last hovered target and how long the hover lasted.
+    pub hover: Option<(u64, u64)>,
+    /// Deepest scroll on the current page (0..1, or whatever scale the app uses).
+    pub scroll_depth: f64,
+    /// Inputs taken from event attributes; processes run with these.
+    pub known_inputs: Map<String, Value>,
+    /// Processes (by index in the configuration) the app asked for in this session.
+    pub runs_done: u64,
+    /// Contexts still waiting to learn which processes followed them: (context keys, credited).
+    pub(crate) pending: Vec<([u64; 4], u64)>,
+    /// The app's own predictions: (process id, p, events left before they lapse).
+    pub(crate) hints: Vec<(u16, f64, u8)>,
+    /// This visitor's own step transitions (from, to, fading count), at most [`HABITS`].
+    pub(crate) habit: Vec<(u16, u16, f32)>,
+    /// The context the model predicted from at the latest event, learned from at the next.
+    pub(crate) context: Option<crate::predict::Context>,
+}
+
+/// Step transitions remembered per session for the per-session habit expert.
+pub const HABITS: usize = 24;
+
+/// What changed in a profile when an event was applied; the model turns it into a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// The event concerned the same item as the previous event of the session.
+    pub same_item: bool,
+}
+
+impl Profile {
+    pub fn new(ts_ms: u64) -> Profile {
+        Profile {
+            first_ts_ms: ts_ms,
+            last_ts_ms: ts_ms,
+            ..Profile::default()
+        }
+    }
+
+    /// The step `back` places before the newest (0 is the newest), if the session has one.
+    pub fn step(&self, back: usize) -> Option<u16> {
+        let len = self.steps_len as usize;
+        (back < len).then(|| self.steps[len - 1 - back])
+    }
+
+    /// Records the newest step; `entered` says it moved to a new item or page.
+    pub fn push_step(&mut self, step: u16, entered: bool) {
+        if entered {
+            self.entry_step = Some(step);
+        }
+        let len = self.steps_len as usize;
+        if len == RECENT_STEPS {
+            self.steps.copy_within(1.., 0);
+            self.steps[RECENT_STEPS - 1] = step;
+        } else {
+            self.steps[len] = step;
+            self.steps_len += 1;
+        }
+    }
+
+    /// Applies an event's signals and attributes (not its step: the model interns that).
+    pub fn observe(&mut self, ev: &Event) -> Observed {
+        let ts = ev.ts_ms.max(self.last_ts_ms);
+        self.gap_ms = if self.events == 0 {
+            0
+        } else {
+            ts - self.last_ts_ms
+        };
+        self.last_ts_ms = ts;
+        self.events = self.events.saturating_add(1);
+
+        let item = item_hash(ev);
+        let same_item = item != 0 && item == self.item;
+        if item != 0 && !same_item {
+            self.enter_item(item, ts);
+        } else if same_item {
+            self.item_events = self.item_events.saturating_add(1);
+        }
+
+        match ev.kind.as_str() {
+            "dwell" => self.dwell_ms = ev.ms.or(self.dwell_ms),
+            "hover" => {
+                let target = ev.target.as_deref().map(hash_str).unwrap_or(0);
+                self.hover = Some((target, ev.ms.unwrap_or(0)));
+            }
+            "scroll" => {
+                let depth = ev.depth.unwrap_or(0.0);
+                if depth.is_finite() && depth > self.scroll_depth {
+                    self.scroll_depth = depth;
+                }
+            }
+            "page_view" => {
+                self.scroll_depth = 0.0;
+                self.dwell_ms = ev.ms;
+            }
+            _ => {
+                if ev.ms.is_some() {
+                    self.dwell_ms = ev.ms;
+                }
+            }
+        }
+
+        for (k, v) in &ev.attrs {
+            if self.known_inputs.get(k) != Some(v) {
+                self.known_inputs.insert(k.clone(), v.clone());
+            }
+        }
+        Observed { same_item }
+    }
+
+    fn enter_item(&mut self, item: u64, ts: u64) {
+        self.item = item;
+        self.prev_item_events = self.item_events;
+        self.item_events = 1;
+        self.item_since_ms = ts;
+        if let Some(pos) = self.items.iter().position(|(h, _)| *h == item) {
+            let (_, visits) = self.items.remove(pos);
+            self.item_visits = visits.saturating_add(1);
+        } else {
+            self.item_visits = 1;
+            self.distinct_items = self.distinct_items.saturating_add(1);
+            if self.items.len() == RECENT_ITEMS {
+                self.items.remove(0);
+            }
+        }
+        self.items.push((item, self.item_visits));
+    }
+
+    /// Counts the transition `from` → `to` in the visitor's own habit; older habits fade.
+    pub fn learn_habit(&mut self, from: u16, to: u16) {
+        for h in &mut self.habit {
+            h.2 *= 0.9;
+        }
+        if let Some(h) = self.habit.iter_mut().find(|h| h.0 == from && h.1 == to) {
+            h.2 += 1.0;
+            return;
+        }
+        if self.habit.len() == HABITS {
+            let weakest = (0..HABITS)
+                .min_by(|a, b| self.habit[*a].2.total_cmp(&self.habit[*b].2))
+                .unwrap_or(0);
+            self.habit.swap_remove(weakest);
+        }
+        self.habit.push((from, to, 1.0));
+    }
+
+    /// Time spent on the current item so far.
+    pub fn time_on_item_ms(&self) -> u64 {
+        self.last_ts_ms.saturating_sub(self.item_since_ms)
+    }
+
+    /// Bytes this profile holds, input values included.
+    pub fn memory_bytes(&self) -> usize {
+        let inputs: usize = self
+            .known_inputs
+            .iter()
+            .map(|(k, v)| k.capacity() + 48 + value_bytes(v))
+            .sum();
+        std::mem::size_of::<Profile>()
+            + self.items.capacity() * std::mem::size_of::<(u64, u16)>()
+            + self.pending.capacity() * std::mem::size_of::<([u64; 4], u64)>()
+            + self.hints.capacity() * std::mem::size_of::<(u16, f64, u8)>()
+            + self.habit.capacity() * std::mem::size_of::<(u16, u16, f32)>()
+            + inputs
+    }
+
+    /// Bytes apart from input values: the figure that must stay bounded.
+    pub fn memory_bytes_without_inputs(&self) -> usize {
+        let inputs: usize = self
+            .known_inputs
+            .iter()
+            .map(|(k, v)| k.capacity() + 48 + value_bytes(v))
+            .sum();
+        self.memory_bytes() - inputs
+    }
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => a.iter().map(|v| 32 + value_bytes(v)).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| k.len() + 48 + value_bytes(v)).sum(),
+        _ => 0,
+    }
+}
+
+/// Hash of the item an event concerns (its `sku` attribute, a string or a number); 0 when none.
+pub fn item_hash(ev: &Event) -> u64 {
+    match ev.attrs.get(ITEM_ATTR) {
+        Some(Value::String(s)) => hash_str(s),
+        Some(Value::Number(n)) => hash_str(&n.to_string()),
+        _ => 0,
+    }
+}
+
+/// Stable 64-bit hash of a string (FNV-1a), used for items and hover targets.
+pub fn hash_str(s: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in s.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
+}
+
+fn hash_string_key(s: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// All live sessions, capped in number, with idle expiry.
+#[derive(Debug, Default)]
+pub struct Profiles {
+    /// Profile, sequence number and last activity (its key in `by_activity`).
+    by_session: HashMap<String, (Profile, u64, u64)>,
+    /// (last activity, sequence) → session, so the idlest session is found first.
+    by_activity: BTreeMap<(u64, u64), String>,
+    seq: u64,
+    max: usize,
+    idle_ms: u64,
+}
+
+impl Profiles {
+    pub fn new(max: usize, idle_ms: u64) -> Profiles {
+        Profiles {
+            max: max.max(1),
+            idle_ms,
+            ..Profiles::default()
+        }
+    }
+
+    pub fn set_limits(&mut self, max: usize, idle_ms: u64) {
+        self.max = max.max(1);
+        self.idle_ms = idle_ms;
+        while self.by_session.len() > self.max {
+            self.evict_idlest();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_session.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_session.is_empty()
+    }
+
+    pub fn get(&self, session: &str) -> Option<&Profile> {
+        self.by_session.get(session).map(|(p, _, _)| p)
+    }
+
+    pub fn get_mut(&mut self, session: &str) -> Option<&mut Profile> {
+        self.by_session.get_mut(session).map(|(p, _, _)| p)
+    }
+
+    /// The session's profile, created when new (evicting the idlest session at the cap), and
+    /// marked active at `ts_ms`. Returns the profile and the session evicted, if any.
+    pub fn touch(&mut self, session: &str, ts_ms: u64) -> (&mut Profile, Option<String>) {
+        let mut evicted = None;
+        if !self.by_session.contains_key(session) {
+            if self.by_session.len() >= self.max {
+                evicted = self.evict_idlest();
+            }
+            self.seq += 1;
+            self.by_activity
+                .insert((ts_ms, self.seq), session.to_string());
+            let profile = Profile::new(ts_ms);
+            self.by_session
+                .insert(session.to_string(), (profile, self.seq, ts_ms));
+        } else {
+            let (_, seq, active) = self.by_session.get_mut(session).expect("checked above");
+            if ts_ms > *active {
+                let name = self
+                    .by_activity
+                    .remove(&(*active, *seq))
+                    .unwrap_or_default();
+                self.by_activity.insert((ts_ms, *seq), name);
+                *active = ts_ms;
+            }
+        }
+        let (profile, _, _) = self.by_session.get_mut(session).expect("inserted above");
+        (profile, evicted)
+    }
+
+    fn evict_idlest(&mut self) -> Option<String> {
+        let (_, session) = self.by_activity.pop_first()?;
+        self.by_session.remove(&session);
+        Some(session)
+    }
+
+    pub fn remove(&mut self, session: &str) -> Option<Profile> {
+        let (profile, seq, active) = self.by_session.remove(session)?;
+        self.by_activity.remove(&(active, seq));
+        Some(profile)
+    }
+
+    /// Removes and names the sessions idle longer than the configured span at `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some((&(ts, _), _)) = self.by_activity.first_key_value() {
+            if now_ms.saturating_sub(ts) < self.idle_ms {
+                break;
+            }
+            if let Some(session) = self.evict_idlest() {
+                expired.push(session);
+            }
+        }
+        expired
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &str> {
+        self.by_session.keys().map(String::as_str)
+    }
+
+    /// A stable key for a session name (for per-session tables kept elsewhere).
+    pub fn session_key(session: &str) -> u64 {
+        hash_string_key(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(session: &str, kind: &str, sku: Option<&str>, ts: u64) -> Event {
+        let mut attrs = Map::new();
+        if let Some(s) = sku {
+            attrs.insert("sku".into(), json!(s));
+        }
+        Event {
+            session: session.into(),
+            kind: kind.into(),
+            attrs,
+            ts_ms: ts,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn same_item_and_revisits_are_tracked() {
+        let mut p = Profile::new(0);
+        assert!(!p.observe(&ev("s", "page_view", Some("a"), 0)).same_item);
+        assert!(p.observe(&ev("s", "detail", Some("a"), 10)).same_item);
+        assert_eq!(p.item_events, 2);
+        assert!(!p.observe(&ev("s", "page_view", Some("b"), 20)).same_item);
+        assert!(!p.observe(&ev("s", "page_view", Some("a"), 30)).same_item);
+        assert_eq!(p.item_visits, 2);
+        assert_eq!(p.distinct_items, 2);
+        assert_eq!(p.gap_ms, 10);
+        assert_eq!(p.known_inputs.get("sku"), Some(&json!("a")));
+    }
+
+    #[test]
+    fn steps_keep_the_newest() {
+        let mut p = Profile::new(0);
+        for s in 0..10u16 {
+            p.push_step(s, true);
+        }
+        assert_eq!(p.step(0), Some(9));
+        assert_eq!(p.step(RECENT_STEPS - 1), Some(10 - RECENT_STEPS as u16));
+        assert_eq!(p.step(RECENT_STEPS), None);
+    }
+
+    #[test]
+    fn profile_memory_is_bounded_apart_from_inputs() {
+        let mut p = Profile::new(0);
+        for i in 0..10_000u64 {
+            let mut e = ev("s", "page_view", Some(&format!("sku-{i}")), i * 1000);
+            e.attrs.insert("postal_code".into(), json!("10115"));
+            p.observe(&e);
+            p.push_step((i % 20) as u16, true);
+            p.hover = Some((i, i));
+        }
+        let bytes = p.memory_bytes_without_inputs();
+        println!("profile memory apart from input values: {bytes} bytes");
+        assert!(bytes <= 1024, "a profile holds {bytes} bytes");
+    }
+
+    #[test]
+    fn cap_evicts_the_idlest_and_idle_sessions_expire() {
+        let mut all = Profiles::new(2, 1000);
+        all.touch("a", 0);
+        all.touch("b", 10);
+        all.touch("a", 20);
+        let (_, evicted) = all.touch("c", 30);
+        assert_eq!(evicted.as_deref(), Some("b"));
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.expire(1025), vec!["a".to_string()]);
+        assert!(all.get("c").is_some());
+        assert!(all.remove("c").is_some());
+        assert!(all.is_empty());
+        assert!(all.by_activity.is_empty());
+        assert!(all.expire(u64::MAX).is_empty());
+    }
+}

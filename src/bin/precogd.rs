@@ -16,7 +16,9 @@ use precog::cli::DaemonArgs;
 use precog::config::{self, Config};
 use precog::control::{self, ReloadRequest};
 use precog::engine::{self, EngineHandle, EngineParts};
+use precog::predict::Predictor;
 use precog::server::{self, Access, ServerSettings, systemd};
+use precog::store::{ResultCache, SetAside, StateStore, StoreError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -146,6 +148,65 @@ fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
     }
 }
 
+/// Opens the result cache and the partial-state store. A store held by another precogd is an
+/// error; any other failure (a full disk, say) is said once and precog runs without that store.
+fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<StateStore>)> {
+    fn report(which: &str, set_aside: &[SetAside]) {
+        for s in set_aside {
+            tracing::warn!(store = which, file = %s.path.display(), reason = %s.reason,
+                "a damaged store file was set aside; starting with an empty store");
+        }
+    }
+    let d = &cfg.daemon;
+    let cache = match ResultCache::open(&d.cache_dir, d.cache_size.0) {
+        Ok((c, aside)) => {
+            report("result cache", &aside);
+            Some(c)
+        }
+        Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "running without a result cache");
+            None
+        }
+    };
+    let state_capacity = (d.cache_size.0 / 8).max(4 << 20);
+    let states = match StateStore::open(&d.state_dir, state_capacity, d.state_max.0 as usize) {
+        Ok((s, aside)) => {
+            report("partial-state store", &aside);
+            Some(s)
+        }
+        Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "running without a partial-state store");
+            None
+        }
+    };
+    Ok((cache, states))
+}
+
+/// The predictor with the model saved by an earlier run; a damaged file is set aside.
+fn load_predictor(cfg: &Config) -> Predictor {
+    let mut predictor = Predictor::new(cfg);
+    let path = cfg.daemon.state_dir.join("model.bin");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return predictor;
+    };
+    match predictor.load(&bytes) {
+        Ok(()) => tracing::info!(file = %path.display(), "model loaded"),
+        Err(e) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = path.with_extension(format!("bin.bad-{secs}"));
+            let _ = std::fs::rename(&path, &aside);
+            tracing::warn!(file = %aside.display(), "{e}; set aside, learning afresh");
+            predictor = Predictor::new(cfg);
+        }
+    }
+    predictor
+}
+
 fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
     Arc::new(ServerSettings {
         max_connections: cfg.daemon.max_connections,
@@ -164,8 +225,12 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
         }
     };
 
+    let (cache, states) = open_stores(&cfg)?;
     let parts = EngineParts {
         cgroups: setup_cgroups(&cfg),
+        cache,
+        states,
+        predictor: load_predictor(&cfg),
     };
     let engine = engine::start(cfg.clone(), parts).context("cannot start the engine")?;
 

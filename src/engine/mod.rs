@@ -7,6 +7,7 @@
 //! stays free for the next request. The socket server and the D-Bus interface only forward.
 
 mod control;
+mod predict;
 mod run;
 mod stats;
 
@@ -20,10 +21,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::cgroup::{Cgroups, PoolLimits};
 use crate::config::Config;
 use crate::pool::{CgroupPlacement, JobOutcome, Placement, Pool, PoolError, PoolSettings};
+use crate::predict::Predictor;
 use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
+use crate::store::{ResultCache, StateStore};
 
 pub use control::{ControlOp, EngineEvent};
-pub use run::{JobKey, canonical_json};
+pub use run::JobKey;
 pub use stats::Counters;
 
 /// Who sent a request, from the socket's peer credentials.
@@ -48,6 +51,11 @@ pub enum Command {
         key: JobKey,
         outcome: JobOutcome,
     },
+    Checkpoint {
+        key: Vec<u8>,
+        state: Value,
+    },
+    Tick,
     Reload {
         config: Box<Config>,
         reply: oneshot::Sender<Result<(), String>>,
@@ -147,6 +155,12 @@ impl EngineHandle {
 pub struct EngineParts {
     /// The cgroup subtree for the pools; `None` runs workers without cgroups.
     pub cgroups: Option<Cgroups>,
+    /// The result cache; `None` runs without one.
+    pub cache: Option<ResultCache>,
+    /// Partial states of interrupted jobs; `None` runs without.
+    pub states: Option<StateStore>,
+    /// The predictor, with what it learned in earlier runs already loaded.
+    pub predictor: Predictor,
 }
 
 struct Engine {
@@ -161,6 +175,14 @@ struct Engine {
     threshold: Option<f64>,
     cgroups: Option<Cgroups>,
     placements: HashMap<String, Arc<CgroupPlacement>>,
+    cache: Option<ResultCache>,
+    states: Option<StateStore>,
+    /// Stores whose failure was already logged.
+    store_warned: std::collections::HashSet<&'static str>,
+    predictor: Predictor,
+    speculative: predict::Speculative,
+    spec: predict::SpeculationCounters,
+    last_model_save: Instant,
 }
 
 /// Starts the engine task and its pools.
@@ -178,11 +200,29 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         threshold: None,
         cgroups: parts.cgroups,
         placements: HashMap::new(),
+        cache: parts.cache,
+        states: parts.states,
+        store_warned: Default::default(),
+        predictor: parts.predictor,
+        speculative: Default::default(),
+        spec: Default::default(),
+        last_model_save: Instant::now(),
     };
     for p in &config.pools {
         engine.start_pool(p)?;
     }
     tokio::spawn(engine.run(rx));
+    let ticker = tx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            if ticker.send(Command::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
     Ok(EngineHandle { tx, events })
 }
 
@@ -220,6 +260,8 @@ impl Engine {
                     reply,
                 } => self.request(op, client, received, reply),
                 Command::JobDone { key, outcome } => self.job_done(key, outcome),
+                Command::Checkpoint { key, state } => self.save_state(&key, &state),
+                Command::Tick => self.tick(),
                 Command::Reload { config, reply } => {
                     let _ = reply.send(self.reload(*config));
                 }
@@ -257,6 +299,8 @@ impl Engine {
                             _ = tokio::time::sleep_until(deadline) => break,
                         }
                     }
+                    self.save_model();
+                    self.sync_stores();
                     self.placements.clear();
                     if let Some(cg) = self.cgroups.take()
                         && let Err(e) = cg.remove()
@@ -293,9 +337,13 @@ impl Engine {
                 self.run_request(client, session, process, inputs, received, reply);
                 return;
             }
-            Op::Event(_) | Op::Hint { .. } | Op::Predict { .. } | Op::End { .. } => Err(
-                ErrorReply::new(ErrorCode::UnknownOp, "this op is not served by this build"),
-            ),
+            Op::Event(ev) => self.on_event(client, ev),
+            Op::Hint {
+                session,
+                predictions,
+            } => self.on_hint(client, &session, &predictions),
+            Op::Predict { session, n } => self.on_predict(client, &session, n),
+            Op::End { session, outcome } => self.on_end(&session, outcome.as_deref()),
         };
         if let Err(e) = &answer {
             self.counters.count_error(e.code);
@@ -332,6 +380,7 @@ impl Engine {
                 });
             }
         }
+        self.predictor.reconfigure(&config);
         self.config = config;
         tracing::info!(pools = self.pools.len(), "configuration reloaded");
         Ok(())
@@ -344,15 +393,24 @@ impl Engine {
         let settings = pool_settings(&self.config, p)?;
         let mut placement: Option<Arc<dyn Placement>> = None;
         if let Some(cg) = &self.cgroups {
-            let pool_cg = cg
-                .create_pool(&p.name, &PoolLimits::from_config(p))
-                .map_err(|source| EngineError::Cgroup {
-                    pool: p.name.clone(),
-                    source,
-                })?;
-            let pl = Arc::new(CgroupPlacement::new(pool_cg));
-            self.placements.insert(p.name.clone(), pl.clone());
-            placement = Some(pl);
+            match cg.create_pool(&p.name, &PoolLimits::from_config(p)) {
+                Ok(pool_cg) => {
+                    let pl = Arc::new(CgroupPlacement::new(pool_cg));
+                    self.placements.insert(p.name.clone(), pl.clone());
+                    placement = Some(pl);
+                }
+                // A container or host without the controller: the pool still serves, unfenced.
+                Err(e @ crate::cgroup::CgroupError::MissingController { .. }) => {
+                    tracing::warn!(pool = %p.name, error = %e,
+                        "pool runs without a cgroup; its CPU and memory limits are not enforced");
+                }
+                Err(source) => {
+                    return Err(EngineError::Cgroup {
+                        pool: p.name.clone(),
+                        source,
+                    });
+                }
+            }
         }
         self.pools
             .insert(p.name.clone(), Pool::start(settings, placement));
@@ -364,16 +422,48 @@ impl Engine {
         if threshold.is_some() {
             self.threshold = threshold;
         }
+        let p = &self.config.predict;
+        self.predictor
+            .set_policy(Some(p.hot_path), threshold, Some(p.speculation));
     }
 
     fn policy_view(&self) -> Value {
         let p = &self.config.predict;
-        control::policy_json(p.hot_path, self.threshold.unwrap_or(0.0), p.speculation)
+        let threshold = self.predictor.stats().threshold;
+        control::policy_json(p.hot_path, threshold, p.speculation)
     }
 
     /// Drops every cached result; returns how many there were.
     fn flush_cache(&mut self) -> u64 {
-        0
+        let Some(cache) = self.cache.as_mut() else {
+            return 0;
+        };
+        let entries = cache.stats().entries;
+        match cache.clear() {
+            Ok(()) => {
+                tracing::info!(entries, "result cache flushed");
+                entries
+            }
+            Err(e) => {
+                self.store_error("result cache", &e);
+                0
+            }
+        }
+    }
+
+    /// Writes the stores' pages to disk (at stop; the kernel writes them back on its own
+    /// otherwise, and a crash of the daemon alone loses nothing that was stored).
+    fn sync_stores(&mut self) {
+        if let Some(c) = self.cache.as_mut()
+            && let Err(e) = c.sync()
+        {
+            tracing::warn!(error = %e, "cannot write the result cache to disk");
+        }
+        if let Some(s) = self.states.as_mut()
+            && let Err(e) = s.sync()
+        {
+            tracing::warn!(error = %e, "cannot write the partial states to disk");
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use super::{Client, Command, Engine, Reply, json_map};
 use crate::pool::{FailureKind, Job, JobOutcome, Priority};
 use crate::protocol::{ErrorCode, ErrorReply};
+use crate::store::{CacheKey, canonical_json};
 
 /// A job's identity: whose it is, which process, which inputs (canonical JSON). Results are
 /// never shared between client users.
@@ -23,12 +24,14 @@ pub struct JobKey {
 /// A job on its way, and the requests waiting for it.
 pub(super) struct Inflight {
     waiters: Vec<Waiter>,
-    speculative: bool,
-    cancelled: Arc<AtomicBool>,
-    started: Arc<AtomicBool>,
+    pub(super) speculative: bool,
+    /// A prepare run: its checkpoint is what counts, its result is not kept.
+    prepare: bool,
+    pub(super) cancelled: Arc<AtomicBool>,
+    pub(super) started: Arc<AtomicBool>,
 }
 
-struct Waiter {
+pub(super) struct Waiter {
     reply: oneshot::Sender<Reply>,
     received: Instant,
     /// Joined a job that was already running.
@@ -42,13 +45,20 @@ impl Engine {
     pub(super) fn run_request(
         &mut self,
         client: Client,
-        _session: String,
+        session: String,
         process: String,
         inputs: Option<Map<String, Value>>,
         received: Instant,
         reply: oneshot::Sender<Reply>,
     ) {
-        let prepared = self.prepare_run(client, &process, inputs.unwrap_or_default());
+        // The session's known inputs, overridden by the request's own.
+        let mut given = self
+            .predictor
+            .known_inputs(&session)
+            .cloned()
+            .unwrap_or_default();
+        given.extend(inputs.unwrap_or_default());
+        let prepared = self.prepare_run(client, &process, given);
         let (key, inputs, pool) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -57,6 +67,34 @@ impl Engine {
                 return;
             }
         };
+
+        self.claim_speculative(&key);
+        self.answer_run(client, key.clone(), inputs, &pool, received, reply);
+        self.note_run(client, &session, &key);
+    }
+
+    fn answer_run(
+        &mut self,
+        _client: Client,
+        key: JobKey,
+        inputs: Map<String, Value>,
+        pool: &str,
+        received: Instant,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        if self.is_cacheable(&key.process)
+            && let Some(result) = self.cache_get(&key)
+        {
+            self.counters.count_served("cache");
+            self.counters.record_latency(received.elapsed());
+            let _ = reply.send(Ok(json_map(json!({
+                "result": result,
+                "served": "cache",
+                "wait_us": received.elapsed().as_micros() as u64,
+                "exec_us": 0,
+            }))));
+            return;
+        }
 
         if let Some(inflight) = self.inflight.get_mut(&key) {
             if !inflight.speculative || inflight.started.load(Ordering::Relaxed) {
@@ -75,7 +113,7 @@ impl Engine {
             self.submit(
                 key,
                 inputs,
-                &pool,
+                pool,
                 Priority::OnDemand,
                 waiters,
                 reply,
@@ -86,7 +124,7 @@ impl Engine {
         self.submit(
             key,
             inputs,
-            &pool,
+            pool,
             Priority::OnDemand,
             Vec::new(),
             reply,
@@ -154,38 +192,70 @@ impl Engine {
         reply: oneshot::Sender<Reply>,
         received: Instant,
     ) {
-        let Some(pool) = self.pools.get(pool_name) else {
-            let e = ErrorReply::new(ErrorCode::Internal, format!("pool `{pool_name}` is gone"));
-            let _ = reply.send(Err(e));
-            return;
-        };
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let started = Arc::new(AtomicBool::new(false));
-        let rx = pool.submit(Job {
-            process: key.process.clone(),
-            inputs,
-            state: None,
-            phase: None,
-            priority,
-            checkpoints: None,
-            cancelled: cancelled.clone(),
-            started: started.clone(),
-        });
         waiters.push(Waiter {
             reply,
             received,
             joined: false,
+        });
+        self.start_job(key, inputs, pool_name, priority, None, waiters);
+    }
+
+    /// Hands a job to its pool and records it as in flight with the requests waiting for it
+    /// (none for a speculative job).
+    pub(super) fn start_job(
+        &mut self,
+        key: JobKey,
+        inputs: Map<String, Value>,
+        pool_name: &str,
+        priority: Priority,
+        phase: Option<&'static str>,
+        waiters: Vec<Waiter>,
+    ) {
+        let state_key = self.state_key(&key, &inputs);
+        let state = self.saved_state(&state_key);
+        let Some(pool) = self.pools.get(pool_name) else {
+            for w in waiters {
+                let e = ErrorReply::new(ErrorCode::Internal, format!("pool `{pool_name}` is gone"));
+                let _ = w.reply.send(Err(e));
+            }
+            return;
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicBool::new(false));
+        let (cp_tx, mut cp_rx) = tokio::sync::mpsc::unbounded_channel();
+        let rx = pool.submit(Job {
+            process: key.process.clone(),
+            inputs,
+            state,
+            phase,
+            priority,
+            checkpoints: Some(cp_tx),
+            cancelled: cancelled.clone(),
+            started: started.clone(),
         });
         self.inflight.insert(
             key.clone(),
             Inflight {
                 waiters,
                 speculative: priority == Priority::Speculative,
+                prepare: phase.is_some(),
                 cancelled,
                 started,
             },
         );
         let tx = self.tx.clone();
+        let cp_engine = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(state) = cp_rx.recv().await {
+                let cmd = Command::Checkpoint {
+                    key: state_key.clone(),
+                    state,
+                };
+                if cp_engine.send(cmd).await.is_err() {
+                    break;
+                }
+            }
+        });
         tokio::spawn(async move {
             let outcome = rx.await.unwrap_or_else(|_| JobOutcome {
                 result: Err(crate::pool::JobFailure {
@@ -206,6 +276,15 @@ impl Engine {
         let Some(inflight) = self.inflight.remove(&key) else {
             return;
         };
+        if let Ok(result) = &outcome.result
+            && !inflight.prepare
+        {
+            self.cache_put(&key, result);
+            self.forget_state(&key);
+        }
+        if inflight.speculative {
+            self.speculative_done(&key, &outcome);
+        }
         for w in inflight.waiters {
             let answer = match &outcome.result {
                 Ok(result) => {
@@ -257,53 +336,107 @@ fn failure_reply(process: &str, f: &crate::pool::JobFailure) -> ErrorReply {
     ErrorReply::new(code, format!("`{process}`: {}", f.message)).with("reason", reason)
 }
 
-/// JSON with object keys sorted and no whitespace, so equal inputs give equal keys.
-pub fn canonical_json(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&m[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
+impl Engine {
+    fn is_cacheable(&self, process: &str) -> bool {
+        self.cache.is_some() && self.config.process(process).is_some_and(|p| p.idempotent)
+    }
+
+    fn cache_get(&mut self, key: &JobKey) -> Option<Value> {
+        let cache = self.cache.as_mut()?;
+        let ck = CacheKey {
+            owner: key.owner,
+            process: &key.process,
+            inputs: &key.inputs,
+        };
+        let bytes = cache.get(&ck, now_ms())?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps a result for later requests; results of processes not declared idempotent are
+    /// never kept.
+    pub(super) fn cache_put(&mut self, key: &JobKey, result: &Value) {
+        if !self.is_cacheable(&key.process) {
+            return;
+        }
+        let ttl = self
+            .config
+            .process(&key.process)
+            .map(|p| p.ttl.0.as_millis() as u64)
+            .unwrap_or(0);
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        let ck = CacheKey {
+            owner: key.owner,
+            process: &key.process,
+            inputs: &key.inputs,
+        };
+        let bytes = serde_json::to_vec(result).unwrap_or_default();
+        if let Err(e) = cache.put(&ck, &bytes, now_ms(), ttl) {
+            self.store_error("result cache", &e);
         }
     }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
+
+    /// The partial-state key of a job: its owner, process and the inputs its `prepare` phase
+    /// needs (all inputs when it declares none), so a prepare run and the full run share it.
+    pub(super) fn state_key(&self, key: &JobKey, inputs: &Map<String, Value>) -> Vec<u8> {
+        let prepare = self
+            .config
+            .process(&key.process)
+            .map(|p| p.prepare.clone())
+            .unwrap_or_default();
+        let basis = if prepare.is_empty() {
+            key.inputs.clone()
+        } else {
+            let subset: Map<String, Value> = inputs
+                .iter()
+                .filter(|(k, _)| prepare.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            canonical_json(&Value::Object(subset))
+        };
+        format!("{}\u{0}{}\u{0}{}", key.owner, key.process, basis).into_bytes()
+    }
+
+    pub(super) fn saved_state(&mut self, state_key: &[u8]) -> Option<Value> {
+        let bytes = self.states.as_mut()?.get(state_key, now_ms())?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub(super) fn save_state(&mut self, state_key: &[u8], state: &Value) {
+        let ttl = 3_600_000;
+        let Some(states) = self.states.as_mut() else {
+            return;
+        };
+        let bytes = serde_json::to_vec(state).unwrap_or_default();
+        if let Err(e) = states.put(state_key, &bytes, now_ms(), ttl) {
+            self.store_error("partial-state store", &e);
+        }
+    }
+
+    fn forget_state(&mut self, key: &JobKey) {
+        if self.states.is_none() {
+            return;
+        }
+        let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
+        let state_key = self.state_key(key, &inputs);
+        if let Some(states) = self.states.as_mut() {
+            states.remove(&state_key);
+        }
+    }
+
+    /// A store error is said once per store; the store keeps serving what it has.
+    pub(super) fn store_error(&mut self, which: &'static str, e: &crate::store::StoreError) {
+        if self.store_warned.insert(which) {
+            tracing::warn!(store = which, error = %e, "storing stopped; precog keeps serving");
+        }
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn canonical_json_sorts_keys_at_every_depth() {
-        let a: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"y":[2,{"d":1,"c":2}],"x":null}}"#).unwrap();
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"x":null,"y":[2,{"c":2,"d":1}]},"b":1}"#
-        );
-    }
+/// Wall-clock milliseconds, as stored with cached results.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -90,8 +90,27 @@ impl Engine {
             "inflight_jobs": self.inflight.len(),
             "policy": self.policy_view(),
             "pools": pools,
+            "cache": self.cache.as_ref().map(|c| store_json(&c.stats())),
+            "sessions": {"active": self.predictor.stats().sessions},
+            "speculation": self.speculation_json(),
+            "states": self.states.as_ref().map(|c| store_json(&c.stats())),
         }))
     }
+}
+
+fn store_json(s: &crate::store::StoreStats) -> Value {
+    json!({
+        "entries": s.entries,
+        "bytes": s.bytes_used,
+        "capacity": s.capacity,
+        "hits": s.hits,
+        "misses": s.misses,
+        "expired": s.expired,
+        "evicted": s.evicted,
+        "damaged_dropped": s.damaged_dropped,
+        "write_errors": s.write_errors,
+        "disabled": s.disabled,
+    })
 }
 
 #[cfg(test)]

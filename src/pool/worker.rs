@@ -432,7 +432,7 @@ fn finish_lost(
 fn remove_slot(shared: &Shared, id: u64, started: Instant, served: u64, death: Option<String>) {
     let mut st = shared.state.lock().expect("pool state");
     st.workers.remove(&id);
-    if let Some(why) = death {
+    if let Some(why) = death.filter(|_| !shared.shutting_down.load(Ordering::Relaxed)) {
         st.stats.crashes += 1;
         if served == 0 && started.elapsed() < HEALTHY_AFTER {
             note_start_failure(&mut st, why);

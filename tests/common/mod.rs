@@ -77,10 +77,14 @@ impl Daemon {
         let socket = dir.path().join("precogd.sock");
         let config = dir.path().join("precogd.toml");
         let parent = cgroup_parent();
+        let cache_dir = if daemon_keys.contains("cache_dir") {
+            String::new()
+        } else {
+            format!("cache_dir = \"{}\"\n", dir.path().join("cache").display())
+        };
         let text = format!(
-            "[daemon]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n\
+            "[daemon]\n{cache_dir}state_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n\
              socket_group = \"root\"\nallowed_groups = []\n{daemon_keys}\n{extra}\n",
-            dir.path().join("cache").display(),
             dir.path().join("state").display(),
         );
         std::fs::write(&config, text).expect("write config");

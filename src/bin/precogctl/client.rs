@@ -62,14 +62,17 @@ impl Client {
     }
 }
 
-/// The socket path a client uses when none is given: the system socket for root, else the
-/// per-user one that an unprivileged precogd picks.
+/// The socket path a client uses when none is given: `$PRECOG_SOCKET`, the system socket, or
+/// the per-user one that an unprivileged precogd picks.
 pub fn default_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("PRECOG_SOCKET") {
         return PathBuf::from(p);
     }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/precog/precogd.sock");
+    // The system daemon's socket when there is one (root, or an app user in group `precog`),
+    // else the one a developer's own unprivileged precogd uses.
+    let system = PathBuf::from("/run/precog/precogd.sock");
+    if nix::unistd::geteuid().is_root() || system.exists() {
+        return system;
     }
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|v| !v.is_empty())

@@ -6,10 +6,13 @@
 mod bench;
 mod client;
 mod dbus_client;
+mod demo;
+mod eval;
 mod generate;
 mod load;
 mod local;
 mod ops;
+mod replay;
 mod top;
 
 use std::path::PathBuf;
@@ -62,6 +65,14 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         rounds: usize,
     },
+    /// Score the prediction model on recorded sessions against two baselines.
+    Eval {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// jd, rees46, otto or events (NDJSON, one event a line).
+        #[arg(long)]
+        format: String,
+    },
     /// The other end of `bench`'s echo floor.
     #[command(hide = true)]
     EchoServer,
@@ -82,6 +93,10 @@ enum Cmd {
     Flush(dbus_client::BusArgs),
     /// Live view of pools, hit ratio and speculation; `q` or Ctrl-C quits.
     Top(top::TopArgs),
+    /// Replay real shop sessions through precog and measure what the app sees.
+    Replay(replay::ReplayArgs),
+    /// Replay the shipped OTTO sessions in all three modes on private daemons and compare.
+    Demo(demo::DemoArgs),
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -147,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
         Cmd::EchoServer => bench::echo_server()?,
         Cmd::Load(args) => load::run(&socket, &args)?,
+        Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
         Cmd::Stats => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
             if cli.json {
@@ -163,6 +179,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Flush(bus) => ops::flush(&bus)?,
         Cmd::Top(args) => top::run(&args, &socket)?,
         Cmd::Generate(args) => generate::run(&args)?,
+        Cmd::Replay(args) => {
+            replay::run(&args, cli.socket.as_deref(), cli.json)?;
+        }
+        Cmd::Demo(args) => demo::run(&args, cli.json)?,
     }
     Ok(())
 }

@@ -1,0 +1,281 @@
+//! `precogctl replay`: real shop sessions through precog, measured as the app server sees them.
+//!
+//! The replay plays a shop's app server: it reads recorded sessions, sends each visitor's events
+//! at the real gaps divided by the speed, and issues the `run`s the mapping file says each action
+//! needs. Modes: `precog` (a daemon that speculates), `no-predict` (the same daemon with
+//! speculation off), `spawn` (no daemon: a fresh `precog-shop-worker` per run). Without
+//! `--socket`, each daemon mode starts its own precogd on a temporary directory, with a shop
+//! catalogue built from the replayed file.
+
+mod backend;
+mod drive;
+mod mapping;
+mod report;
+mod svg;
+mod timeline;
+mod visitor;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use precog::config::Config;
+use precog::eval::{Format, SessionRecord, read_sessions};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::local::{LocalDaemon, sibling};
+use backend::{Backend, Daemon, Spawn};
+use mapping::Mapping;
+use report::ModeReport;
+pub use report::Report;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeChoice {
+    Precog,
+    NoPredict,
+    Spawn,
+    All,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// A session file of the data set, or a directory of them.
+    pub file: PathBuf,
+    /// The data set's layout: jd, rees46, otto or events (precog's NDJSON events).
+    #[arg(long, value_parser = parse_format)]
+    pub format: Format,
+    /// How much faster than real time to play: the recorded gaps are divided by this.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Which runs each action needs (default: the built-in config/replay/shop.toml).
+    #[arg(long, value_name = "FILE")]
+    pub mapping: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ModeChoice::Precog)]
+    pub mode: ModeChoice,
+    /// Also draw the latency distributions of the modes into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Replay only the first N sessions (by start time).
+    #[arg(long, value_name = "N")]
+    pub sessions: Option<usize>,
+    /// Shop-time seconds with no visitor active kept at most; longer dead stretches are cut.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub max_idle: f64,
+    /// Build the shop catalogue from this data file (or use this .sqlite catalogue) instead of
+    /// the replayed file.
+    #[arg(long, value_name = "FILE")]
+    pub catalog_from: Option<PathBuf>,
+    /// Connections (threads) of the replayed app server.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+        .map_err(|e: precog::eval::EvalError| e.to_string())
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Jd => "jd",
+        Format::Rees46 => "rees46",
+        Format::Otto => "otto",
+        Format::Events => "events",
+    }
+}
+
+/// Replays, then prints the report (a table or JSON) and writes the chart.
+pub fn run(args: &ReplayArgs, socket: Option<&Path>, json: bool) -> anyhow::Result<Report> {
+    let report = replay(args, socket)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+        for m in report.modes.iter().filter(|m| m.mode != "spawn") {
+            println!("{} runs by process:", m.mode);
+            for (process, served) in &m.per_process {
+                let counts: Vec<String> = served
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect();
+                println!("  {process:<22} {}", counts.join("  "));
+            }
+        }
+    }
+    if let Some(path) = &args.svg {
+        let title = format!("run latency, {} ({})", report.file, report.format);
+        std::fs::write(path, svg::chart(&title, &report.modes))
+            .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// The real span of the sessions `args` would replay, once dead time is cut.
+pub fn shop_span_ms(args: &ReplayArgs) -> anyhow::Result<u64> {
+    let sessions = chosen_sessions(args)?;
+    Ok(timeline::plan(&sessions, (args.max_idle * 1000.0) as u64).span_ms)
+}
+
+fn chosen_sessions(args: &ReplayArgs) -> anyhow::Result<Vec<SessionRecord>> {
+    let mut sessions = read_sessions(&args.file, args.format)?;
+    sessions.sort_by_key(|s| s.events[0].ts_ms);
+    if let Some(n) = args.sessions {
+        sessions.truncate(n);
+    }
+    if sessions.is_empty() {
+        bail!("{} holds no sessions", args.file.display());
+    }
+    Ok(sessions)
+}
+
+/// Replays every chosen mode and returns the report.
+pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report> {
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        bail!("--speed must be a positive number");
+    }
+    let sessions = chosen_sessions(args)?;
+    let timeline = timeline::plan(&sessions, (args.max_idle * 1000.0) as u64);
+    let mapping = Mapping::load(args.mapping.as_deref())?;
+    let config = Config::builtin();
+    for process in mapping.processes() {
+        if config.process(process).is_none() {
+            bail!("the mapping asks for `{process}`, which precogd does not define");
+        }
+    }
+    let script = drive::Script {
+        sessions: &sessions,
+        offsets: &timeline.offsets,
+        format: args.format,
+        mapping: &mapping,
+        config: &config,
+        speed: args.speed,
+    };
+    let modes: &[&str] = match args.mode {
+        ModeChoice::Precog => &["precog"],
+        ModeChoice::NoPredict => &["no-predict"],
+        ModeChoice::Spawn => &["spawn"],
+        ModeChoice::All => &["precog", "no-predict", "spawn"],
+    };
+    if socket.is_some() && modes.len() > 1 {
+        bail!("--mode all starts its own daemons; drop --socket, or pick one mode");
+    }
+
+    let work = tempfile::Builder::new()
+        .prefix("precog-replay-")
+        .tempdir()?;
+    let needs_catalog = modes.iter().any(|m| *m == "spawn" || socket.is_none());
+    let catalog = if needs_catalog {
+        Some(build_catalog(args, work.path())?)
+    } else {
+        None
+    };
+    let mut reports = Vec::new();
+    for mode in modes {
+        let catalog = match &catalog {
+            Some(c) => {
+                // reserve_stock writes to the catalogue: each mode starts from the same stock.
+                let own = work.path().join(format!("{mode}.sqlite"));
+                std::fs::copy(c, &own).context("cannot copy the shop catalogue")?;
+                Some(own)
+            }
+            None => None,
+        };
+        reports.push(play_mode(&script, mode, socket, catalog, args.connections)?);
+    }
+
+    Ok(Report::new(Report {
+        file: args.file.display().to_string(),
+        format: format_name(args.format).into(),
+        speed: args.speed,
+        sessions: sessions.len(),
+        recorded_events: sessions.iter().map(|s| s.events.len()).sum(),
+        span_s: timeline.span_ms as f64 / 1000.0,
+        modes: reports,
+        mean_latency_ratio: Default::default(),
+    }))
+}
+
+fn build_catalog(args: &ReplayArgs, dir: &Path) -> anyhow::Result<PathBuf> {
+    let source = args.catalog_from.as_ref().unwrap_or(&args.file);
+    if source.extension().is_some_and(|e| e == "sqlite") {
+        return Ok(source.clone());
+    }
+    let out = dir.join("catalog.sqlite");
+    let output = Command::new(sibling("precog-shop-worker")?)
+        .arg("build-catalog")
+        .arg("--from")
+        .arg(source)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .context("cannot run precog-shop-worker build-catalog")?;
+    if !output.status.success() {
+        bail!(
+            "cannot build the shop catalogue from {} (pass --catalog-from with a JD, REES46 or \
+             OTTO file): {}",
+            source.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn play_mode(
+    script: &drive::Script,
+    mode: &str,
+    socket: Option<&Path>,
+    catalog: Option<PathBuf>,
+    connections: usize,
+) -> anyhow::Result<ModeReport> {
+    if mode == "spawn" {
+        let worker = sibling("precog-shop-worker")?;
+        let catalog = catalog.context("spawn mode needs a catalogue")?;
+        let played = drive::play(script, connections, || {
+            Ok(Box::new(Spawn {
+                worker: worker.clone(),
+                catalog: catalog.clone(),
+            }) as Box<dyn Backend>)
+        })?;
+        return Ok(ModeReport::new(mode, &played, None));
+    }
+
+    let local = match socket {
+        Some(_) => None,
+        None => {
+            let worker = sibling("precog-shop-worker")?;
+            let catalog = catalog.context("a local daemon needs a catalogue")?;
+            let mut extra = format!(
+                "[[pool]]\nname = \"shop\"\ncommand = [{}, \"--catalog\", {}]\n",
+                toml_string(&worker.display().to_string()),
+                toml_string(&catalog.display().to_string())
+            );
+            if mode == "no-predict" {
+                extra.push_str("[predict]\nspeculation = false\n");
+            }
+            Some(LocalDaemon::start("", &extra)?)
+        }
+    };
+    let path = socket
+        .map(Path::to_path_buf)
+        .or_else(|| local.as_ref().map(|d| d.socket.clone()))
+        .expect("a socket or a local daemon");
+    let played = drive::play(script, connections, || {
+        Ok(Box::new(Daemon::connect(&path)?) as Box<dyn Backend>)
+    });
+    let played = match (played, &local) {
+        (Ok(p), _) => p,
+        (Err(e), Some(d)) => return Err(e.context(format!("precogd's log:\n{}", d.log()))),
+        (Err(e), None) => return Err(e),
+    };
+    let stats: Option<Value> = Client::connect(&path)
+        .and_then(|mut c| c.call_ok(&json!({"op": "stats"})))
+        .ok();
+    Ok(ModeReport::new(mode, &played, stats.as_ref()))
+}

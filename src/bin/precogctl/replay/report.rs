@@ -1,0 +1,366 @@
+//! The replay's report: runs by how they were served, the app-seen latency of `run`, and the
+//! daemon's speculation counters, per mode; as a table side by side or as JSON. Pure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::backend::Served;
+use super::drive::Played;
+
+/// Runs answered after this are past the warm-up, where no cold spawn should happen.
+pub const WARM_UP: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Speculation {
+    pub issued: Option<u64>,
+    pub cancelled: Option<u64>,
+    pub used: Option<u64>,
+    pub wasted: Option<u64>,
+    pub cpu_s_wasted: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModeReport {
+    pub mode: String,
+    pub runs: u64,
+    /// Runs by `served`, plus `failed`.
+    pub served: BTreeMap<String, u64>,
+    /// Share of runs answered from the cache or by joining a job in flight.
+    pub cache_or_inflight: f64,
+    pub run_errors: BTreeMap<String, u64>,
+    pub latency_us: Latency,
+    pub speculation: Speculation,
+    /// The daemon's cold starts over all pools (None without a daemon or the counter).
+    pub cold_starts: Option<u64>,
+    /// Runs that had to start a worker, answered after the first minute.
+    pub cold_runs_after_first_minute: u64,
+    pub events: u64,
+    /// Refused `event`/`end` requests by `op:code`.
+    pub event_errors: BTreeMap<String, u64>,
+    /// Runs by process, then by `served`.
+    pub per_process: BTreeMap<String, BTreeMap<String, u64>>,
+    /// How late actions started against the schedule.
+    pub lag_ms_p99: f64,
+    pub lag_ms_max: f64,
+    pub wall_s: f64,
+    /// Every run's latency, sorted, for the chart.
+    #[serde(skip)]
+    pub latencies_us: Vec<u64>,
+}
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+impl ModeReport {
+    /// Builds the report of one mode from what the replay saw and the daemon's `stats` reply.
+    pub fn new(mode: &str, played: &Played, stats: Option<&Value>) -> ModeReport {
+        let mut served: BTreeMap<String, u64> = Served::ALL
+            .iter()
+            .map(|s| (s.name().to_string(), 0))
+            .collect();
+        let mut run_errors = BTreeMap::new();
+        let mut per_process: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut cold_late = 0;
+        for r in &played.runs {
+            *served.entry(r.served.name().into()).or_default() += 1;
+            *per_process
+                .entry(r.process.clone())
+                .or_default()
+                .entry(r.served.name().into())
+                .or_default() += 1;
+            if let Some(code) = &r.error {
+                *run_errors.entry(code.clone()).or_default() += 1;
+            }
+            cold_late += (r.served == Served::Cold && r.at > WARM_UP) as u64;
+        }
+        let mut latencies_us: Vec<u64> = played.runs.iter().map(|r| r.latency_us).collect();
+        latencies_us.sort_unstable();
+        let runs = played.runs.len() as u64;
+        let mean = latencies_us.iter().sum::<u64>() as f64 / runs.max(1) as f64;
+        let mut lag = played.lag_us.clone();
+        lag.sort_unstable();
+
+        ModeReport {
+            mode: mode.to_string(),
+            runs,
+            cache_or_inflight: (served["cache"] + served["inflight"]) as f64 / runs.max(1) as f64,
+            served,
+            run_errors,
+            latency_us: Latency {
+                p50: quantile(&latencies_us, 0.5),
+                p90: quantile(&latencies_us, 0.9),
+                p99: quantile(&latencies_us, 0.99),
+                mean,
+            },
+            speculation: stats.map(speculation_of).unwrap_or_default(),
+            cold_starts: stats.and_then(cold_starts_of),
+            cold_runs_after_first_minute: cold_late,
+            // Without a daemon there is nobody to tell.
+            events: if mode == "spawn" { 0 } else { played.events },
+            event_errors: played.notify_errors.clone(),
+            per_process,
+            lag_ms_p99: quantile(&lag, 0.99) as f64 / 1000.0,
+            lag_ms_max: lag.last().copied().unwrap_or(0) as f64 / 1000.0,
+            wall_s: played.wall.as_secs_f64(),
+            latencies_us,
+        }
+    }
+}
+
+fn speculation_of(stats: &Value) -> Speculation {
+    let s = &stats["speculation"];
+    Speculation {
+        issued: s["issued"].as_u64(),
+        cancelled: s["cancelled"].as_u64(),
+        used: s["used"].as_u64(),
+        wasted: s["wasted"].as_u64(),
+        cpu_s_wasted: s["cpu_s_wasted"].as_f64(),
+    }
+}
+
+fn cold_starts_of(stats: &Value) -> Option<u64> {
+    let pools = stats["pools"].as_object()?;
+    pools
+        .values()
+        .map(|p| p["cold_starts"].as_u64())
+        .sum::<Option<u64>>()
+}
+
+/// A whole replay: what was played and each mode's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub file: String,
+    pub format: String,
+    pub speed: f64,
+    pub sessions: usize,
+    pub recorded_events: usize,
+    /// Real span of the replayed sessions after idle stretches were cut, in seconds.
+    pub span_s: f64,
+    pub modes: Vec<ModeReport>,
+    /// Each mode's mean latency over precog's (or the first mode's).
+    pub mean_latency_ratio: BTreeMap<String, f64>,
+}
+
+impl Report {
+    pub fn new(head: Report) -> Report {
+        let mut r = head;
+        let base = r
+            .modes
+            .iter()
+            .find(|m| m.mode == "precog")
+            .or(r.modes.first())
+            .map(|m| (m.mode.clone(), m.latency_us.mean));
+        if let Some((name, mean)) = base.filter(|b| b.1 > 0.0) {
+            for m in &r.modes {
+                if m.mode != name {
+                    let key = format!("{}/{name}", m.mode);
+                    r.mean_latency_ratio.insert(key, m.latency_us.mean / mean);
+                }
+            }
+        }
+        r
+    }
+
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "replay of {} ({}): {} sessions, {} recorded events, {:.0} s of shop time at {}x",
+            self.file, self.format, self.sessions, self.recorded_events, self.span_s, self.speed
+        );
+        let names: Vec<&str> = self.modes.iter().map(|m| m.mode.as_str()).collect();
+        let mut row = |label: &str, cells: Vec<String>| {
+            let _ = write!(out, "{label:<30}");
+            for c in cells {
+                let _ = write!(out, " {c:>12}");
+            }
+            out.push('\n');
+        };
+        row("", names.iter().map(|n| n.to_string()).collect());
+        let each = |f: &dyn Fn(&ModeReport) -> String| -> Vec<String> {
+            self.modes.iter().map(f).collect()
+        };
+        row("runs", each(&|m| m.runs.to_string()));
+        for s in Served::ALL {
+            row(
+                &format!("  served {}", s.name()),
+                each(&|m| m.served[s.name()].to_string()),
+            );
+        }
+        row(
+            "  from cache or inflight",
+            each(&|m| format!("{:.1}%", m.cache_or_inflight * 100.0)),
+        );
+        row("latency p50 (us)", each(&|m| m.latency_us.p50.to_string()));
+        row("latency p90 (us)", each(&|m| m.latency_us.p90.to_string()));
+        row("latency p99 (us)", each(&|m| m.latency_us.p99.to_string()));
+        row(
+            "latency mean (us)",
+            each(&|m| format!("{:.0}", m.latency_us.mean)),
+        );
+        if !self.mean_latency_ratio.is_empty() {
+            let base = self
+                .modes
+                .iter()
+                .find(|m| {
+                    !self
+                        .mean_latency_ratio
+                        .keys()
+                        .any(|k| k.starts_with(&m.mode))
+                })
+                .map_or("", |m| m.mode.as_str());
+            row(
+                &format!("mean latency / {base}"),
+                each(
+                    &|m| match self.mean_latency_ratio.get(&format!("{}/{base}", m.mode)) {
+                        Some(r) => format!("{r:.2}x"),
+                        None => "1.00x".into(),
+                    },
+                ),
+            );
+        }
+        let opt = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
+        row(
+            "speculative jobs issued",
+            each(&|m| opt(m.speculation.issued)),
+        );
+        row("speculative jobs used", each(&|m| opt(m.speculation.used)));
+        row(
+            "speculative jobs wasted",
+            each(&|m| opt(m.speculation.wasted)),
+        );
+        row(
+            "CPU s wasted on speculation",
+            each(&|m| {
+                m.speculation
+                    .cpu_s_wasted
+                    .map_or("n/a".into(), |v| format!("{v:.3}"))
+            }),
+        );
+        row("cold starts (daemon)", each(&|m| opt(m.cold_starts)));
+        row(
+            "cold runs after first minute",
+            each(&|m| m.cold_runs_after_first_minute.to_string()),
+        );
+        row("failed runs", each(&|m| join_counts(&m.run_errors)));
+        row("events sent", each(&|m| m.events.to_string()));
+        row("refused events", each(&|m| join_counts(&m.event_errors)));
+        row(
+            "schedule lag p99/max (ms)",
+            each(&|m| format!("{:.1}/{:.0}", m.lag_ms_p99, m.lag_ms_max)),
+        );
+        row("wall time (s)", each(&|m| format!("{:.1}", m.wall_s)));
+        out
+    }
+}
+
+/// Counts summed by error code (the part after `op:`), for a narrow table cell.
+fn join_counts(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "0".into();
+    }
+    let mut by_code: BTreeMap<&str, u64> = BTreeMap::new();
+    for (k, v) in counts {
+        *by_code
+            .entry(k.rsplit(':').next().unwrap_or(k))
+            .or_default() += v;
+    }
+    by_code
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::drive::RunRecord;
+    use serde_json::json;
+
+    fn run(process: &str, served: Served, latency_us: u64, at_s: u64) -> RunRecord {
+        RunRecord {
+            process: process.into(),
+            served,
+            latency_us,
+            at: Duration::from_secs(at_s),
+            error: (served == Served::Failed).then(|| "timeout".into()),
+        }
+    }
+
+    #[test]
+    fn every_run_is_counted_once_and_latencies_summarised() {
+        let played = Played {
+            runs: vec![
+                run("price_quote", Served::Cache, 10, 1),
+                run("price_quote", Served::Inflight, 20, 2),
+                run("cart_total", Served::Warm, 30, 3),
+                run("cart_total", Served::Cold, 1000, 90),
+                run("calc_shipping", Served::Failed, 40, 91),
+            ],
+            ..Played::default()
+        };
+        let stats = json!({"speculation": {"used": 3, "wasted": 1},
+                           "pools": {"shop": {"cold_starts": 2}}});
+        let m = ModeReport::new("precog", &played, Some(&stats));
+        assert_eq!(m.runs, 5);
+        assert_eq!(m.served.values().sum::<u64>(), 5);
+        assert_eq!(m.cache_or_inflight, 0.4);
+        assert_eq!(m.latency_us.p50, 30);
+        assert_eq!(m.latency_us.p99, 1000);
+        assert_eq!(m.latency_us.mean, 220.0);
+        assert_eq!(m.speculation.used, Some(3));
+        assert_eq!(m.speculation.cpu_s_wasted, None);
+        assert_eq!(m.cold_starts, Some(2));
+        assert_eq!(m.cold_runs_after_first_minute, 1);
+        assert_eq!(m.run_errors["timeout"], 1);
+        assert_eq!(m.per_process["cart_total"]["cold"], 1);
+    }
+
+    #[test]
+    fn the_table_shows_ratios_and_missing_counters() {
+        let fast = Played {
+            runs: vec![run("p", Served::Cache, 100, 1)],
+            ..Played::default()
+        };
+        let slow = Played {
+            runs: vec![run("p", Served::Warm, 300, 1)],
+            ..Played::default()
+        };
+        let r = Report::new(Report {
+            file: "f".into(),
+            format: "otto".into(),
+            speed: 10.0,
+            sessions: 1,
+            recorded_events: 1,
+            span_s: 1.0,
+            modes: vec![
+                ModeReport::new("precog", &fast, None),
+                ModeReport::new("no-predict", &slow, None),
+            ],
+            mean_latency_ratio: BTreeMap::new(),
+        });
+        assert_eq!(r.mean_latency_ratio["no-predict/precog"], 3.0);
+        let table = r.table();
+        assert!(table.contains("3.00x"), "{table}");
+        assert!(table.contains("n/a"), "{table}");
+    }
+}

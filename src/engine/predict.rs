@@ -1,0 +1,368 @@
+//! The engine's side of prediction: events, hints and `predict` go to the predictor; the hot
+//! processes it picks become speculative jobs; what became of them (used, wasted) flows back.
+//!
+//! A speculative job runs for the client user whose event triggered it, so its result lands in
+//! that user's part of the cache. It is *used* when a `run` is answered from it (from the cache
+//! or by joining it while in flight), and *wasted* when its session ends or expires first; a
+//! wasted result is dropped from the cache, and the CPU time it took is counted.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use super::run::now_ms;
+use super::{Client, Engine, JobKey, Reply, json_map};
+use crate::pool::{JobOutcome, Priority};
+use crate::predict::HotEntry;
+use crate::profile::Event;
+use crate::protocol::EventRequest;
+use crate::store::{CacheKey, canonical_json};
+
+/// A speculative job issued for a session, until it is used or its session goes.
+#[derive(Debug, Clone)]
+pub(super) struct SpeculativeRecord {
+    session: String,
+    process: String,
+    cpu_ns: u64,
+    finished: bool,
+}
+
+/// Counters of speculation, for `stats`.
+#[derive(Debug, Default)]
+pub(super) struct SpeculationCounters {
+    pub issued: u64,
+    pub prepared: u64,
+    pub used: u64,
+    pub wasted: u64,
+    pub cancelled: u64,
+    pub cpu_ns_wasted: u64,
+}
+
+pub(super) type Speculative = HashMap<JobKey, SpeculativeRecord>;
+
+fn hot_json(hot: &[HotEntry]) -> Value {
+    Value::Array(
+        hot.iter()
+            .map(|h| json!({"process": h.process, "p": h.p, "inputs_known": h.inputs_known}))
+            .collect(),
+    )
+}
+
+impl Engine {
+    pub(super) fn on_event(&mut self, client: Client, ev: EventRequest) -> Reply {
+        let session = ev.session.clone();
+        let hot = self.predictor.event(Event {
+            session: ev.session,
+            kind: ev.kind,
+            target: ev.target,
+            ms: ev.ms,
+            depth: ev.depth,
+            attrs: ev.attrs,
+            ts_ms: ev.ts.unwrap_or_else(now_ms),
+        });
+        self.speculate(client, &session);
+        Ok(json_map(json!({"hot_path": hot_json(&hot)})))
+    }
+
+    pub(super) fn on_hint(
+        &mut self,
+        client: Client,
+        session: &str,
+        predictions: &[(String, f64)],
+    ) -> Reply {
+        let hot = self.predictor.hint(session, predictions, now_ms());
+        self.speculate(client, session);
+        Ok(json_map(json!({"hot_path": hot_json(&hot)})))
+    }
+
+    /// The ranked hot path with what state each process is in for this client.
+    pub(super) fn on_predict(&mut self, client: Client, session: &str, n: Option<usize>) -> Reply {
+        let n = n.unwrap_or(self.config.predict.hot_path);
+        let hot = self.predictor.hot_path(session, n);
+        let known = self
+            .predictor
+            .known_inputs(session)
+            .cloned()
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(hot.len());
+        for h in hot {
+            let state = match self.key_for(client.uid, &h.process, &known) {
+                None => "waiting_inputs",
+                Some(key) if self.inflight.contains_key(&key) => "running",
+                Some(key) if self.is_cached(&key) => "cached",
+                Some(_) => "cold",
+            };
+            out.push(
+                json!({"process": h.process, "p": h.p, "inputs_known": h.inputs_known,
+                "state": state}),
+            );
+        }
+        Ok(json_map(json!({"predictions": out})))
+    }
+
+    pub(super) fn on_end(&mut self, session: &str, outcome: Option<&str>) -> Reply {
+        let known = self.predictor.end(session, outcome, now_ms());
+        let wasted = self.release_session(session);
+        Ok(json_map(
+            json!({"ended": known, "speculative_wasted": wasted}),
+        ))
+    }
+
+    /// A `run` for this key arrived: a speculative job for it, finished or not, was used.
+    pub(super) fn claim_speculative(&mut self, key: &JobKey) {
+        if let Some(rec) = self.speculative.remove(key) {
+            self.spec.used += 1;
+            self.predictor.feedback(&rec.process, true, rec.cpu_ns);
+        }
+    }
+
+    /// Feeds a `run` to the predictor as a step of its session, then speculates from the new
+    /// hot path.
+    pub(super) fn note_run(&mut self, client: Client, session: &str, key: &JobKey) {
+        self.predictor.event(Event {
+            session: session.to_string(),
+            kind: "run".into(),
+            target: Some(key.process.clone()),
+            ms: None,
+            depth: None,
+            attrs: Map::new(),
+            ts_ms: now_ms(),
+        });
+        self.speculate(client, session);
+    }
+
+    /// Starts the speculative jobs the predictor picks for the session, and drops queued ones
+    /// that fell out of its hot path.
+    pub(super) fn speculate(&mut self, client: Client, session: &str) {
+        if !self.config.predict.speculation {
+            return;
+        }
+        for job in self.predictor.cancellable(session) {
+            if let Some(key) = self.key_for(client.uid, &job.process, &job.inputs)
+                && let Some(inflight) = self.inflight.get(&key)
+                && inflight.speculative
+                && !inflight.started.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                inflight
+                    .cancelled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.speculative.remove(&key);
+                self.spec.cancelled += 1;
+            }
+        }
+
+        for job in self.predictor.speculate(session, now_ms()) {
+            let Some(key) = self.key_for(client.uid, &job.process, &job.inputs) else {
+                continue;
+            };
+            if self.inflight.contains_key(&key) || self.is_cached(&key) {
+                continue;
+            }
+            let Some(pool) = self.config.process(&job.process).map(|p| p.pool.clone()) else {
+                continue;
+            };
+            self.speculative.insert(
+                key.clone(),
+                SpeculativeRecord {
+                    session: session.to_string(),
+                    process: job.process.clone(),
+                    cpu_ns: 0,
+                    finished: false,
+                },
+            );
+            self.spec.issued += 1;
+            self.start_job(
+                key,
+                job.inputs,
+                &pool,
+                Priority::Speculative,
+                None,
+                Vec::new(),
+            );
+        }
+        self.prepare_hot(client, session);
+    }
+
+    /// Hot processes with a `prepare` phase whose prepare inputs are known but not all inputs:
+    /// run the prepare phase now, so the full run later resumes from its checkpoint.
+    fn prepare_hot(&mut self, client: Client, session: &str) {
+        let known = self
+            .predictor
+            .known_inputs(session)
+            .cloned()
+            .unwrap_or_default();
+        let hot = self
+            .predictor
+            .hot_path(session, self.config.predict.hot_path);
+        for h in hot.into_iter().filter(|h| !h.inputs_known) {
+            let Some(proc_cfg) = self.config.process(&h.process).cloned() else {
+                continue;
+            };
+            if proc_cfg.prepare.is_empty() || !proc_cfg.idempotent {
+                continue;
+            }
+            let inputs: Option<Map<String, Value>> = proc_cfg
+                .prepare
+                .iter()
+                .map(|k| known.get(k).map(|v| (k.clone(), v.clone())))
+                .collect();
+            let Some(inputs) = inputs else { continue };
+            let key = JobKey {
+                owner: client.uid,
+                process: proc_cfg.name.clone(),
+                inputs: format!("prepare:{}", canonical_json(&Value::Object(inputs.clone()))),
+            };
+            let state_key = self.state_key(&key, &inputs);
+            if self.inflight.contains_key(&key) || self.saved_state(&state_key).is_some() {
+                continue;
+            }
+            let pool = proc_cfg.pool.clone();
+            self.spec.prepared += 1;
+            self.start_job(
+                key,
+                inputs,
+                &pool,
+                Priority::Speculative,
+                Some("prepare"),
+                Vec::new(),
+            );
+        }
+    }
+
+    /// A speculative job finished: remember its cost until it is used or wasted.
+    pub(super) fn speculative_done(&mut self, key: &JobKey, outcome: &JobOutcome) {
+        if let Some(rec) = self.speculative.get_mut(key) {
+            rec.cpu_ns = outcome.cpu_ns;
+            rec.finished = true;
+            if outcome.result.is_err() {
+                self.speculative.remove(key);
+            }
+        }
+    }
+
+    /// The session is gone: its unused speculative results are waste, dropped from the cache.
+    fn release_session(&mut self, session: &str) -> u64 {
+        let mine: Vec<JobKey> = self
+            .speculative
+            .iter()
+            .filter(|(_, r)| r.session == session)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut wasted = 0;
+        for key in mine {
+            let Some(rec) = self.speculative.remove(&key) else {
+                continue;
+            };
+            if let Some(inflight) = self.inflight.get(&key)
+                && !inflight.started.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                inflight
+                    .cancelled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.spec.cancelled += 1;
+                continue;
+            }
+            wasted += 1;
+            self.spec.wasted += 1;
+            self.spec.cpu_ns_wasted += rec.cpu_ns;
+            self.predictor.feedback(&rec.process, false, rec.cpu_ns);
+            if rec.finished
+                && let Some(cache) = self.cache.as_mut()
+            {
+                cache.remove(&CacheKey {
+                    owner: key.owner,
+                    process: &key.process,
+                    inputs: &key.inputs,
+                });
+            }
+        }
+        wasted
+    }
+
+    /// Once a second: expire idle sessions, and save the model now and then.
+    pub(super) fn tick(&mut self) {
+        for session in self.predictor.expire(now_ms()) {
+            self.release_session(&session);
+        }
+        if let Some(cache) = self.cache.as_mut() {
+            cache.purge_expired(now_ms());
+        }
+        if let Some(states) = self.states.as_mut() {
+            states.remove_expired(now_ms());
+        }
+        if self.last_model_save.elapsed() >= self.config.predict.save_interval.0 {
+            self.save_model();
+        }
+    }
+
+    /// Writes the learned model to `state_dir/model.bin` (atomically: a new file, renamed).
+    pub(super) fn save_model(&mut self) {
+        self.last_model_save = std::time::Instant::now();
+        let dir = &self.config.daemon.state_dir;
+        let bytes = self.predictor.save();
+        let tmp = dir.join("model.bin.new");
+        let done = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, &bytes))
+            .and_then(|_| std::fs::rename(&tmp, dir.join("model.bin")));
+        match done {
+            Ok(()) => tracing::debug!(bytes = bytes.len(), "model saved"),
+            Err(e) => {
+                if self.store_warned.insert("model") {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot save the model");
+                }
+            }
+        }
+    }
+
+    /// The job key of `process` for this owner from the known inputs, if all are known.
+    fn key_for(&self, owner: u32, process: &str, known: &Map<String, Value>) -> Option<JobKey> {
+        let cfg = self.config.process(process)?;
+        let mut inputs = Map::new();
+        for name in &cfg.inputs {
+            inputs.insert(
+                name.clone(),
+                known.get(name).filter(|v| !v.is_null())?.clone(),
+            );
+        }
+        Some(JobKey {
+            owner,
+            process: process.to_string(),
+            inputs: canonical_json(&Value::Object(inputs)),
+        })
+    }
+
+    fn is_cached(&mut self, key: &JobKey) -> bool {
+        let Some(cache) = self.cache.as_mut() else {
+            return false;
+        };
+        cache
+            .get(
+                &CacheKey {
+                    owner: key.owner,
+                    process: &key.process,
+                    inputs: &key.inputs,
+                },
+                now_ms(),
+            )
+            .is_some()
+    }
+
+    pub(super) fn speculation_json(&self) -> Value {
+        let p = self.predictor.stats();
+        let s = &self.spec;
+        let decided = s.used + s.wasted;
+        json!({
+            "enabled": self.config.predict.speculation,
+            "issued": s.issued,
+            "prepared": s.prepared,
+            "used": s.used,
+            "wasted": s.wasted,
+            "cancelled": s.cancelled,
+            "pending": self.speculative.len(),
+            "cpu_s_wasted": s.cpu_ns_wasted as f64 / 1e9,
+            "precision": if decided > 0 { s.used as f64 / decided as f64 } else { 0.0 },
+            "threshold": p.threshold,
+            "per_process": p.per_process,
+        })
+    }
+}

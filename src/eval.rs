@@ -1,1 +1,0 @@
-//! (module eval: filled in by its own change.)

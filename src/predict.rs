@@ -1,1 +1,0 @@
-//! (module predict: filled in by its own change.)

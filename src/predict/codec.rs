@@ -1,0 +1,104 @@
+//! Saving what was learned to bytes and reading it back.
+//!
+//! Layout: an 8-byte magic, a little-endian u32 format version, a u64 payload length, the
+//! payload's CRC-32, then the payload (JSON of the step and run models and the partitioner's
+//! threshold and feedback counters). Anything that does not check out — magic, length, CRC,
+//! JSON, ids out of range, non-finite numbers — is refused with an error and leaves the running
+//! model untouched. Sessions are not saved: they are short-lived and end with the daemon.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PredictError, Predictor, ProcessFeedback, RunModel, StepModel};
+
+const MAGIC: &[u8; 8] = b"PRECOGM\0";
+const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 8 + 4;
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    steps: StepModel,
+    runs: RunModel,
+    threshold: f64,
+    used: u64,
+    wasted: u64,
+    per_process: BTreeMap<String, ProcessFeedback>,
+}
+
+impl Predictor {
+    /// What the model has learned, as bytes for `state_dir`.
+    pub fn save(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct SavedRef<'a> {
+            steps: &'a StepModel,
+            runs: &'a RunModel,
+            threshold: f64,
+            used: u64,
+            wasted: u64,
+            per_process: &'a BTreeMap<String, ProcessFeedback>,
+        }
+        let payload = serde_json::to_vec(&SavedRef {
+            steps: &self.steps,
+            runs: &self.runs,
+            threshold: self.partition.threshold,
+            used: self.partition.used,
+            wasted: self.partition.wasted,
+            per_process: &self.partition.per_process,
+        })
+        .expect("the model serialises to JSON");
+
+        let mut bytes = Vec::with_capacity(HEADER + payload.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes
+    }
+
+    /// Replaces the learned model with saved bytes; live sessions stay.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), PredictError> {
+        let damaged = |what: &str| PredictError::Damaged(what.to_string());
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err(damaged("not a precog model"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(PredictError::Version(version, VERSION));
+        }
+        let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+        let payload = &bytes[HEADER..];
+        if payload.len() as u64 != len {
+            return Err(damaged("truncated"));
+        }
+        if crc32fast::hash(payload) != crc {
+            return Err(damaged("checksum mismatch"));
+        }
+        let mut saved: Saved =
+            serde_json::from_slice(payload).map_err(|e| PredictError::Damaged(e.to_string()))?;
+        let hl = self.steps.half_life_ms;
+        saved.steps.restore(hl).map_err(PredictError::Damaged)?;
+        saved.runs.restore(hl).map_err(PredictError::Damaged)?;
+        if !saved.threshold.is_finite() {
+            return Err(damaged("threshold is not a number"));
+        }
+
+        self.steps = saved.steps;
+        self.runs = saved.runs;
+        if !self.partition.threshold_pinned {
+            self.partition.threshold = saved.threshold.clamp(0.0, 1.0);
+        }
+        self.partition.used = saved.used;
+        self.partition.wasted = saved.wasted;
+        self.partition.per_process = saved.per_process;
+        // Run-model ids may differ from the ones the running configuration was mapped to.
+        self.process_ids = self
+            .processes
+            .iter()
+            .map(|p| self.runs.intern(&p.name))
+            .collect();
+        Ok(())
+    }
+}

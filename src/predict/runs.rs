@@ -1,0 +1,152 @@
+//! Which processes follow which contexts: the chance a process is asked for within the next
+//! [`HORIZON`] events, learned online from the `run` events the daemon reports.
+//!
+//! The contexts are the step model's own (order 0 to 3 over the same steps), so the two models
+//! see a visit the same way. Every event opens a credit window over its context; a `run` of a
+//! process within the next [`HORIZON`] events credits that process once per window. The estimate
+//! interpolates from order 0 upwards (each order's rate pulled towards the one below in
+//! proportion to how little it has seen), with the same fading memory as the step model.
+
+use serde::{Deserialize, Serialize};
+
+use super::steps::{Context, KeyMap};
+use crate::profile::Profile;
+
+/// Events after a context within which a run counts as following it.
+pub const HORIZON: usize = 3;
+
+/// Step-model contexts (orders 0 to 3) the run model shares.
+pub const RUN_ORDERS: usize = 4;
+
+/// Most processes the run model tells apart (credit is kept in a 64-bit mask).
+pub const MAX_PROCESSES: usize = 64;
+
+const SMOOTHING: f32 = 2.0;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub last_ms: u64,
+    pub total: f32,
+    pub runs: Vec<(u16, f32)>,
+}
+
+impl RunCounts {
+    fn decay_to(&mut self, now_ms: u64, half_life_ms: f64) {
+        if now_ms > self.last_ms && half_life_ms > 0.0 {
+            let f = super::steps::fading(self.total, now_ms - self.last_ms, half_life_ms);
+            self.total *= f;
+            for (_, c) in &mut self.runs {
+                *c *= f;
+            }
+        }
+        self.last_ms = self.last_ms.max(now_ms);
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunModel {
+    /// Process names by run-model id.
+    pub processes: Vec<String>,
+    pub tables: KeyMap<RunCounts>,
+    #[serde(skip)]
+    pub half_life_ms: f64,
+}
+
+impl RunModel {
+    pub fn new(half_life_ms: f64) -> RunModel {
+        RunModel {
+            half_life_ms,
+            ..RunModel::default()
+        }
+    }
+
+    pub fn restore(&mut self, half_life_ms: f64) -> Result<(), String> {
+        self.half_life_ms = half_life_ms;
+        let n = self.processes.len();
+        if n > MAX_PROCESSES {
+            return Err("run table names too many processes".into());
+        }
+        let ok = self.tables.values().all(|c| {
+            c.total.is_finite()
+                && c.runs
+                    .iter()
+                    .all(|(p, v)| (*p as usize) < n && v.is_finite())
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err("a run count names a process that does not exist".into())
+        }
+    }
+
+    /// The run-model id of a process, interned on first sight (None past the cap).
+    pub fn intern(&mut self, name: &str) -> Option<u16> {
+        if let Some(i) = self.processes.iter().position(|p| p == name) {
+            return Some(i as u16);
+        }
+        if self.processes.len() >= MAX_PROCESSES {
+            return None;
+        }
+        self.processes.push(name.to_string());
+        Some((self.processes.len() - 1) as u16)
+    }
+
+    /// Credits a run of `process` to the open windows of the session.
+    pub fn credit(&mut self, profile: &mut Profile, process: u16, now_ms: u64) {
+        let bit = 1u64 << process;
+        let hl = self.half_life_ms;
+        for (keys, credited) in &mut profile.pending {
+            if *credited & bit != 0 {
+                continue;
+            }
+            *credited |= bit;
+            for key in keys.iter() {
+                let counts = self.tables.entry(*key).or_default();
+                counts.decay_to(now_ms, hl);
+                match counts.runs.iter_mut().find(|(p, _)| *p == process) {
+                    Some((_, c)) => *c += 1.0,
+                    None => counts.runs.push((process, 1.0)),
+                }
+            }
+        }
+    }
+
+    /// Opens a credit window for the session's new context.
+    pub fn open(&mut self, profile: &mut Profile, ctx: &Context, now_ms: u64) {
+        let mut keys = [0u64; RUN_ORDERS];
+        keys.copy_from_slice(&ctx.keys[..RUN_ORDERS]);
+        let hl = self.half_life_ms;
+        for key in &keys {
+            let counts = self.tables.entry(*key).or_default();
+            counts.decay_to(now_ms, hl);
+            counts.total += 1.0;
+        }
+        if profile.pending.len() == HORIZON {
+            profile.pending.remove(0);
+        }
+        profile.pending.push((keys, 0));
+    }
+
+    /// The chance each process (by run-model id) is asked for within the horizon after `ctx`.
+    pub fn estimate(&self, ctx: &Context) -> Vec<f32> {
+        let n = self.processes.len();
+        let mut p = vec![0.0f32; n];
+        for key in &ctx.keys[..RUN_ORDERS] {
+            let Some(counts) = self.tables.get(key) else {
+                continue;
+            };
+            let mut next = vec![0.0f32; n];
+            for (i, below) in p.iter().enumerate() {
+                next[i] = SMOOTHING * below / (counts.total + SMOOTHING);
+            }
+            for (i, c) in &counts.runs {
+                next[*i as usize] += c / (counts.total + SMOOTHING);
+            }
+            p = next;
+        }
+        for x in &mut p {
+            *x = x.clamp(0.0, 1.0);
+        }
+        p
+    }
+}

@@ -1,0 +1,221 @@
+//! Unit tests of the predictor on small made-up visits whose answer is known.
+
+use serde_json::json;
+
+use super::*;
+
+fn ev(session: &str, kind: &str, target: Option<&str>, ts: u64) -> Event {
+    Event {
+        session: session.into(),
+        kind: kind.into(),
+        target: target.map(String::from),
+        ts_ms: ts,
+        ..Event::default()
+    }
+}
+
+fn top_step(p: &Predictor, session: &str) -> String {
+    let ranked = p.step_ranking(session);
+    p.steps.name(ranked[0].0).to_string()
+}
+
+#[test]
+fn a_strict_cycle_is_predicted_perfectly_after_warm_up() {
+    let mut p = Predictor::new(&Config::builtin());
+    let cycle = ["page_view", "hover", "scroll", "input"];
+    let mut hits = 0;
+    let mut ts = 0;
+    for s in 0..40 {
+        let session = format!("s{s}");
+        for (i, kind) in cycle.iter().cycle().take(12).enumerate() {
+            if s >= 20 && i > 0 {
+                hits += (top_step(&p, &session) == *kind) as usize;
+            }
+            ts += 1000;
+            p.event(ev(&session, kind, None, ts));
+        }
+        p.end(&session, None, ts);
+    }
+    assert_eq!(hits, 20 * 11);
+}
+
+#[test]
+fn runs_that_follow_a_step_enter_the_hot_path() {
+    let mut p = Predictor::new(&Config::builtin());
+    let mut ts = 0;
+    for s in 0..30 {
+        let session = format!("s{s}");
+        for (kind, target) in [
+            ("page_view", None),
+            ("input", None),
+            ("run", Some("validate_postal_code")),
+            ("run", Some("calc_shipping")),
+        ] {
+            ts += 1000;
+            p.event(ev(&session, kind, target, ts));
+        }
+    }
+    p.event(ev("new", "page_view", None, ts + 1));
+    let hot = p.event(ev("new", "input", None, ts + 2));
+    assert_eq!(hot[0].process, "validate_postal_code", "{hot:?}");
+    assert!(hot[0].p > 0.9);
+    assert_eq!(hot[1].process, "calc_shipping");
+}
+
+#[test]
+fn a_hint_lifts_a_process_into_the_hot_path() {
+    let mut p = Predictor::new(&Config::builtin());
+    p.event(ev("s", "page_view", None, 1));
+    let before = p.hot_path("s", 5);
+    assert!(!before.iter().any(|h| h.process == "apply_coupon"));
+    let hot = p.hint("s", &[("apply_coupon".into(), 0.8)], 2);
+    assert_eq!(hot[0].process, "apply_coupon");
+    assert!((hot[0].p - 0.8).abs() < 0.05);
+}
+
+#[test]
+fn a_process_is_not_predicted_before_its_prerequisite() {
+    let mut p = Predictor::new(&Config::builtin());
+    let hot = p.hint("s", &[("calc_shipping".into(), 0.9)], 1);
+    let pos = |name: &str| hot.iter().position(|h| h.process == name);
+    assert!(pos("validate_postal_code").unwrap() < pos("calc_shipping").unwrap());
+
+    let mut attrs = Map::new();
+    attrs.insert("country".into(), json!("DE"));
+    attrs.insert("postal_code".into(), json!("10115"));
+    attrs.insert("cart_weight_g".into(), json!(1200));
+    p.event(Event {
+        attrs,
+        ..ev("s", "input", None, 2)
+    });
+    p.hint("s", &[("calc_shipping".into(), 0.9)], 3);
+    let jobs = p.speculate("s", 3);
+    let names: Vec<_> = jobs.iter().map(|j| j.process.as_str()).collect();
+    assert_eq!(names, ["validate_postal_code", "calc_shipping"]);
+    assert_eq!(jobs[1].inputs.len(), 3);
+    assert!(p.speculate("s", 4).is_empty(), "a job is issued once");
+}
+
+#[test]
+fn non_idempotent_processes_and_unknown_inputs_stay_cold() {
+    let mut p = Predictor::new(&Config::builtin());
+    p.event(ev("s", "page_view", None, 1));
+    p.hint(
+        "s",
+        &[
+            ("reserve_stock".into(), 0.99),
+            ("apply_coupon".into(), 0.99),
+        ],
+        2,
+    );
+    let hot = p.hot_path("s", 5);
+    assert!(hot.iter().all(|h| !h.inputs_known));
+    assert!(p.speculate("s", 2).is_empty());
+}
+
+#[test]
+fn ended_and_expired_sessions_are_freed() {
+    let mut cfg = Config::builtin();
+    cfg.sessions.idle = crate::config::Span(std::time::Duration::from_secs(60));
+    let mut p = Predictor::new(&cfg);
+    let mut attrs = Map::new();
+    attrs.insert("sku".into(), json!("a"));
+    p.event(Event {
+        attrs,
+        ..ev("s", "page_view", None, 1)
+    });
+    p.hint(
+        "s",
+        &[("check_inventory".into(), 0.9), ("price_quote".into(), 0.9)],
+        2,
+    );
+    assert_eq!(p.speculate("s", 2).len(), 2);
+    assert!(p.end("s", Some("order"), 3));
+    assert!(!p.end("s", None, 3));
+    assert_eq!(p.cancellable("s").len(), 2);
+    p.event(ev("t", "page_view", None, 10));
+    assert_eq!(p.expire(60_009), Vec::<String>::new());
+    assert_eq!(p.expire(60_010), vec!["t".to_string()]);
+    assert_eq!(p.stats().sessions, 0);
+}
+
+#[test]
+fn save_and_load_round_trip_and_damage_is_refused() {
+    let mut p = Predictor::new(&Config::builtin());
+    for i in 0..50 {
+        let kind = ["page_view", "hover", "scroll"][i % 3];
+        p.event(ev("s", kind, None, i as u64 * 100));
+    }
+    p.feedback("price_quote", true, 10);
+    let bytes = p.save();
+
+    let mut q = Predictor::new(&Config::builtin());
+    q.load(&bytes).expect("a saved model loads");
+    q.event(ev("t", "hover", None, 6000));
+    p.event(ev("t", "hover", None, 6000));
+    assert_eq!(q.step_ranking("t"), p.step_ranking("t"));
+    assert_eq!(q.stats().speculative_used, 1);
+
+    let mut damaged = bytes.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x40;
+    assert!(matches!(q.load(&damaged), Err(PredictError::Damaged(_))));
+    assert!(q.load(&bytes[..bytes.len() - 3]).is_err());
+    assert!(q.load(b"junk").is_err());
+    assert!(q.load(&[]).is_err());
+}
+
+#[test]
+fn a_busy_session_stays_near_a_kibibyte() {
+    let mut p = Predictor::new(&Config::builtin());
+    let kinds = ["page_view", "hover", "dwell", "scroll", "input", "run"];
+    for i in 0..20_000u64 {
+        let kind = kinds[(i % 6) as usize];
+        let mut attrs = Map::new();
+        attrs.insert("sku".into(), json!(format!("sku-{}", i / 4)));
+        let target = (kind == "run").then(|| ["check_inventory", "price_quote"][(i % 2) as usize]);
+        p.event(Event {
+            attrs,
+            ms: Some(i % 5000),
+            ..ev("s", kind, target, i * 100)
+        });
+        if i % 7 == 0 {
+            p.hint("s", &[("apply_coupon".into(), 0.3)], i * 100);
+        }
+    }
+    let profile = p.profile("s").expect("the session is live");
+    let bytes = profile.memory_bytes_without_inputs();
+    println!("session profile after 20000 events, apart from input values: {bytes} bytes");
+    assert!(bytes <= 1024, "{bytes} bytes");
+}
+
+#[test]
+fn a_hint_keeps_a_session_active_and_reload_keeps_what_was_learned() {
+    let mut cfg = Config::builtin();
+    cfg.sessions.max = 2;
+    let mut p = Predictor::new(&cfg);
+    p.event(ev("a", "page_view", None, 1));
+    p.event(ev("b", "page_view", None, 2));
+    p.hint("a", &[("apply_coupon".into(), 0.5)], 3);
+    p.event(ev("a", "hover", None, 4));
+    p.event(ev("c", "page_view", None, 5));
+    assert!(
+        p.profile("a").is_some(),
+        "the idlest session, b, goes first"
+    );
+    assert!(p.profile("b").is_none());
+
+    for i in 0..30 {
+        let kind = ["page_view", "hover"][i % 2];
+        p.event(ev("a", kind, None, 10 + i as u64));
+    }
+    let before = p.step_ranking("a");
+    cfg.processes.retain(|c| c.name != "apply_coupon");
+    p.reconfigure(&cfg);
+    assert_eq!(p.step_ranking("a"), before);
+    assert!(
+        p.hot_path("a", 5)
+            .iter()
+            .all(|h| h.process != "apply_coupon")
+    );
+}

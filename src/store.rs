@@ -1,1 +1,0 @@
-//! (module store: filled in by its own change.)

@@ -1,0 +1,190 @@
+//! The result cache: finished micro-process results keyed by owner, process and inputs.
+
+use std::path::Path;
+
+use crate::store::engine::Engine;
+use crate::store::layout::StoreKind;
+use crate::store::{SetAside, StoreError, StoreStats};
+
+const FILE_NAME: &str = "results";
+/// Keys longer than this are refused so one request cannot take a whole segment with its key.
+const MAX_KEY: usize = 16 * 1024;
+
+/// What a result is cached under. Results are never shared between client users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey<'a> {
+    pub owner: u32,
+    pub process: &'a str,
+    /// The inputs as [`canonical_json`] writes them.
+    pub inputs: &'a str,
+}
+
+impl CacheKey<'_> {
+    /// Owner, then the process name with its length, then the inputs: no two keys share bytes.
+    fn encode_into(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.owner.to_le_bytes());
+        buf.extend_from_slice(&(self.process.len() as u32).to_le_bytes());
+        buf.extend_from_slice(self.process.as_bytes());
+        buf.extend_from_slice(self.inputs.as_bytes());
+    }
+}
+
+/// JSON with object keys sorted and no whitespace, so equal inputs give equal cache keys.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut fields: Vec<_> = map.iter().collect();
+            fields.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (name, field)) in fields.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(name.clone()).to_string());
+                out.push(':');
+                write_canonical(field, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// The memory-mapped result cache in `cache_dir`.
+pub struct ResultCache {
+    engine: Engine,
+    key_buf: Vec<u8>,
+}
+
+impl ResultCache {
+    /// Opens the cache in `dir`, creating it (and `dir`, mode 0700) if needed. `capacity` is the
+    /// size of the file, reserved on disk now. Files that could not be used are listed, moved
+    /// aside.
+    pub fn open(dir: &Path, capacity: u64) -> Result<(ResultCache, Vec<SetAside>), StoreError> {
+        let (engine, set_aside) = Engine::open(dir, FILE_NAME, StoreKind::Results, capacity, 0)?;
+        Ok((
+            ResultCache {
+                engine,
+                key_buf: Vec::new(),
+            },
+            set_aside,
+        ))
+    }
+
+    /// The cached result if it is fresh at `now_ms` and intact.
+    pub fn get(&mut self, key: &CacheKey, now_ms: u64) -> Option<Vec<u8>> {
+        key.encode_into(&mut self.key_buf);
+        self.engine.get(&self.key_buf, now_ms)
+    }
+
+    /// Stores a result, replacing any earlier one. After a write error the cache is disabled:
+    /// that error is returned once and later puts do nothing.
+    pub fn put(
+        &mut self,
+        key: &CacheKey,
+        value: &[u8],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        key.encode_into(&mut self.key_buf);
+        if self.key_buf.len() > MAX_KEY {
+            let (bytes, limit) = (self.key_buf.len() as u64, MAX_KEY as u64);
+            return Err(StoreError::TooLarge { bytes, limit });
+        }
+        self.engine.put(&self.key_buf, value, now_ms, ttl_ms)
+    }
+
+    pub fn remove(&mut self, key: &CacheKey) {
+        key.encode_into(&mut self.key_buf);
+        self.engine.remove(&self.key_buf);
+    }
+
+    /// Drops every result (the operator's "flush cache").
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        self.engine.clear()
+    }
+
+    /// Empties the parts of the file whose results have all expired; returns how many went.
+    pub fn purge_expired(&mut self, now_ms: u64) -> u64 {
+        self.engine.purge_expired(now_ms)
+    }
+
+    /// Writes the mapping back to disk; call at stop and periodically.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.engine.sync()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.engine.stats()
+    }
+
+    /// The largest record (key, value and 32 bytes of header) a put accepts.
+    pub fn max_record(&self) -> usize {
+        self.engine.max_record()
+    }
+
+    /// The file the cache lives in.
+    pub fn path(&self) -> &Path {
+        self.engine.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a = json!({"b": 1, "a": {"z": [2, {"y": 1, "x": "é"}], "c": null}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":null,"z":[2,{"x":"é","y":1}]},"b":1}"#
+        );
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{ "a" : { "z":[2,{"x":"é","y":1}], "c":null }, "b":1 }"#)
+                .unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&json!("a\"b")), r#""a\"b""#);
+    }
+
+    #[test]
+    fn keys_differ_when_any_part_differs() {
+        let encode = |k: CacheKey| {
+            let mut buf = Vec::new();
+            k.encode_into(&mut buf);
+            buf
+        };
+        let base = CacheKey {
+            owner: 1,
+            process: "ab",
+            inputs: "c",
+        };
+        assert_ne!(
+            encode(base),
+            encode(CacheKey {
+                process: "a",
+                inputs: "bc",
+                ..base
+            })
+        );
+        assert_ne!(encode(base), encode(CacheKey { owner: 2, ..base }));
+    }
+}

@@ -1,0 +1,102 @@
+//! Black-box tests of prediction and speculation on the real daemon: visitors' events teach it
+//! which process follows, and a new visitor's process is precomputed before it is asked for.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::{Value, json};
+
+/// One visit: the visitor types an address, the app validates it.
+fn visit(c: &mut common::Conn, session: &str, code: &str) -> Value {
+    let ev = c.call(&json!({"op": "event", "session": session, "type": "input",
+        "target": "address", "attrs": {"country": "DE", "postal_code": code}}));
+    assert_eq!(ev["ok"], json!(true), "{ev}");
+    let r = c.call(&json!({"op": "run", "session": session, "process": "validate_postal_code"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let end = c.call(&json!({"op": "end", "session": session, "outcome": "left"}));
+    assert_eq!(end["ok"], json!(true), "{end}");
+    r
+}
+
+#[test]
+fn a_learned_process_is_precomputed_and_served_from_the_cache() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    for i in 0..30 {
+        visit(&mut c, &format!("teach-{i}"), &format!("{}", 10115 + i));
+    }
+
+    // A new visitor types an address no one used before.
+    let ev = c.call(&json!({"op": "event", "session": "new", "type": "input",
+        "target": "address", "attrs": {"country": "DE", "postal_code": "80331"}}));
+    let hot = ev["hot_path"].as_array().expect("hot_path");
+    assert_eq!(hot[0]["process"], json!("validate_postal_code"), "{ev}");
+    assert_eq!(hot[0]["inputs_known"], json!(true), "{ev}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let p = c.call(&json!({"op": "predict", "session": "new", "n": 3}));
+        let first = p["predictions"][0].clone();
+        assert_eq!(first["process"], json!("validate_postal_code"), "{p}");
+        if first["state"] == json!("cached") || Instant::now() > deadline {
+            break first["state"].clone();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(state, json!("cached"));
+
+    let r = c.call(&json!({"op": "run", "session": "new", "process": "validate_postal_code"}));
+    assert_eq!(r["served"], json!("cache"), "{r}");
+    assert_eq!(r["result"]["valid"], json!(true), "{r}");
+
+    let stats = c.call(&json!({"op": "stats"}));
+    let spec = &stats["speculation"];
+    assert!(spec["used"].as_u64().unwrap() >= 1, "{spec}");
+    assert!(spec["issued"].as_u64().unwrap() >= 1, "{spec}");
+}
+
+#[test]
+fn a_hint_lifts_a_process_into_the_hot_path() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    c.call(&json!({"op": "event", "session": "h", "type": "page_view", "target": "home"}));
+    let r = c.call(&json!({"op": "hint", "session": "h",
+        "predictions": [{"process": "apply_coupon", "p": 0.9}]}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let first = &r["hot_path"][0];
+    assert_eq!(first["process"], json!("apply_coupon"), "{r}");
+    assert_eq!(first["inputs_known"], json!(false), "{r}");
+
+    let p = c.call(&json!({"op": "predict", "session": "h"}));
+    assert_eq!(p["predictions"][0]["state"], json!("waiting_inputs"), "{p}");
+}
+
+#[test]
+fn a_wasted_guess_is_counted_when_the_session_ends() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    for i in 0..20 {
+        visit(&mut c, &format!("t{i}"), &format!("{}", 20095 + i));
+    }
+    c.call(
+        &json!({"op": "event", "session": "quitter", "type": "input",
+        "target": "address", "attrs": {"country": "DE", "postal_code": "50667"}}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let end = c.call(&json!({"op": "end", "session": "quitter"}));
+    assert_eq!(end["speculative_wasted"], json!(1), "{end}");
+    let stats = c.call(&json!({"op": "stats"}));
+    assert!(
+        stats["speculation"]["wasted"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+
+    // The wasted result is not kept: asking now runs it again.
+    let r = c.call(
+        &json!({"op": "run", "session": "late", "process": "validate_postal_code",
+        "inputs": {"country": "DE", "postal_code": "50667"}}),
+    );
+    assert_ne!(r["served"], json!("cache"), "{r}");
+}

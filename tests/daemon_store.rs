@@ -1,0 +1,180 @@
+//! Black-box tests of the daemon's result cache and partial states: served from the cache after
+//! a crash, damaged files set aside at start, a full cache disk, resuming from checkpoints.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Daemon, have_python, is_root, skip_unless, worker};
+use serde_json::json;
+
+fn postal(d: &Daemon, code: &str) -> serde_json::Value {
+    d.call(
+        json!({"op": "run", "session": "s", "process": "validate_postal_code",
+        "inputs": {"country": "NL", "postal_code": code}}),
+    )
+}
+
+#[test]
+fn after_kill_9_and_restart_the_same_run_is_served_from_the_cache() {
+    let mut d = Daemon::start("");
+    let first = postal(&d, "1012 AB");
+    assert_eq!(first["served"], json!("warm"), "{first}");
+    assert_eq!(postal(&d, "1012 AB")["served"], json!("cache"));
+
+    d.kill9();
+    d.spawn();
+    let again = postal(&d, "1012 AB");
+    assert_eq!(again["served"], json!("cache"), "{again}\n{}", d.log());
+    assert_eq!(again["result"], first["result"]);
+}
+
+#[test]
+fn results_of_processes_not_declared_idempotent_are_never_cached() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&format!(
+        "[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{}\"]\n\
+         [[process]]\nname = \"once\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = false\n",
+        worker("echo.py")
+    ));
+    for _ in 0..3 {
+        let r = d.call(json!({"op": "run", "session": "s", "process": "once",
+            "inputs": {"x": 1}}));
+        assert_eq!(r["ok"], json!(true), "{r}");
+        assert_ne!(r["served"], json!("cache"), "{r}");
+    }
+}
+
+#[test]
+fn each_kind_of_bad_store_file_is_set_aside_at_start() {
+    type Damage = fn(&Path);
+    let kinds: [(&str, Damage); 5] = [
+        ("empty", |p| std::fs::write(p, b"").unwrap()),
+        ("zeros", |p| std::fs::write(p, vec![0u8; 1 << 20]).unwrap()),
+        ("truncated", |p| {
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.set_len(4096).unwrap();
+        }),
+        ("foreign", |p| {
+            std::fs::write(p, b"SQLite format 3\0 not ours at all").unwrap()
+        }),
+        ("flipped", |p| {
+            let mut bytes = std::fs::read(p).unwrap();
+            for b in bytes.iter_mut().take(64).skip(8) {
+                *b ^= 0xA5;
+            }
+            std::fs::write(p, bytes).unwrap();
+        }),
+    ];
+    for (kind, damage) in kinds {
+        let mut d = Daemon::start("");
+        assert_eq!(postal(&d, "3511 LN")["ok"], json!(true));
+        assert!(d.stop());
+        let file = d.dir.path().join("cache/results.db");
+        assert!(file.exists(), "no cache file at {}", file.display());
+        damage(&file);
+
+        d.spawn();
+        let r = postal(&d, "3511 LN");
+        assert_eq!(r["ok"], json!(true), "{kind}: {r}");
+        assert_ne!(
+            r["served"],
+            json!("cache"),
+            "{kind}: a damaged file served a result"
+        );
+        let aside = std::fs::read_dir(d.dir.path().join("cache"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".bad-"));
+        assert!(aside, "{kind}: the bad file was not set aside");
+        assert!(
+            d.log().contains("set aside"),
+            "{kind}: no warning in the log"
+        );
+    }
+}
+
+#[test]
+fn a_full_cache_disk_does_not_stop_the_daemon() {
+    if skip_unless(is_root(), "needs root to mount a small tmpfs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "precog-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if skip_unless(ok, "cannot mount a tmpfs here") {
+        return;
+    }
+    // A cache larger than the disk: the reservation fails at start, and the daemon serves
+    // without a cache.
+    let keys = format!("cache_size = \"64M\"\ncache_dir = \"{}\"", mnt.display());
+    let d = Daemon::start_with(&keys, "");
+    let r = postal(&d, "2511 CV");
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(postal(&d, "2511 CV")["ok"], json!(true));
+    assert!(d.log().contains("without a result cache"), "{}", d.log());
+    drop(d);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+}
+
+#[test]
+fn a_job_interrupted_after_a_checkpoint_resumes_from_it() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&format!(
+        "[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{}\"]\n\
+         [[process]]\nname = \"fragile\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        worker("die_mid_job.py")
+    ));
+    let r = d.call(json!({"op": "run", "session": "s", "process": "fragile",
+        "inputs": {"x": 1}}));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+    assert_eq!(r["result"]["resumed"], json!(true), "{r}");
+    assert_eq!(r["result"]["state"]["step"], json!(1), "{r}");
+}
+
+#[test]
+fn a_checkpoint_survives_a_daemon_restart() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let extra = format!(
+        "[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{}\"]\ntimeout = \"20s\"\n\
+         [[process]]\nname = \"long\"\npool = \"t\"\ninputs = [\"steps\", \"step_ms\"]\n",
+        worker("checkpointer.py")
+    );
+    let mut d = Daemon::start(&extra);
+    let req = json!({"op": "run", "session": "s", "process": "long",
+        "inputs": {"steps": 10, "step_ms": 200}});
+    let sock = d.socket.clone();
+    let first = req.clone();
+    let client = std::thread::spawn(move || {
+        common::Conn::open(&sock)
+            .ok()
+            .and_then(|mut c| c.try_call(&first))
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    d.kill9();
+    let _ = client.join();
+    d.spawn();
+    let r = d.call(req);
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+    let resumed = r["result"]["resumed_from"].as_u64().unwrap_or(0);
+    assert!(resumed >= 3, "the job restarted from step {resumed}: {r}");
+    assert_eq!(r["result"]["done"], json!(10));
+}
