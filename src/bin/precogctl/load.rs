@@ -44,6 +44,8 @@ pub struct LoadArgs {
 struct ClientTally {
     latencies_us: Vec<u32>,
     errors: BTreeMap<String, u64>,
+    /// The first message seen for each error code, to say what went wrong.
+    examples: BTreeMap<String, String>,
 }
 
 pub fn run(socket: &Path, args: &LoadArgs) -> anyhow::Result<()> {
@@ -71,6 +73,7 @@ pub fn run(socket: &Path, args: &LoadArgs) -> anyhow::Result<()> {
         .collect();
     let mut latencies = Vec::with_capacity(per_client * args.clients);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut examples: BTreeMap<String, String> = BTreeMap::new();
     for h in handles {
         let tally = h
             .join()
@@ -78,6 +81,9 @@ pub fn run(socket: &Path, args: &LoadArgs) -> anyhow::Result<()> {
         latencies.extend(tally.latencies_us);
         for (code, n) in tally.errors {
             *errors.entry(code).or_default() += n;
+        }
+        for (code, message) in tally.examples {
+            examples.entry(code).or_insert(message);
         }
     }
     let elapsed = started.elapsed();
@@ -100,6 +106,7 @@ pub fn run(socket: &Path, args: &LoadArgs) -> anyhow::Result<()> {
         "p99_us": pct(0.99),
         "max_us": latencies.last().copied().unwrap_or(0),
         "errors": errors,
+        "error_examples": examples,
     });
     if let Some(samples) = rss {
         report["rss_kib"] = rss_summary(&samples);
@@ -145,7 +152,11 @@ fn drive_client(
         let reply: Value = serde_json::from_str(&line).context("a reply is not JSON")?;
         if reply["ok"] != json!(true) {
             let code = reply["error"]["code"].as_str().unwrap_or("?").to_string();
-            *tally.errors.entry(code).or_default() += 1;
+            *tally.errors.entry(code.clone()).or_default() += 1;
+            tally
+                .examples
+                .entry(code)
+                .or_insert_with(|| reply["error"].to_string());
         }
     }
     Ok(tally)
