@@ -9,6 +9,7 @@ mod dbus_client;
 mod demo;
 mod eval;
 mod generate;
+mod load;
 mod local;
 mod metrics;
 mod ops;
@@ -80,6 +81,9 @@ enum Cmd {
     /// The other end of `bench`'s echo floor.
     #[command(hide = true)]
     EchoServer,
+    /// Drive the socket with many clients and report latency, errors and memory.
+    #[command(hide = true)]
+    Load(load::LoadArgs),
     /// Summarise precogd's health (D-Bus, or the socket when the bus is out of reach).
     Status(dbus_client::BusArgs),
     /// Show the worker pools with their limits (D-Bus, or the socket's live figures).
@@ -162,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
         Cmd::EchoServer => bench::echo_server()?,
+        Cmd::Load(args) => load::run(&socket, &args)?,
         Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
         Cmd::Stats { prometheus } => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "stats"}))?;
