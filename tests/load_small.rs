@@ -46,12 +46,9 @@ fn sixty_four_clients_running_and_pinging_get_no_errors_and_memory_stays_flat() 
     load_run("basic");
 }
 
-/// With events, speculation runs; a `run` that displaces a speculative job that has not started
-/// is sometimes answered `internal: cancelled`, because the displaced job's completion is taken
-/// for the new job's (both have the same key). Drop the `ignore` once the engine matches a
-/// completion to the job that produced it.
+/// With events, speculation runs, and `run`s displace speculative jobs that have not started:
+/// the displaced job's late report must not answer the run that replaced it.
 #[test]
-#[ignore = "engine: a displaced speculative job's completion answers the on-demand run"]
 fn sixty_four_clients_with_events_and_predictions_get_no_errors_and_memory_stays_flat() {
     load_run("full");
 }

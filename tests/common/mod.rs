@@ -195,6 +195,35 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// Removes what a daemon that did not stop cleanly (killed, or failed at start) left of its
+/// test's own cgroup parent; empty directories only, deepest first.
+fn remove_cgroup_parent(parent: &str) {
+    fn remove_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let dir = h.path().join(parent);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while dir.exists() && Instant::now() < deadline {
+            remove_tree(&dir);
+            if dir.exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 
