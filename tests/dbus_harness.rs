@@ -179,6 +179,7 @@ pub fn write_config(path: &Path, root: &Path, workers_max: u32) {
 socket = "{root}/precogd.sock"
 cache_dir = "{root}/cache"
 state_dir = "{root}/state"
+cgroup_parent = "precog-test-{pid}-{leaf}"
 allowed_groups = []
 
 [[pool]]
@@ -187,7 +188,12 @@ command = ["python3", "{root}/worker.py"]
 warm_min = 1
 workers_max = {workers_max}
 "#,
-        root = root.display()
+        root = root.display(),
+        pid = std::process::id(),
+        leaf = root
+            .file_name()
+            .map(|n| n.to_string_lossy().replace('.', ""))
+            .unwrap_or_default()
     );
     std::fs::write(path, text).expect("config written");
 }
