@@ -438,7 +438,8 @@ mod tests {
         assert_eq!(inputs.unwrap()["a"], json!(1));
 
         let r = decode_request(
-            br#"{"op":"event","session":"s","type":"hover","target":"buy","ms":350,"attrs":{"sku":"9"}}"#,
+            br#"{"op":"event","session":"s","type":"hover","target":"buy","ms":350,
+                "attrs":{"sku":"9"}}"#,
         )
         .unwrap();
         let Op::Event(ev) = r.op else { panic!() };

@@ -31,10 +31,15 @@ proptest! {
             Just("half_life"), Just("max"), Just("shutdown_grace"),
         ],
         value in prop_oneof![
-            Just("\"0\"".to_string()), Just("\"-1K\"".to_string()), Just("\"99999999999T\"".to_string()),
-            Just("\"0-4096\"".to_string()), Just("\"9-1\"".to_string()), Just("\"1e309\"".to_string()),
+            Just("\"0\"".to_string()),
+            Just("\"-1K\"".to_string()),
+            Just("\"99999999999T\"".to_string()),
+            Just("\"0-4096\"".to_string()),
+            Just("\"9-1\"".to_string()),
+            Just("\"1e309\"".to_string()),
             Just("1e309".to_string()), Just("-1".to_string()), Just("\"07777\"".to_string()),
-            any::<i64>().prop_map(|i| i.to_string()), "\"\\PC{0,12}\"".prop_map(|s| s.replace('\\', "")),
+            any::<i64>().prop_map(|i| i.to_string()),
+            "\"\\PC{0,12}\"".prop_map(|s| s.replace('\\', "")),
         ],
     ) {
         let text = format!("[{table}]\n{key} = {value}\n");
@@ -46,7 +51,10 @@ proptest! {
 
     #[test]
     fn arbitrary_pools_are_accepted_or_located(
-        warm in 0usize..20, max in 0usize..20, quota in "[0-9]{1,5}%", timeout in "[0-9]{1,3}(ms|s|m|x)",
+        warm in 0usize..20,
+        max in 0usize..20,
+        quota in "[0-9]{1,5}%",
+        timeout in "[0-9]{1,3}(ms|s|m|x)",
     ) {
         let text = format!(
             "[[pool]]\nname = \"p\"\ncommand = [\"w\"]\nwarm_min = {warm}\nworkers_max = {max}\n\

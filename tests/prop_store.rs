@@ -26,12 +26,18 @@ proptest! {
         let mut buf = vec![0u8; record_len(key.len(), value.len())];
         encode_record(&mut buf, &key, &value, created, ttl);
         let r = decode_record(&buf).unwrap();
-        prop_assert_eq!((r.key, r.value, r.created_ms, r.ttl_ms), (&key[..], &value[..], created, ttl));
+        prop_assert_eq!(
+            (r.key, r.value, r.created_ms, r.ttl_ms),
+            (&key[..], &value[..], created, ttl)
+        );
 
         let at = at.index(buf.len());
         buf[at] ^= xor;
         if let Ok(r) = decode_record(&buf) {
-            prop_assert_eq!((r.key, r.value, r.created_ms, r.ttl_ms), (&key[..], &value[..], created, ttl));
+            prop_assert_eq!(
+                (r.key, r.value, r.created_ms, r.ttl_ms),
+                (&key[..], &value[..], created, ttl)
+            );
         }
     }
 

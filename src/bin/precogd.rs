@@ -150,7 +150,8 @@ fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
             None
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot set up cgroups; pools run without CPU and memory limits");
+            tracing::warn!(error = %e,
+                "cannot set up cgroups; pools run without CPU and memory limits");
             None
         }
     }

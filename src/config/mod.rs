@@ -32,7 +32,7 @@ pub const SYSTEM_PATH: &str = "/etc/precog/precogd.toml";
 /// A configuration error; its message says where and what to change.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ConfigError {
-    #[error("{file}:{line}: {}{message}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    #[error("{file}:{line}: {}{message}", key_prefix(key))]
     Invalid {
         file: String,
         line: usize,
@@ -41,6 +41,15 @@ pub enum ConfigError {
     },
     #[error("cannot read configuration {path}: {message}")]
     Read { path: PathBuf, message: String },
+}
+
+/// `key: ` before a message, or nothing when the error is not about one key.
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

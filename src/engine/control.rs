@@ -184,7 +184,8 @@ impl Engine {
                 ),
             ] {
                 if o != n {
-                    tracing::info!(pool = name, what, old = %o, new = %n, "pool limit changed by operator");
+                    tracing::info!(pool = name, what, old = %o, new = %n,
+                        "pool limit changed by operator");
                     let _ = self.events.send(super::EngineEvent::QuotaChanged {
                         pool: name.to_string(),
                         what: what.to_string(),

@@ -323,7 +323,8 @@ async fn run_job(
             match decode_worker_reply(&line) {
                 Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
                 Ok(reply) if reply.job != Some(job_id) => {
-                    tracing::debug!(job = job_id, got = ?reply.job, "discarded a reply for another job");
+                    tracing::debug!(job = job_id, got = ?reply.job,
+                        "discarded a reply for another job");
                 }
                 Ok(reply) => match reply.kind {
                     WorkerReplyKind::Checkpoint(state) => {

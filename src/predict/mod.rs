@@ -25,8 +25,9 @@
 //! | kept, without the visitor's own habit expert | 59.3 | 85.3 |
 //!
 //! Each single context can be left out for less than 0.2 points; the visitor's habit is worth
-//! 1.2, a second habit expert over the last two steps added nothing (+0.0 / +0.0). Learning the session end in the mixer, and fading a quiet context to nothing, cost
-//! REES46 and OTTO (visits of a few events; a visit an hour) their place above the chain.
+//! 1.2, a second habit expert over the last two steps added nothing (+0.0 / +0.0). Learning the
+//! session end in the mixer, and fading a quiet context to nothing, cost REES46 and OTTO (visits
+//! of a few events; a visit an hour) their place above the chain.
 
 mod codec;
 mod graph;

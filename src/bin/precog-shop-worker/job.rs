@@ -1,7 +1,8 @@
 //! The worker side of the worker protocol: decoding one job line, encoding reply lines.
 //!
 //! Pure code over byte slices and JSON values, so the framing is tested without a process. The
-//! daemon sends `{"job":17,"process":"…","inputs":{…},"state":…,"phase":"prepare"}`; the worker
+//! daemon sends `{"job":17,"process":"...","inputs":{...},"state":...,"phase":"prepare"}`;
+//! the worker
 //! answers with zero or more `{"job":17,"checkpoint":…}` lines and one `result` or `error` line.
 
 use serde_json::{Map, Value, json};

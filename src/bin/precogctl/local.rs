@@ -39,7 +39,8 @@ impl LocalDaemon {
         let socket = dir.path().join("precogd.sock");
         let config = dir.path().join("precogd.toml");
         let text = format!(
-            "[daemon]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"precog-local-{}\"\n\
+            "[daemon]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             cgroup_parent = \"precog-local-{}\"\n\
              socket_group = \"root\"\nallowed_groups = []\n{daemon_keys}\n{extra}\n",
             dir.path().join("cache").display(),
             dir.path().join("state").display(),

@@ -49,7 +49,8 @@ struct Cli {
 enum Cmd {
     /// Check that precogd answers, and which version it is.
     Ping,
-    /// Run a micro-process: `precogctl run calc_shipping --session s1 country=DE postal_code=10115`.
+    /// Run a micro-process, e.g.
+    /// `precogctl run calc_shipping --session s1 country=DE postal_code=10115 cart_weight_g=900`.
     Run {
         process: String,
         #[arg(long, default_value = "precogctl")]
