@@ -25,6 +25,9 @@ use crate::protocol::{ErrorCode, ErrorReply, Framer, decode_request, encode_erro
 /// How often a run of failing accepts is logged.
 const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// A connection idle this long is closed, so idle clients cannot hold every slot for good.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(600);
+
 /// Requests of one connection that may await their replies at once.
 pub const PIPELINE_DEPTH: usize = 256;
 
@@ -290,6 +293,9 @@ async fn connection(
                 Ok(n) => n,
             },
             _ = stop.changed() => break,
+            // A connection that sends nothing for this long gives its slot back; clients
+            // reconnect when they need to.
+            _ = tokio::time::sleep(IDLE_CLOSE), if framer.pending() == 0 => break,
         };
         framer.push(&buf[..n]);
         while let Some(line) = framer.next_line() {
