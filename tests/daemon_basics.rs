@@ -240,6 +240,19 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_left_alone() {
 }
 
 #[test]
+fn an_idle_connection_is_closed_after_idle_close() {
+    let d = Daemon::start_with("idle_close = \"1s\"", "");
+    let mut idle = d.connect();
+    assert_eq!(idle.call(&json!({"op": "ping"}))["ok"], json!(true));
+    std::thread::sleep(Duration::from_millis(1600));
+    assert!(
+        idle.closed(),
+        "an idle connection stayed open past idle_close"
+    );
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}
+
+#[test]
 fn check_config_reports_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

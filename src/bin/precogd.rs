@@ -220,6 +220,7 @@ fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
     Arc::new(ServerSettings {
         max_connections: cfg.daemon.max_connections,
         max_line: cfg.daemon.max_line.0 as usize,
+        idle_close: cfg.daemon.idle_close.0.max(Duration::from_secs(1)),
         access: Access::resolve(&cfg.daemon.allowed_users, &cfg.daemon.allowed_groups),
     })
 }

@@ -79,6 +79,7 @@ pub struct DaemonConfig {
     pub max_connections: usize,
     pub max_line: ByteSize,
     pub queue_max: usize,
+    pub idle_close: Span,
     pub shutdown_grace: Span,
     #[serde(default)]
     pub allowed_users: Vec<String>,

@@ -25,9 +25,6 @@ use crate::protocol::{ErrorCode, ErrorReply, Framer, decode_request, encode_erro
 /// How often a run of failing accepts is logged.
 const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// A connection idle this long is closed, so idle clients cannot hold every slot for good.
-pub const IDLE_CLOSE: Duration = Duration::from_secs(600);
-
 /// Requests of one connection that may await their replies at once.
 pub const PIPELINE_DEPTH: usize = 256;
 
@@ -109,6 +106,8 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
 pub struct ServerSettings {
     pub max_connections: usize,
     pub max_line: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_close: Duration,
     pub access: Access,
 }
 
@@ -295,7 +294,7 @@ async fn connection(
             _ = stop.changed() => break,
             // A connection that sends nothing for this long gives its slot back; clients
             // reconnect when they need to.
-            _ = tokio::time::sleep(IDLE_CLOSE), if framer.pending() == 0 => break,
+            _ = tokio::time::sleep(settings.idle_close), if framer.pending() == 0 => break,
         };
         framer.push(&buf[..n]);
         while let Some(line) = framer.next_line() {
