@@ -247,13 +247,6 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
 
     let (settings_tx, settings_rx) = watch::channel(server_settings(&cfg));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(
-        listener,
-        engine.clone(),
-        settings_rx,
-        stop_rx,
-    ));
-
     if let Some(addr) = &cfg.daemon.metrics_listen {
         let addr = precog::metrics::listen_addr(addr)?;
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -275,6 +268,14 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
+
+    // Serving starts once everything else is up: the metrics listener and the bus.
+    let server = tokio::spawn(server::serve(
+        listener,
+        engine.clone(),
+        settings_rx,
+        stop_rx,
+    ));
 
     let where_ = own_socket
         .as_ref()
