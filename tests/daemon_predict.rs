@@ -100,3 +100,39 @@ fn a_wasted_guess_is_counted_when_the_session_ends() {
     );
     assert_ne!(r["served"], json!("cache"), "{r}");
 }
+
+#[test]
+fn a_hot_process_is_prepared_from_partial_inputs_and_the_full_run_resumes() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    // The visitor has typed an address but the cart weight is not known yet.
+    c.call(
+        &json!({"op": "event", "session": "q", "type": "input", "target": "address",
+        "attrs": {"country": "DE", "postal_code": "80331"}}),
+    );
+    let r = c.call(&json!({"op": "hint", "session": "q",
+        "predictions": [{"process": "quote_carriers", "p": 0.95}]}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+
+    // The prepare run's checkpoint lands in the partial-state store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = c.call(&json!({"op": "stats"}));
+        if stats["states"]["entries"].as_u64().unwrap_or(0) >= 1 {
+            assert!(
+                stats["speculation"]["prepared"].as_u64().unwrap() >= 1,
+                "{stats}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no prepared state: {stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let r = c.call(
+        &json!({"op": "run", "session": "q", "process": "quote_carriers",
+        "inputs": {"cart_weight_g": 1200}}),
+    );
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["result"]["routes_from_state"], json!(true), "{r}");
+}
