@@ -233,7 +233,16 @@ async fn next_job(
                 .iter()
                 .filter(|(w, slot)| **w != id && slot.busy.is_none())
                 .count();
-            let may_speculate = idle_others > 0 || st.workers.len() <= 1;
+            // ... and guesses hold at most half the pool's workers, so a burst of real
+            // requests finds most of the pool free instead of waiting behind guesses.
+            let workers_max = shared.settings.lock().expect("pool settings").workers_max;
+            let guessing = st
+                .workers
+                .values()
+                .filter(|slot| slot.busy == Some(Priority::Speculative))
+                .count();
+            let may_speculate =
+                (idle_others > 0 || st.workers.len() <= 1) && guessing < (workers_max / 2).max(1);
             while let Some(q) = st
                 .on_demand
                 .pop_front()

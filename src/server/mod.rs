@@ -280,6 +280,13 @@ async fn connection(
             .await;
         drop(tx);
         let _ = writer.await;
+        // Read what the client sends before closing: a client refused before its first request
+        // arrived would otherwise meet a closed socket and never read the reply saying why.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut sink = [0u8; 4096];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
         return;
     }
 
