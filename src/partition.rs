@@ -239,11 +239,8 @@ pub fn declared_inputs(
 
 /// The cache key of a job: its process and its inputs in canonical (sorted-key) JSON.
 pub fn cache_key(process: &str, inputs: &Map<String, Value>) -> String {
-    let sorted: BTreeMap<&String, &Value> = inputs.iter().collect();
-    format!(
-        "{process}\u{0}{}",
-        serde_json::to_string(&sorted).unwrap_or_default()
-    )
+    let inputs = crate::protocol::canonical_json(&Value::Object(inputs.clone()));
+    format!("{process}\u{0}{inputs}")
 }
 
 #[cfg(test)]

@@ -194,8 +194,6 @@ struct Engine {
     started: Instant,
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<EngineEvent>,
-    /// The operator's fixed speculation threshold, when set.
-    threshold: Option<f64>,
     cgroups: Option<Cgroups>,
     placements: HashMap<String, Arc<CgroupPlacement>>,
     cache: Option<ResultCache>,
@@ -223,7 +221,6 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         started: Instant::now(),
         tx: tx.clone(),
         events: events.clone(),
-        threshold: None,
         cgroups: parts.cgroups,
         placements: HashMap::new(),
         cache: parts.cache,
@@ -451,11 +448,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies the prediction policy in `config.predict` plus an operator threshold.
+    /// Applies the prediction policy in `config.predict` plus an operator threshold, which the
+    /// predictor keeps (pinned until the next reload).
     fn apply_policy(&mut self, threshold: Option<f64>) {
-        if threshold.is_some() {
-            self.threshold = threshold;
-        }
         let p = &self.config.predict;
         self.predictor
             .set_policy(Some(p.hot_path), threshold, Some(p.speculation));

@@ -70,13 +70,12 @@ impl Engine {
         };
 
         self.claim_speculative(&key);
-        self.answer_run(client, key.clone(), inputs, &pool, received, reply);
+        self.answer_run(key.clone(), inputs, &pool, received, reply);
         self.note_run(client, &session, &key);
     }
 
     fn answer_run(
         &mut self,
-        _client: Client,
         key: JobKey,
         inputs: Map<String, Value>,
         pool: &str,

@@ -30,42 +30,7 @@ impl CacheKey<'_> {
     }
 }
 
-/// JSON with object keys sorted and no whitespace, so equal inputs give equal cache keys.
-pub fn canonical_json(value: &serde_json::Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &serde_json::Value, out: &mut String) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut fields: Vec<_> = map.iter().collect();
-            fields.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (name, field)) in fields.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::Value::String(name.clone()).to_string());
-                out.push(':');
-                write_canonical(field, out);
-            }
-            out.push('}');
-        }
-        serde_json::Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
+pub use crate::protocol::canonical_json;
 
 /// The memory-mapped result cache in `cache_dir`.
 pub struct ResultCache {
@@ -149,21 +114,6 @@ impl ResultCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn canonical_json_sorts_keys_at_every_depth() {
-        let a = json!({"b": 1, "a": {"z": [2, {"y": 1, "x": "é"}], "c": null}});
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"c":null,"z":[2,{"x":"é","y":1}]},"b":1}"#
-        );
-        let b: serde_json::Value =
-            serde_json::from_str(r#"{ "a" : { "z":[2,{"x":"é","y":1}], "c":null }, "b":1 }"#)
-                .unwrap();
-        assert_eq!(canonical_json(&a), canonical_json(&b));
-        assert_eq!(canonical_json(&json!("a\"b")), r#""a\"b""#);
-    }
 
     #[test]
     fn keys_differ_when_any_part_differs() {
