@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub use layout::{Controller, Layout, Membership, Version, own_path, parse_proc_cgroup};
 pub use limits::{PoolLimits, Usage, shares_to_weight, weight_to_shares};
 
-use node::{Node, NodeDir};
+use node::{CpuCounter, Node, NodeDir};
 
 /// The leaf a delegated daemon moves itself into on v2, so its own cgroup holds no processes
 /// and can hand controllers to the pools.
@@ -377,7 +377,11 @@ impl PoolCgroup {
                 node::write_file(&group, "1")?;
             }
         }
-        Ok(WorkerCgroup { id, node })
+        Ok(WorkerCgroup {
+            id,
+            node,
+            cpu: std::sync::OnceLock::new(),
+        })
     }
 
     /// A handle that moves a process straight into the pool's cgroup (without a worker leaf).
@@ -416,6 +420,8 @@ impl PoolCgroup {
 pub struct WorkerCgroup {
     id: u64,
     node: Node,
+    /// Opened on first use (the kernel makes the file with the directory).
+    cpu: std::sync::OnceLock<CpuCounter>,
 }
 
 impl WorkerCgroup {
@@ -431,6 +437,16 @@ impl WorkerCgroup {
     /// What this worker and everything it forked used.
     pub fn usage(&self) -> Usage {
         self.node.usage()
+    }
+
+    /// CPU time of the worker and what it forked, read cheaply enough to do after every job.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        if self.cpu.get().is_none()
+            && let Some(counter) = self.node.cpu_counter()
+        {
+            let _ = self.cpu.set(counter);
+        }
+        self.cpu.get().and_then(CpuCounter::read_ns)
     }
 
     /// Whether the kernel's OOM killer killed a task of this worker: a worker that died with

@@ -166,6 +166,13 @@ fn worker_leaf_sits_under_the_pool_and_reports_oom() {
     assert!(worker.oom_killed());
     let u = worker.usage();
     assert_eq!((u.cpu_ns, u.memory_peak, u.oom_kills), (123_456, 5000, 1));
+    assert_eq!(worker.cpu_ns(), Some(123_456));
+    // Read again through the file opened the first time.
+    put(
+        &sys.join("cpuacct/precog/shop/w7/cpuacct.usage"),
+        "200000\n",
+    );
+    assert_eq!(worker.cpu_ns(), Some(200_000));
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl Placement for CgroupPlacement {
 
     fn worker_cpu_ns(&self, worker: u64) -> Option<u64> {
         let workers = self.workers.lock().expect("placement");
-        workers.get(&worker).map(|cg| cg.usage().cpu_ns)
+        workers.get(&worker).and_then(|cg| cg.cpu_ns())
     }
 
     fn usage(&self) -> Option<Usage> {
