@@ -37,6 +37,9 @@ pub struct RunRecord {
     /// When the run was answered, from the start of the replay.
     pub at: Duration,
     pub error: Option<String>,
+    /// Whether the action's own event made the run's inputs known (the item first viewed, the
+    /// cart just changed): no guess could have started before that event.
+    pub new_inputs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +227,18 @@ fn act(
     let event = &record.events[turn.index];
     let action = script.mapping.action(script.format, &event.kind);
     let item = event.item.as_deref();
+    let runs = action.map(|a| a.runs.as_slice()).unwrap_or_default();
+    let declared = |process: &str| {
+        script
+            .config
+            .process(process)
+            .map(|p| p.inputs.clone())
+            .unwrap_or_default()
+    };
+    let known_before: Vec<_> = runs
+        .iter()
+        .map(|p| visitor.run_inputs(&declared(p)))
+        .collect();
     visitor.begin(action, item);
 
     let mut attrs = event.attrs.clone();
@@ -238,15 +253,11 @@ fn act(
     }
     notify(backend, &request, played)?;
 
-    for process in action.map(|a| a.runs.as_slice()).unwrap_or_default() {
-        let declared = script
-            .config
-            .process(process)
-            .map(|p| p.inputs.as_slice())
-            .unwrap_or_default();
-        let Some(inputs) = visitor.run_inputs(declared) else {
+    for (process, before) in runs.iter().zip(known_before) {
+        let Some(inputs) = visitor.run_inputs(&declared(process)) else {
             continue;
         };
+        let new_inputs = before.as_ref() != Some(&inputs);
         let answer = backend.run(&record.id, process, inputs)?;
         played.runs.push(RunRecord {
             process: process.clone(),
@@ -254,6 +265,7 @@ fn act(
             latency_us: answer.latency_us,
             at: start.elapsed(),
             error: answer.error,
+            new_inputs,
         });
         if process == "cart_total"
             && let Some(attrs) = answer.result.as_ref().and_then(|r| visitor.priced(r))

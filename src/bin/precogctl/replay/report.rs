@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::backend::Served;
-use super::drive::Played;
+use super::drive::{Played, RunRecord};
 
 /// Runs answered after this are past the warm-up, where no cold spawn should happen.
 pub const WARM_UP: Duration = Duration::from_secs(60);
@@ -41,6 +41,13 @@ pub struct ModeReport {
     pub cache_or_inflight: f64,
     pub run_errors: BTreeMap<String, u64>,
     pub latency_us: Latency,
+    /// Mean latency by how the run was served.
+    pub mean_us_by_served: BTreeMap<String, f64>,
+    /// Runs whose inputs the action's own event made known, and their mean latency; then the
+    /// mean of the others, whose inputs were known before the action.
+    pub new_input_runs: u64,
+    pub new_inputs_mean_us: f64,
+    pub known_inputs_mean_us: f64,
     pub speculation: Speculation,
     /// The daemon's cold starts over all pools (None without a daemon or the counter).
     pub cold_starts: Option<u64>,
@@ -90,6 +97,18 @@ impl ModeReport {
             }
             cold_late += (r.served == Served::Cold && r.at > WARM_UP) as u64;
         }
+        let mean_of = |keep: &dyn Fn(&RunRecord) -> bool| {
+            let (n, sum) = played
+                .runs
+                .iter()
+                .filter(|r| keep(r))
+                .fold((0u64, 0u64), |(n, sum), r| (n + 1, sum + r.latency_us));
+            sum as f64 / n.max(1) as f64
+        };
+        let mean_us_by_served = Served::ALL
+            .iter()
+            .map(|s| (s.name().to_string(), mean_of(&|r| r.served == *s)))
+            .collect();
         let mut latencies_us: Vec<u64> = played.runs.iter().map(|r| r.latency_us).collect();
         latencies_us.sort_unstable();
         let runs = played.runs.len() as u64;
@@ -109,6 +128,10 @@ impl ModeReport {
                 p99: quantile(&latencies_us, 0.99),
                 mean,
             },
+            mean_us_by_served,
+            new_input_runs: played.runs.iter().filter(|r| r.new_inputs).count() as u64,
+            new_inputs_mean_us: mean_of(&|r| r.new_inputs),
+            known_inputs_mean_us: mean_of(&|r| !r.new_inputs),
             speculation: stats.map(speculation_of).unwrap_or_default(),
             cold_starts: stats.and_then(cold_starts_of),
             cold_runs_after_first_minute: cold_late,
@@ -237,6 +260,31 @@ impl Report {
                 ),
             );
         }
+        for s in Served::ALL.iter().filter(|s| **s != Served::Failed) {
+            row(
+                &format!("  mean when {} (us)", s.name()),
+                each(&|m| match m.served[s.name()] {
+                    0 => "-".into(),
+                    _ => format!("{:.0}", m.mean_us_by_served[s.name()]),
+                }),
+            );
+        }
+        row(
+            "runs on inputs known before",
+            each(&|m| (m.runs - m.new_input_runs).to_string()),
+        );
+        row(
+            "  their mean latency (us)",
+            each(&|m| format!("{:.0}", m.known_inputs_mean_us)),
+        );
+        row(
+            "runs on inputs new in event",
+            each(&|m| m.new_input_runs.to_string()),
+        );
+        row(
+            "  their mean latency (us)",
+            each(&|m| format!("{:.0}", m.new_inputs_mean_us)),
+        );
         let opt = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
         row(
             "speculative jobs issued",
@@ -293,7 +341,6 @@ fn join_counts(counts: &BTreeMap<String, u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::drive::RunRecord;
     use serde_json::json;
 
     fn run(process: &str, served: Served, latency_us: u64, at_s: u64) -> RunRecord {
@@ -303,6 +350,7 @@ mod tests {
             latency_us,
             at: Duration::from_secs(at_s),
             error: (served == Served::Failed).then(|| "timeout".into()),
+            new_inputs: process == "cart_total",
         }
     }
 
@@ -333,6 +381,11 @@ mod tests {
         assert_eq!(m.cold_runs_after_first_minute, 1);
         assert_eq!(m.run_errors["timeout"], 1);
         assert_eq!(m.per_process["cart_total"]["cold"], 1);
+        assert_eq!(m.mean_us_by_served["inflight"], 20.0);
+        assert_eq!(m.mean_us_by_served["cold"], 1000.0);
+        assert_eq!(m.new_input_runs, 2);
+        assert_eq!(m.new_inputs_mean_us, 515.0);
+        assert_eq!(m.known_inputs_mean_us, 70.0 / 3.0);
     }
 
     #[test]
