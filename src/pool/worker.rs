@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Notify;
 
+use super::priority::{CpuClass, may_deprioritize, set_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
 use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
 use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
@@ -103,11 +104,26 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     let mut served = 0u64;
     let mut last_cpu = 0u64;
     let mut death: Option<String> = None;
+    let mut cpu_class = CpuClass::Normal;
 
     loop {
         let Some(queued) = next_job(&shared, id, generation, &take_back, &mut child).await else {
             break;
         };
+        // A guess runs in the idle class so real work on the same CPUs always goes first; the
+        // worker goes back to the normal class before its next real job, not after the guess,
+        // which saves the switch when guesses follow each other.
+        let wanted = match queued.job.priority {
+            Priority::Speculative => CpuClass::Idle,
+            Priority::OnDemand => CpuClass::Normal,
+        };
+        if wanted != cpu_class && may_deprioritize() {
+            match set_cpu_class(pid, wanted) {
+                Ok(()) => cpu_class = wanted,
+                Err(e) => tracing::warn!(pool = %settings.name, worker = id, pid,
+                    "{e}: {}", source_text(&e)),
+            }
+        }
         let cold = started > queued.enqueued && served == 0;
         let wait_us = queued.enqueued.elapsed().as_micros() as u64;
         let timeout = shared.settings.lock().expect("pool settings").timeout;
