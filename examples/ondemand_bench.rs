@@ -327,7 +327,7 @@ fn main() -> anyhow::Result<()> {
         let socket = &daemons[mode].socket;
         println!(
             "speculation {:<3}: {} runs, p50 {} us, p99 {} us; speculative issued {}, \
-             taken back {}; {}",
+             taken back {}, workers started {}; {}",
             if mode == 1 { "on" } else { "off" },
             samples.len(),
             {
@@ -338,6 +338,7 @@ fn main() -> anyhow::Result<()> {
             p99(samples),
             pool_counter(socket, "issued")?,
             pool_counter(socket, "preempted")?,
+            pool_counter(socket, "spawned")?,
             tail_breakdown(samples),
         );
     }
