@@ -1,13 +1,18 @@
 //! On-demand first, measured: the p99 latency of real `run` requests with speculation on and
-//! off under the same load, and their ratio. Speculation must not slow real requests: the pool
-//! serves its on-demand queue first and takes back a worker running a speculative job when it
-//! is full.
+//! off under the same load, and their ratio. Speculation must not slow real requests.
 //!
-//! Build the daemon first, then run: `cargo build --bins && cargo run --example ondemand_bench
-//! -- [sessions] [clients]`. Each client walks through sessions: an event that makes inputs
-//! known, a hint that makes a CPU-heavy idempotent process hot (speculated when speculation is
-//! on, never asked for), a short think time, then a timed `run` of a light process that is never
-//! speculated.
+//! Build the daemon first, then run: `cargo build --release --bins --example ondemand_bench &&
+//! target/release/examples/ondemand_bench [sessions] [clients] [rounds]`. Each client walks
+//! through sessions: an event that makes inputs known, a hint that makes a CPU-heavy idempotent
+//! process hot (speculated when speculation is on, never asked for), a short think time, then a
+//! timed `run` of a light process that is never speculated.
+//!
+//! Both daemons run side by side and the rounds alternate between them (off, on, on, off, ...),
+//! so slow phases of a noisy machine hit both modes alike; between rounds the benchmark waits
+//! until both pools are idle, so no guess of one round runs into the next. It prints the p99 of
+//! each mode over all rounds, the ratio of each pair of rounds, and where the slowest runs of
+//! each mode spent their time: queued for a worker, on the worker, or elsewhere (socket,
+//! engine, scheduling).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 fn config(dir: &Path, speculation: bool) -> String {
     let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/echo.py");
@@ -134,34 +140,65 @@ impl Conn {
     }
 }
 
-/// Runs the load; returns the latencies of the real runs, in microseconds, sorted.
-fn load(socket: &Path, sessions: usize, clients: usize, tag: &str) -> anyhow::Result<Vec<u64>> {
+/// One timed `run`: its latency as the client saw it and the daemon's breakdown.
+#[derive(Debug, Clone)]
+struct Sample {
+    total_us: u64,
+    wait_us: u64,
+    exec_us: u64,
+    served: String,
+}
+
+impl Sample {
+    /// Time neither queued nor on the worker: socket, engine, reply, scheduling of either.
+    fn other_us(&self) -> u64 {
+        self.total_us.saturating_sub(self.wait_us + self.exec_us)
+    }
+}
+
+/// Runs the load; returns the samples of the real runs, sorted by latency.
+fn load(
+    socket: &Path,
+    sessions: usize,
+    clients: usize,
+    tag: &str,
+    first_n: usize,
+) -> anyhow::Result<Vec<Sample>> {
     let mut threads = Vec::new();
     for c in 0..clients {
         let socket = socket.to_path_buf();
         let tag = tag.to_string();
-        threads.push(std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
-            let mut conn = Conn::open(&socket)?;
-            let mut out = Vec::new();
-            for i in (c..sessions).step_by(clients) {
-                let s = format!("{tag}-{i}");
-                conn.call(&json!({"op": "event", "session": s, "type": "page_view",
-                    "attrs": {"n": i, "cpu_ms": 40}}))?;
-                conn.call(&json!({"op": "hint", "session": s,
+        threads.push(std::thread::spawn(
+            move || -> anyhow::Result<Vec<Sample>> {
+                let mut conn = Conn::open(&socket)?;
+                let mut out = Vec::new();
+                for i in (c..sessions).step_by(clients) {
+                    let s = format!("{tag}-{i}");
+                    // Inputs unique per round: a guess cached in an earlier round would not run.
+                    let n = first_n + i;
+                    conn.call(&json!({"op": "event", "session": s, "type": "page_view",
+                    "attrs": {"n": n, "cpu_ms": 40}}))?;
+                    conn.call(&json!({"op": "hint", "session": s,
                     "predictions": [{"process": "guess", "p": 0.9}]}))?;
-                std::thread::sleep(Duration::from_millis(5));
-                let t = Instant::now();
-                let r = conn.call(&json!({"op": "run", "session": s, "process": "real",
-                    "inputs": {"n": i, "work_ms": 0}}))?;
-                let us = t.elapsed().as_micros() as u64;
-                if r["ok"] != json!(true) {
-                    bail!("run failed: {r}");
+                    std::thread::sleep(Duration::from_millis(5));
+                    let t = Instant::now();
+                    let r = conn.call(&json!({"op": "run", "session": s, "process": "real",
+                    "inputs": {"n": n, "work_ms": 0}}))?;
+                    let total_us = t.elapsed().as_micros() as u64;
+                    if r["ok"] != json!(true) {
+                        bail!("run failed: {r}");
+                    }
+                    out.push(Sample {
+                        total_us,
+                        wait_us: r["wait_us"].as_u64().unwrap_or(0),
+                        exec_us: r["exec_us"].as_u64().unwrap_or(0),
+                        served: r["served"].as_str().unwrap_or("?").to_string(),
+                    });
+                    conn.call(&json!({"op": "end", "session": s}))?;
                 }
-                out.push(us);
-                conn.call(&json!({"op": "end", "session": s}))?;
-            }
-            Ok(out)
-        }));
+                Ok(out)
+            },
+        ));
     }
     let mut all = Vec::new();
     for t in threads {
@@ -170,8 +207,26 @@ fn load(socket: &Path, sessions: usize, clients: usize, tag: &str) -> anyhow::Re
                 .map_err(|_| anyhow::anyhow!("a client panicked"))??,
         );
     }
-    all.sort_unstable();
+    all.sort_unstable_by_key(|s| s.total_us);
     Ok(all)
+}
+
+/// Waits until the daemon's test pool runs and queues nothing, so a round starts clean.
+fn wait_quiet(socket: &Path) -> anyhow::Result<()> {
+    let mut conn = Conn::open(socket)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let stats = conn.call(&json!({"op": "stats"}))?;
+        let pool = &stats["pools"]["t"];
+        let busy = pool["busy"].as_u64().unwrap_or(0)
+            + pool["queued_on_demand"].as_u64().unwrap_or(0)
+            + pool["queued_speculative"].as_u64().unwrap_or(0);
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the pool did not become idle within 30 s")
 }
 
 fn quantile(sorted: &[u64], q: f64) -> u64 {
@@ -179,10 +234,46 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[i]
 }
 
+fn p99(samples: &[Sample]) -> u64 {
+    let mut lat: Vec<u64> = samples.iter().map(|s| s.total_us).collect();
+    lat.sort_unstable();
+    quantile(&lat, 0.99)
+}
+
+/// Where the slowest 2% of runs spent their time, on average, and how they were served.
+fn tail_breakdown(samples: &[Sample]) -> String {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable_by_key(|s| s.total_us);
+    let tail = &sorted[sorted.len() - (sorted.len() / 50).max(1)..];
+    let n = tail.len() as u64;
+    let mean = |f: &dyn Fn(&Sample) -> u64| tail.iter().map(f).sum::<u64>() / n;
+    let mut served: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in tail {
+        *served.entry(s.served.as_str()).or_default() += 1;
+    }
+    format!(
+        "slowest {n}: mean {} us = queued {} + worker {} + other {}; served {served:?}",
+        mean(&|s| s.total_us),
+        mean(&|s| s.wait_us),
+        mean(&|s| s.exec_us),
+        mean(&|s| s.other_us()),
+    )
+}
+
+fn pool_counter(socket: &Path, field: &str) -> anyhow::Result<u64> {
+    let stats = Conn::open(socket)?.call(&json!({"op": "stats"}))?;
+    let v = match field {
+        "issued" => &stats["speculation"]["issued"],
+        f => &stats["pools"]["t"][f],
+    };
+    Ok(v.as_u64().unwrap_or(0))
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let sessions: usize = args.next().map_or(Ok(400), |a| a.parse())?;
     let clients: usize = args.next().map_or(Ok(3), |a| a.parse())?;
+    let rounds: usize = args.next().map_or(Ok(8), |a| a.parse())?;
     let exe = std::env::current_exe()?;
     let precogd = exe
         .parent()
@@ -196,29 +287,80 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let mut p99 = Vec::new();
-    for speculation in [false, true] {
-        let d = Daemon::start(&precogd, speculation)?;
-        load(&d.socket, 30, clients, "warmup")?;
-        let lat = load(&d.socket, sessions, clients, "run")?;
-        let stats = Conn::open(&d.socket)?.call(&json!({"op": "stats"}))?;
-        let sp = &stats["speculation"];
-        let pool = &stats["pools"]["t"];
+    let daemons = [
+        Daemon::start(&precogd, false)?,
+        Daemon::start(&precogd, true)?,
+    ];
+    for d in &daemons {
+        load(&d.socket, 30, clients, "warmup", 0)?;
+    }
+    for d in &daemons {
+        wait_quiet(&d.socket)?;
+    }
+
+    let mut all: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+    let mut round_p99 = Vec::new();
+    for round in 0..rounds {
+        // off, on, on, off, off, on, ...: each mode goes first as often as the other.
+        let speculation = (round % 4 == 1) || (round % 4 == 2);
+        let mode = usize::from(speculation);
+        let d = &daemons[mode];
+        let first_n = 1_000_000 * (round + 1);
+        let samples = load(&d.socket, sessions, clients, &format!("r{round}"), first_n)?;
+        wait_quiet(&d.socket)?;
+        let p = p99(&samples);
+        println!(
+            "round {round} speculation {:<3}: {} runs, p50 {} us, p99 {p} us; {}",
+            if speculation { "on" } else { "off" },
+            samples.len(),
+            samples[samples.len() / 2].total_us,
+            tail_breakdown(&samples),
+        );
+        round_p99.push((mode, p));
+        all[mode].extend(samples);
+    }
+
+    for (mode, samples) in all.iter().enumerate() {
+        if samples.is_empty() {
+            continue;
+        }
+        let socket = &daemons[mode].socket;
         println!(
             "speculation {:<3}: {} runs, p50 {} us, p99 {} us; speculative issued {}, \
-             taken back {}",
-            if speculation { "on" } else { "off" },
-            lat.len(),
-            quantile(&lat, 0.5),
-            quantile(&lat, 0.99),
-            sp["issued"],
-            pool["preempted"],
+             taken back {}, workers started {}; {}",
+            if mode == 1 { "on" } else { "off" },
+            samples.len(),
+            {
+                let mut lat: Vec<u64> = samples.iter().map(|s| s.total_us).collect();
+                lat.sort_unstable();
+                quantile(&lat, 0.5)
+            },
+            p99(samples),
+            pool_counter(socket, "issued")?,
+            pool_counter(socket, "preempted")?,
+            pool_counter(socket, "spawned")?,
+            tail_breakdown(samples),
         );
-        p99.push(quantile(&lat, 0.99) as f64);
     }
-    println!(
-        "on-demand p99 ratio (speculation on / off): {:.2}",
-        p99[1] / p99[0]
-    );
+    // Pair each on round with the off round next to it in the ABBA order.
+    let ratios: Vec<String> = round_p99
+        .chunks(2)
+        .filter(|pair| pair.len() == 2)
+        .map(|pair| {
+            let (on, off) = if pair[0].0 == 1 {
+                (pair[0].1, pair[1].1)
+            } else {
+                (pair[1].1, pair[0].1)
+            };
+            format!("{:.2}", on as f64 / off.max(1) as f64)
+        })
+        .collect();
+    println!("per-round p99 ratios (on / off): {}", ratios.join(", "));
+    if !all[0].is_empty() && !all[1].is_empty() {
+        println!(
+            "on-demand p99 ratio (speculation on / off): {:.2}",
+            p99(&all[1]) as f64 / p99(&all[0]).max(1) as f64
+        );
+    }
     Ok(())
 }

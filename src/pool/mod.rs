@@ -14,6 +14,7 @@
 //! cgroups and tests need no root.
 
 mod placement;
+mod priority;
 mod spawn;
 mod worker;
 
@@ -61,6 +62,12 @@ pub enum PoolError {
     UnknownUser(String),
     #[error("cannot place worker in its cgroup")]
     Placement(#[source] std::io::Error),
+    #[error("cannot change the CPU priority of worker process {pid}")]
+    CpuClass {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How urgently a job must run.

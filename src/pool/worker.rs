@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Notify;
 
+use super::priority::{CpuClass, may_deprioritize, set_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
 use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
 use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
@@ -41,14 +42,15 @@ enum Ran {
     },
 }
 
+/// Starts worker `id` and runs jobs on it until it retires or is lost.
 pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     let (settings, generation) = {
         let s = shared.settings.lock().expect("pool settings").clone();
         (s, shared.state.lock().expect("pool state").generation)
     };
 
-    let join = match &shared.placement {
-        Some(p) => match p.prepare_worker(id) {
+    let join = match shared.placement.clone() {
+        Some(p) => match off_runtime(move || p.prepare_worker(id)).await {
             Ok(handle) => handle,
             Err(e) => {
                 started_failed(&shared, format!("cannot prepare the worker's cgroup: {e}"));
@@ -64,12 +66,11 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         identity: settings.identity,
         cgroup_join: join,
     };
+    let mut cpu_class = CpuClass::Normal;
     let mut child = match spawn(plan) {
         Ok(c) => c,
         Err(e) => {
-            if let Some(p) = &shared.placement {
-                p.worker_gone(id);
-            }
+            placement_gone(&shared, id).await;
             started_failed(&shared, format!("{e}: {}", source_text(&e)));
             return;
         }
@@ -108,6 +109,20 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         let Some(queued) = next_job(&shared, id, generation, &take_back, &mut child).await else {
             break;
         };
+        // A guess runs in the idle class so real work on the same CPUs always goes first; the
+        // worker goes back to the normal class before its next real job, not after the guess,
+        // which saves the switch when guesses follow each other.
+        let wanted = match queued.job.priority {
+            Priority::Speculative => CpuClass::Idle,
+            Priority::OnDemand => CpuClass::Normal,
+        };
+        if wanted != cpu_class && may_deprioritize() {
+            match set_cpu_class(pid, wanted) {
+                Ok(()) => cpu_class = wanted,
+                Err(e) => tracing::warn!(pool = %settings.name, worker = id, pid,
+                    "{e}: {}", source_text(&e)),
+            }
+        }
         let cold = started > queued.enqueued && served == 0;
         let wait_us = queued.enqueued.elapsed().as_micros() as u64;
         let timeout = shared.settings.lock().expect("pool settings").timeout;
@@ -164,7 +179,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             } => {
                 kill_group(pid);
                 let _ = child.wait().await;
-                let oom = shared.placement.as_ref().is_some_and(|p| p.worker_gone(id));
+                let oom = placement_gone(&shared, id).await;
                 let (kind, message) = if oom {
                     (
                         FailureKind::Oom,
@@ -202,10 +217,25 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     } else {
         kill_group(pid);
     }
-    if let Some(p) = &shared.placement {
-        p.worker_gone(id);
-    }
+    placement_gone(&shared, id).await;
     remove_slot(&shared, id, started, served, death);
+}
+
+/// Tidies a gone worker's cgroup; says whether the OOM killer ended it.
+async fn placement_gone(shared: &Shared, id: u64) -> bool {
+    match shared.placement.clone() {
+        Some(p) => off_runtime(move || p.worker_gone(id)).await,
+        None => false,
+    }
+}
+
+/// Runs cgroup work (mkdir, rmdir, a kill loop that sleeps between sweeps) on a blocking
+/// thread: on one of the runtime's threads it would stall every request on a 2-CPU host.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Waits for a job for this worker; `None` when the worker should stop.

@@ -1,0 +1,128 @@
+//! CPU priority of a worker by the kind of job it holds: a worker running a speculative job is put
+//! in the kernel's `SCHED_IDLE` class, so any on-demand work on the same CPUs (another worker, the
+//! daemon, the app server) preempts it at once and a guess only uses CPU nobody else wants; it is
+//! put back in the normal class before it runs an on-demand job.
+//!
+//! Changing another process's scheduling class needs `CAP_SYS_NICE` when the worker runs as
+//! another user, and leaving `SCHED_IDLE` needs it in every case (or a raised `RLIMIT_NICE`). A
+//! worker that could be lowered but not restored would serve real requests at idle priority, so
+//! without the capability precog leaves priorities alone: speculation then competes for CPU like
+//! on-demand work, and precogd says so once.
+
+use std::sync::OnceLock;
+
+use super::PoolError;
+
+/// The scheduling class a worker should be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CpuClass {
+    Normal,
+    Idle,
+}
+
+/// `CAP_SYS_NICE`'s bit in the capability sets of `/proc/<pid>/status`.
+const CAP_SYS_NICE: u32 = 23;
+
+/// Whether a `CapEff:` line of `/proc/self/status` grants `CAP_SYS_NICE`.
+fn grants_sys_nice(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+}
+
+/// Whether precogd may move its workers between scheduling classes; decided once.
+pub(super) fn may_deprioritize() -> bool {
+    static MAY: OnceLock<bool> = OnceLock::new();
+    *MAY.get_or_init(|| {
+        let may = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| grants_sys_nice(&s));
+        if !may {
+            tracing::warn!(
+                "speculative jobs run at normal CPU priority: precogd lacks CAP_SYS_NICE; \
+                 grant it to keep guesses from slowing real requests"
+            );
+        }
+        may
+    })
+}
+
+/// Puts every thread of the worker process in `class`. Threads that exit meanwhile are skipped.
+pub(super) fn set_cpu_class(pid: u32, class: CpuClass) -> Result<(), PoolError> {
+    let policy = match class {
+        CpuClass::Normal => libc::SCHED_OTHER,
+        CpuClass::Idle => libc::SCHED_IDLE,
+    };
+    let tasks = format!("/proc/{pid}/task");
+    let threads: Vec<i32> = match std::fs::read_dir(&tasks) {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        // The worker is gone; whoever waits on it will notice.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(PoolError::CpuClass { pid, source: e });
+        }
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    for tid in threads {
+        // SAFETY: `param` is a valid sched_param that outlives the call; a stale tid only makes
+        // the call fail with ESRCH.
+        let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(PoolError::CpuClass { pid, source: e });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The scheduling class a thread is in now.
+#[cfg(test)]
+fn current_class(tid: i32) -> Option<CpuClass> {
+    // SAFETY: sched_getscheduler only reads the policy of the given thread.
+    match unsafe { libc::sched_getscheduler(tid) } {
+        libc::SCHED_IDLE => Some(CpuClass::Idle),
+        libc::SCHED_OTHER => Some(CpuClass::Normal),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sys_nice_is_read_from_the_effective_set() {
+        let root = "Name:\tprecogd\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert!(grants_sys_nice(root));
+        // CAP_SETUID, CAP_SETGID and CAP_KILL only, as the shipped unit grants.
+        let unit = "CapPrm:\t00000000000000e0\nCapEff:\t00000000000000e0\n";
+        assert!(!grants_sys_nice(unit));
+        assert!(!grants_sys_nice("CapEff:\tnot-hex\n"));
+        assert!(!grants_sys_nice(""));
+    }
+
+    #[test]
+    fn a_worker_goes_idle_and_comes_back() {
+        if !may_deprioritize() {
+            println!("SKIPPED: this test process lacks CAP_SYS_NICE");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("start sleep");
+        let pid = child.id();
+        set_cpu_class(pid, CpuClass::Idle).expect("lower");
+        assert_eq!(current_class(pid as i32), Some(CpuClass::Idle));
+        set_cpu_class(pid, CpuClass::Normal).expect("restore");
+        assert_eq!(current_class(pid as i32), Some(CpuClass::Normal));
+        let _ = child.kill();
+        let _ = child.wait();
+        // A worker that is gone is not an error.
+        set_cpu_class(pid, CpuClass::Idle).expect("gone worker");
+    }
+}
