@@ -30,6 +30,7 @@ pub(super) struct Inflight {
     prepare: bool,
     pub(super) cancelled: Arc<AtomicBool>,
     pub(super) started: Arc<AtomicBool>,
+    urgent: Arc<tokio::sync::Notify>,
 }
 
 pub(super) struct Waiter {
@@ -98,6 +99,9 @@ impl Engine {
 
         if let Some(inflight) = self.inflight.get_mut(&key) {
             if !inflight.speculative || inflight.started.load(Ordering::Relaxed) {
+                if inflight.speculative {
+                    inflight.urgent.notify_one();
+                }
                 inflight.waiters.push(Waiter {
                     reply,
                     received,
@@ -223,6 +227,7 @@ impl Engine {
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
+        let urgent = Arc::new(tokio::sync::Notify::new());
         let (cp_tx, mut cp_rx) = tokio::sync::mpsc::unbounded_channel();
         let rx = pool.submit(Job {
             process: key.process.clone(),
@@ -233,6 +238,7 @@ impl Engine {
             checkpoints: Some(cp_tx),
             cancelled: cancelled.clone(),
             started: started.clone(),
+            urgent: urgent.clone(),
         });
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -245,6 +251,7 @@ impl Engine {
                 prepare: phase.is_some(),
                 cancelled,
                 started,
+                urgent,
             },
         );
         let tx = self.tx.clone();

@@ -94,6 +94,9 @@ pub struct Job {
     pub cancelled: Arc<AtomicBool>,
     /// Set by the worker that takes the job.
     pub started: Arc<AtomicBool>,
+    /// Notified when a real request starts waiting for this speculative job: from then on it is
+    /// on-demand work and its worker leaves the idle CPU class.
+    pub urgent: Arc<tokio::sync::Notify>,
 }
 
 /// Why a job produced no result.

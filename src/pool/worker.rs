@@ -123,6 +123,14 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                     "{e}: {}", source_text(&e)),
             }
         }
+        // A real request that joins the guess while it runs makes it urgent.
+        let promoter = (cpu_class == CpuClass::Idle).then(|| {
+            let urgent = queued.job.urgent.clone();
+            tokio::spawn(async move {
+                urgent.notified().await;
+                set_cpu_class(pid, CpuClass::Normal)
+            })
+        });
         let cold = started > queued.enqueued && served == 0;
         let wait_us = queued.enqueued.elapsed().as_micros() as u64;
         let timeout = shared.settings.lock().expect("pool settings").timeout;
@@ -139,6 +147,15 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         )
         .await;
         served += 1;
+        if let Some(promoter) = promoter {
+            if promoter.is_finished() {
+                if let Ok(Ok(())) = promoter.await {
+                    cpu_class = CpuClass::Normal;
+                }
+            } else {
+                promoter.abort();
+            }
+        }
 
         let cpu_now = shared
             .placement

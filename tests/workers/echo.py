@@ -8,6 +8,7 @@ Inputs that make it do real work before answering (all optional):
   stderr_kb         write this many KiB to stderr first
   fork_bomb         fork children until fork fails (true: at most 512; a number: at most that)
   spawn_grandchild  start a detached child (own session) that sleeps 300 s and outlives us
+  report_policy     after the rest, report the worker's CPU scheduling class (os.SCHED_*)
 The result is {"echo": <inputs>, "pid": <worker pid>, ...measurements}.
 """
 import json
@@ -78,6 +79,8 @@ def handle(job):
         result.update(fork_bomb(limit))
     if inputs.get("spawn_grandchild"):
         result["grandchild_pid"] = spawn_grandchild()
+    if inputs.get("report_policy"):
+        result["sched_policy"] = os.sched_getscheduler(0)
     return result
 
 

@@ -1,0 +1,100 @@
+//! Guesses yield the CPU to real work: a speculative job runs in the idle CPU class, and when a
+//! real request joins it while it runs, its worker is put back in the normal class at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::{Value, json};
+
+/// `os.SCHED_OTHER` and `os.SCHED_IDLE`.
+const SCHED_OTHER: i64 = 0;
+const SCHED_IDLE: i64 = 5;
+
+fn config() -> String {
+    format!(
+        r#"
+[[pool]]
+name = "t"
+command = ["python3", "{}"]
+warm_min = 3
+workers_max = 3
+timeout = "20s"
+
+[[process]]
+name = "spin"
+pool = "t"
+inputs = ["n", "cpu_ms", "report_policy"]
+idempotent = true
+"#,
+        common::worker("echo.py")
+    )
+}
+
+/// Makes `spin` hot for `session` with inputs known, so that precogd guesses it.
+fn make_hot(c: &mut common::Conn, session: &str, inputs: &Value) {
+    let ev = c.call(
+        &json!({"op": "event", "session": session, "type": "page_view",
+        "target": "cart", "attrs": inputs}),
+    );
+    assert_eq!(ev["ok"], json!(true), "{ev}");
+    let h = c.call(&json!({"op": "hint", "session": session,
+        "predictions": [{"process": "spin", "p": 0.95}]}));
+    assert_eq!(h["ok"], json!(true), "{h}");
+}
+
+/// Waits until `predict` shows `spin` for `session` in `state`.
+fn wait_state(c: &mut common::Conn, session: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = c.call(&json!({"op": "predict", "session": session, "n": 3}));
+        let spin = p["predictions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["process"] == json!("spin")).cloned());
+        if spin.as_ref().is_some_and(|s| s["state"] == json!(state)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spin never became {state}: {p}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_guess_runs_idle_until_a_real_request_joins_it() {
+    if common::skip_unless(
+        common::is_root(),
+        "changing a worker's CPU class needs root",
+    ) || common::skip_unless(common::have_python(), "python3 is not installed")
+    {
+        return;
+    }
+    let d = Daemon::start(&config());
+    let mut c = d.connect();
+
+    // A guess nobody waits for stays in the idle class to the end.
+    let alone = json!({"n": 1, "cpu_ms": 50, "report_policy": true});
+    make_hot(&mut c, "alone", &alone);
+    wait_state(&mut c, "alone", "cached");
+    let r = c.call(&json!({"op": "run", "session": "alone", "process": "spin", "inputs": alone}));
+    assert_eq!(r["served"], json!("cache"), "{r}");
+    assert_eq!(r["result"]["sched_policy"], json!(SCHED_IDLE), "{r}");
+
+    // A guess a real request joins finishes in the normal class.
+    let joined = json!({"n": 2, "cpu_ms": 400, "report_policy": true});
+    make_hot(&mut c, "joined", &joined);
+    wait_state(&mut c, "joined", "running");
+    let r = c.call(&json!({"op": "run", "session": "joined", "process": "spin",
+        "inputs": joined}));
+    assert_eq!(r["served"], json!("inflight"), "{r}");
+    assert_eq!(r["result"]["sched_policy"], json!(SCHED_OTHER), "{r}");
+
+    // The worker that ran the joined guess serves real requests in the normal class.
+    let real = json!({"n": 3, "cpu_ms": 1, "report_policy": true});
+    for _ in 0..3 {
+        let r = c.call(&json!({"op": "run", "session": "real", "process": "spin",
+            "inputs": real.clone()}));
+        assert_eq!(r["ok"], json!(true), "{r}");
+        assert_eq!(r["result"]["sched_policy"], json!(SCHED_OTHER), "{r}");
+    }
+}
