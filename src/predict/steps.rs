@@ -34,11 +34,14 @@ pub const MAX_STEPS: usize = 1024;
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
 
-/// How fast the trust in the mixers over the first-order chain moves.
-const TRUST_RATE: f32 = 0.005;
+/// Share of the final stage's belief passed back to the other side after every step (Fixed-
+/// Share): the belief can never lock in for good, so if the mixer and the chain trade places
+/// later (a shop changes, the model grows) it follows within a few dozen steps.
+const SHARE: f32 = 1e-4;
 
-fn half() -> f32 {
-    0.3
+/// The final stage's belief before any step was seen: even odds.
+fn even_odds() -> f32 {
+    0.5
 }
 
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
@@ -162,9 +165,10 @@ pub struct StepModel {
     /// Mixer weights per weight set, expert and confidence bucket.
     pub weights: Vec<[f32; CONFIDENCE]>,
     pub tuning: StepTuning,
-    /// How far the mixers are trusted over the plain first-order chain (0..1), learned.
-    #[serde(default = "half")]
-    pub trust: f32,
+    /// The final stage's belief that the mixers, rather than the plain first-order chain, are
+    /// the better forecaster (0..1): a posterior over the two, learned online.
+    #[serde(default = "even_odds")]
+    pub mixer_belief: f32,
     #[serde(skip)]
     pub half_life_ms: f64,
     /// Buffers reused by `learn`, so the hot path does not allocate.
@@ -190,7 +194,7 @@ impl StepModel {
             tables: KeyMap::default(),
             weights: initial_weights(&StepTuning::default()),
             tuning: StepTuning::default(),
-            trust: 0.3,
+            mixer_belief: even_odds(),
             half_life_ms,
             scratch: Scratch::default(),
         }
@@ -213,7 +217,9 @@ impl StepModel {
         if !in_range(&self.order0) || !self.tables.values().all(in_range) {
             return Err("a step count names a step that does not exist".into());
         }
-        if !self.weights.iter().flatten().all(|w| w.is_finite()) || !self.trust.is_finite() {
+        if !self.weights.iter().flatten().all(|w| w.is_finite())
+            || !(0.0..=1.0).contains(&self.mixer_belief)
+        {
             return Err("a mixer weight is not a number".into());
         }
         Ok(())
@@ -373,8 +379,9 @@ impl StepModel {
                 *q /= sum;
             }
         }
-        // The mixers' average, blended with the plain first-order chain by a learned trust:
-        // a young or thin model leans on the chain until the mixers prove better.
+        // The final stage: the mixers' average and the plain first-order chain, weighted by the
+        // posterior belief in each. A young mixer, or one that never converges on a thin data
+        // set, loses to the chain on log loss and the chain's ranking shows through.
         let mixers = sets.iter().flatten().count() as f32;
         out.mixed.clear();
         out.first_order.clear();
@@ -387,7 +394,7 @@ impl StepModel {
                 .sum::<f32>()
                 / mixers;
             out.mixed.push(mixed);
-            out.q[s] = self.trust * mixed + (1.0 - self.trust) * chain;
+            out.q[s] = self.mixer_belief * mixed + (1.0 - self.mixer_belief) * chain;
         }
         out.order1 = order1;
     }
@@ -407,9 +414,11 @@ impl StepModel {
         let v = self.names.len();
         if (step as usize) < v {
             let y = step as usize;
-            let blended = scratch.q[y].max(1e-6);
-            let pull = (scratch.mixed[y] - scratch.first_order[y]) / blended;
-            self.trust = (self.trust + TRUST_RATE * pull).clamp(0.0, 1.0);
+            self.mixer_belief = updated_belief(
+                self.mixer_belief,
+                scratch.mixed[y].max(1e-6),
+                scratch.first_order[y].max(1e-6),
+            );
 
             let rate = self.tuning.learning_rate;
             let mask = self.tuning.experts;
@@ -464,6 +473,19 @@ impl StepModel {
         let floor = totals[cut];
         self.tables.retain(|_, c| c.total > floor);
     }
+}
+
+/// The belief in the mixers after a step the mixers gave chance `mixers` and the chain `chain`:
+/// Bayes' rule over the two forecasters, so the belief follows the cumulative log-loss
+/// difference, then Fixed-Share. (Measured against the gradient-learned trust it replaces: on
+/// OTTO's 718 steps that trust had barely moved from its start and left precog below the chain.)
+fn updated_belief(belief: f32, mixers: f32, chain: f32) -> f32 {
+    let for_mixers = belief * mixers;
+    let posterior = for_mixers / (for_mixers + (1.0 - belief) * chain);
+    if !posterior.is_finite() {
+        return belief;
+    }
+    (1.0 - SHARE) * posterior + SHARE * 0.5
 }
 
 /// Every mixer starts out leaning on the first-order chain (expert 1) and learns from there, so
@@ -576,7 +598,41 @@ pub fn context_of(profile: &Profile) -> Context {
 
 #[cfg(test)]
 mod tests {
-    use super::fast_ln;
+    use super::{SHARE, fast_ln, updated_belief};
+
+    #[test]
+    fn the_belief_moves_to_the_forecaster_that_gave_the_truth_more_chance() {
+        let mut belief = 0.5;
+        for _ in 0..20 {
+            belief = updated_belief(belief, 0.6, 0.3);
+        }
+        assert!(belief > 0.99, "{belief}");
+        for _ in 0..40 {
+            belief = updated_belief(belief, 0.3, 0.6);
+        }
+        assert!(belief < 0.01, "{belief}");
+    }
+
+    #[test]
+    fn the_belief_never_locks_in() {
+        let mut belief = 0.5;
+        for _ in 0..10_000 {
+            belief = updated_belief(belief, 1e-6, 1.0);
+        }
+        assert!(belief >= SHARE * 0.5 * 0.99, "{belief}");
+        // Recovering from the floor takes a few dozen steps, not thousands.
+        let mut steps = 0;
+        while belief < 0.5 {
+            belief = updated_belief(belief, 0.6, 0.3);
+            steps += 1;
+        }
+        assert!(steps < 30, "{steps}");
+    }
+
+    #[test]
+    fn equal_forecasters_leave_the_belief_alone() {
+        assert!((updated_belief(0.7, 0.4, 0.4) - 0.7).abs() < 1e-3);
+    }
 
     #[test]
     fn fast_ln_is_close_to_ln() {
