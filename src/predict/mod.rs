@@ -52,6 +52,7 @@
 //! against the mixer's 583 nats) and its ranking shows through; on JD and REES46 the mixer's is
 //! far lower within a few hundred steps. Fixed-Share keeps the belief from locking in.
 
+mod belief;
 mod codec;
 mod graph;
 mod runs;

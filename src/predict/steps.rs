@@ -17,6 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
+use super::belief::{even_odds, updated_belief};
 use crate::profile::Profile;
 
 /// Contexts the model keeps counts for (see [`context_keys`]).
@@ -33,16 +34,6 @@ pub const MAX_STEPS: usize = 1024;
 
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
-
-/// Share of the final stage's belief passed back to the other side after every step (Fixed-
-/// Share): the belief can never lock in for good, so if the mixer and the chain trade places
-/// later (a shop changes, the model grows) it follows within a few dozen steps.
-const SHARE: f32 = 1e-4;
-
-/// The final stage's belief before any step was seen: even odds.
-fn even_odds() -> f32 {
-    0.5
-}
 
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;
@@ -475,19 +466,6 @@ impl StepModel {
     }
 }
 
-/// The belief in the mixers after a step the mixers gave chance `mixers` and the chain `chain`:
-/// Bayes' rule over the two forecasters, so the belief follows the cumulative log-loss
-/// difference, then Fixed-Share. (Measured against the gradient-learned trust it replaces: on
-/// OTTO's 718 steps that trust had barely moved from its start and left precog below the chain.)
-fn updated_belief(belief: f32, mixers: f32, chain: f32) -> f32 {
-    let for_mixers = belief * mixers;
-    let posterior = for_mixers / (for_mixers + (1.0 - belief) * chain);
-    if !posterior.is_finite() {
-        return belief;
-    }
-    (1.0 - SHARE) * posterior + SHARE * 0.5
-}
-
 /// Every mixer starts out leaning on the first-order chain (expert 1) and learns from there, so
 /// a young model does not stray far below the chain.
 fn initial_weights(tuning: &StepTuning) -> Vec<[f32; CONFIDENCE]> {
@@ -598,41 +576,7 @@ pub fn context_of(profile: &Profile) -> Context {
 
 #[cfg(test)]
 mod tests {
-    use super::{SHARE, fast_ln, updated_belief};
-
-    #[test]
-    fn the_belief_moves_to_the_forecaster_that_gave_the_truth_more_chance() {
-        let mut belief = 0.5;
-        for _ in 0..20 {
-            belief = updated_belief(belief, 0.6, 0.3);
-        }
-        assert!(belief > 0.99, "{belief}");
-        for _ in 0..40 {
-            belief = updated_belief(belief, 0.3, 0.6);
-        }
-        assert!(belief < 0.01, "{belief}");
-    }
-
-    #[test]
-    fn the_belief_never_locks_in() {
-        let mut belief = 0.5;
-        for _ in 0..10_000 {
-            belief = updated_belief(belief, 1e-6, 1.0);
-        }
-        assert!(belief >= SHARE * 0.5 * 0.99, "{belief}");
-        // Recovering from the floor takes a few dozen steps, not thousands.
-        let mut steps = 0;
-        while belief < 0.5 {
-            belief = updated_belief(belief, 0.6, 0.3);
-            steps += 1;
-        }
-        assert!(steps < 30, "{steps}");
-    }
-
-    #[test]
-    fn equal_forecasters_leave_the_belief_alone() {
-        assert!((updated_belief(0.7, 0.4, 0.4) - 0.7).abs() < 1e-3);
-    }
+    use super::fast_ln;
 
     #[test]
     fn fast_ln_is_close_to_ln() {
