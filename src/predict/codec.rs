@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{PredictError, Predictor, ProcessFeedback, RunModel, StepModel};
 
 const MAGIC: &[u8; 8] = b"PRECOGM\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 #[derive(Serialize, Deserialize)]

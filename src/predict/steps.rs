@@ -17,6 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
+use super::belief::{even_odds, updated_belief};
 use crate::profile::Profile;
 
 /// Contexts the model keeps counts for (see [`context_keys`]).
@@ -33,13 +34,6 @@ pub const MAX_STEPS: usize = 1024;
 
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
-
-/// How fast the trust in the mixers over the first-order chain moves.
-const TRUST_RATE: f32 = 0.005;
-
-fn half() -> f32 {
-    0.3
-}
 
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;
@@ -162,9 +156,10 @@ pub struct StepModel {
     /// Mixer weights per weight set, expert and confidence bucket.
     pub weights: Vec<[f32; CONFIDENCE]>,
     pub tuning: StepTuning,
-    /// How far the mixers are trusted over the plain first-order chain (0..1), learned.
-    #[serde(default = "half")]
-    pub trust: f32,
+    /// The final stage's belief that the mixers, rather than the plain first-order chain, are
+    /// the better forecaster (0..1): a posterior over the two, learned online.
+    #[serde(default = "even_odds")]
+    pub mixer_belief: f32,
     #[serde(skip)]
     pub half_life_ms: f64,
     /// Buffers reused by `learn`, so the hot path does not allocate.
@@ -190,7 +185,7 @@ impl StepModel {
             tables: KeyMap::default(),
             weights: initial_weights(&StepTuning::default()),
             tuning: StepTuning::default(),
-            trust: 0.3,
+            mixer_belief: even_odds(),
             half_life_ms,
             scratch: Scratch::default(),
         }
@@ -213,7 +208,9 @@ impl StepModel {
         if !in_range(&self.order0) || !self.tables.values().all(in_range) {
             return Err("a step count names a step that does not exist".into());
         }
-        if !self.weights.iter().flatten().all(|w| w.is_finite()) || !self.trust.is_finite() {
+        if !self.weights.iter().flatten().all(|w| w.is_finite())
+            || !(0.0..=1.0).contains(&self.mixer_belief)
+        {
             return Err("a mixer weight is not a number".into());
         }
         Ok(())
@@ -373,8 +370,9 @@ impl StepModel {
                 *q /= sum;
             }
         }
-        // The mixers' average, blended with the plain first-order chain by a learned trust:
-        // a young or thin model leans on the chain until the mixers prove better.
+        // The final stage: the mixers' average and the plain first-order chain, weighted by the
+        // posterior belief in each. A young mixer, or one that never converges on a thin data
+        // set, loses to the chain on log loss and the chain's ranking shows through.
         let mixers = sets.iter().flatten().count() as f32;
         out.mixed.clear();
         out.first_order.clear();
@@ -387,7 +385,7 @@ impl StepModel {
                 .sum::<f32>()
                 / mixers;
             out.mixed.push(mixed);
-            out.q[s] = self.trust * mixed + (1.0 - self.trust) * chain;
+            out.q[s] = self.mixer_belief * mixed + (1.0 - self.mixer_belief) * chain;
         }
         out.order1 = order1;
     }
@@ -407,9 +405,11 @@ impl StepModel {
         let v = self.names.len();
         if (step as usize) < v {
             let y = step as usize;
-            let blended = scratch.q[y].max(1e-6);
-            let pull = (scratch.mixed[y] - scratch.first_order[y]) / blended;
-            self.trust = (self.trust + TRUST_RATE * pull).clamp(0.0, 1.0);
+            self.mixer_belief = updated_belief(
+                self.mixer_belief,
+                scratch.mixed[y].max(1e-6),
+                scratch.first_order[y].max(1e-6),
+            );
 
             let rate = self.tuning.learning_rate;
             let mask = self.tuning.experts;

@@ -163,6 +163,11 @@ fn save_and_load_round_trip_and_damage_is_refused() {
     assert!(q.load(&bytes[..bytes.len() - 3]).is_err());
     assert!(q.load(b"junk").is_err());
     assert!(q.load(&[]).is_err());
+
+    // A model saved before the Bayesian final stage (format 1) is refused, to be set aside.
+    let mut old = bytes.clone();
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(q.load(&old), Err(PredictError::Version(1, 2)));
 }
 
 #[test]
