@@ -449,6 +449,22 @@ impl WorkerCgroup {
         self.cpu.get().and_then(CpuCounter::read_ns)
     }
 
+    /// Puts the worker's leaf in the idle CPU class (`cpu.idle`, Linux 5.15), or back. Only a
+    /// cgroup-wide setting works here: a task's own `SCHED_IDLE` counts only against tasks of the
+    /// same cgroup, and every worker has a leaf of its own. `Ok(false)` when the kernel or the
+    /// hierarchy offers no `cpu.idle`.
+    pub fn set_cpu_idle(&self, idle: bool) -> Result<bool, CgroupError> {
+        let Some(d) = self.node.dir_for(Controller::Cpu) else {
+            return Ok(false);
+        };
+        let path = d.dir.join("cpu.idle");
+        if !path.exists() {
+            return Ok(false);
+        }
+        node::write_file(&path, if idle { "1" } else { "0" })?;
+        Ok(true)
+    }
+
     /// Whether the kernel's OOM killer killed a task of this worker: a worker that died with
     /// this set failed for lack of memory (`worker_failed`, reason `oom`), not by crashing.
     pub fn oom_killed(&self) -> bool {

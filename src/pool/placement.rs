@@ -60,6 +60,14 @@ impl Placement for CgroupPlacement {
         workers.get(&worker).and_then(|cg| cg.cpu_ns())
     }
 
+    fn set_worker_idle(&self, worker: u64, idle: bool) -> std::io::Result<bool> {
+        let workers = self.workers.lock().expect("placement");
+        match workers.get(&worker) {
+            Some(cg) => cg.set_cpu_idle(idle).map_err(std::io::Error::other),
+            None => Ok(false),
+        }
+    }
+
     fn usage(&self) -> Option<Usage> {
         Some(self.pool.usage())
     }

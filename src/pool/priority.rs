@@ -1,17 +1,20 @@
 //! CPU priority of a worker by the kind of job it holds: a worker running a speculative job is put
-//! in the kernel's `SCHED_IDLE` class, so any on-demand work on the same CPUs (another worker, the
-//! daemon, the app server) preempts it at once and a guess only uses CPU nobody else wants; it is
-//! put back in the normal class before it runs an on-demand job.
+//! in the kernel's idle class, so any on-demand work on the same CPUs (another worker, the daemon,
+//! the app server) preempts it at once and a guess only uses CPU nobody else wants; it is put back
+//! in the normal class before it runs an on-demand job, or as soon as a real request joins it.
 //!
-//! Changing another process's scheduling class needs `CAP_SYS_NICE` when the worker runs as
-//! another user, and leaving `SCHED_IDLE` needs it in every case (or a raised `RLIMIT_NICE`). A
-//! worker that could be lowered but not restored would serve real requests at idle priority, so
-//! without the capability precog leaves priorities alone: speculation then competes for CPU like
-//! on-demand work, and precogd says so once.
+//! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
+//! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
+//! the cgroup precogd already owns. Without cgroups (or on kernels before 5.15) the worker's threads
+//! are put in `SCHED_IDLE` instead. That needs `CAP_SYS_NICE` when the worker runs as another user,
+//! and leaving `SCHED_IDLE` needs it in every case (or a raised `RLIMIT_NICE`). A worker that could
+//! be lowered but not restored would serve real requests at idle priority, so without the
+//! capability precog leaves priorities alone: speculation then competes for CPU like on-demand
+//! work, and precogd says so once.
 
 use std::sync::OnceLock;
 
-use super::PoolError;
+use super::{Placement, PoolError};
 
 /// The scheduling class a worker should be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,27 @@ pub(super) fn may_deprioritize() -> bool {
         }
         may
     })
+}
+
+/// Puts worker `worker` (process `pid`) in `class`: its cgroup leaf where the kernel offers that,
+/// else its threads. `Ok(false)` when neither is possible.
+pub(super) fn apply_cpu_class(
+    placement: Option<&dyn Placement>,
+    worker: u64,
+    pid: u32,
+    class: CpuClass,
+) -> Result<bool, PoolError> {
+    if let Some(p) = placement {
+        match p.set_worker_idle(worker, class == CpuClass::Idle) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(source) => return Err(PoolError::CpuClass { pid, source }),
+        }
+    }
+    if !may_deprioritize() {
+        return Ok(false);
+    }
+    set_cpu_class(pid, class).map(|()| true)
 }
 
 /// Puts every thread of the worker process in `class`. Threads that exit meanwhile are skipped.

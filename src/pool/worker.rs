@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Notify;
 
-use super::priority::{CpuClass, may_deprioritize, set_cpu_class};
+use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
 use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
 use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
@@ -116,9 +116,10 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             Priority::Speculative => CpuClass::Idle,
             Priority::OnDemand => CpuClass::Normal,
         };
-        if wanted != cpu_class && may_deprioritize() {
-            match set_cpu_class(pid, wanted) {
-                Ok(()) => cpu_class = wanted,
+        if wanted != cpu_class {
+            match apply_cpu_class(shared.placement.as_deref(), id, pid, wanted) {
+                Ok(true) => cpu_class = wanted,
+                Ok(false) => {}
                 Err(e) => tracing::warn!(pool = %settings.name, worker = id, pid,
                     "{e}: {}", source_text(&e)),
             }
@@ -126,9 +127,10 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         // A real request that joins the guess while it runs makes it urgent.
         let promoter = (cpu_class == CpuClass::Idle).then(|| {
             let urgent = queued.job.urgent.clone();
+            let placement = shared.placement.clone();
             tokio::spawn(async move {
                 urgent.notified().await;
-                set_cpu_class(pid, CpuClass::Normal)
+                apply_cpu_class(placement.as_deref(), id, pid, CpuClass::Normal)
             })
         });
         let cold = started > queued.enqueued && served == 0;
@@ -149,7 +151,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         served += 1;
         if let Some(promoter) = promoter {
             if promoter.is_finished() {
-                if let Ok(Ok(())) = promoter.await {
+                if let Ok(Ok(true)) = promoter.await {
                     cpu_class = CpuClass::Normal;
                 }
             } else {

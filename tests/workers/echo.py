@@ -8,7 +8,8 @@ Inputs that make it do real work before answering (all optional):
   stderr_kb         write this many KiB to stderr first
   fork_bomb         fork children until fork fails (true: at most 512; a number: at most that)
   spawn_grandchild  start a detached child (own session) that sleeps 300 s and outlives us
-  report_policy     after the rest, report the worker's CPU scheduling class (os.SCHED_*)
+  report_policy     after the rest, report whether the worker runs in the idle CPU class, by its
+                    own scheduling policy or by its cgroup's cpu.idle ("idle": true/false)
 The result is {"echo": <inputs>, "pid": <worker pid>, ...measurements}.
 """
 import json
@@ -59,6 +60,27 @@ def spawn_grandchild():
     return pid
 
 
+def cgroup_idle():
+    """Whether this process's cgroup (v1 cpu or v2) has cpu.idle set."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    for _, controllers, path in lines:
+        if "cpu" in controllers.split(","):
+            roots = ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"]
+        elif controllers == "":
+            roots = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        else:
+            continue
+        for root in roots:
+            try:
+                with open(root + path + "/cpu.idle") as f:
+                    if f.read().strip() == "1":
+                        return True
+            except OSError:
+                pass
+    return False
+
+
 def handle(job):
     inputs = job.get("inputs") or {}
     result = {"echo": inputs, "pid": os.getpid()}
@@ -80,7 +102,7 @@ def handle(job):
     if inputs.get("spawn_grandchild"):
         result["grandchild_pid"] = spawn_grandchild()
     if inputs.get("report_policy"):
-        result["sched_policy"] = os.sched_getscheduler(0)
+        result["idle"] = os.sched_getscheduler(0) == os.SCHED_IDLE or cgroup_idle()
     return result
 
 
