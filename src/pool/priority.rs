@@ -1,16 +1,17 @@
 //! CPU priority of a worker by the kind of job it holds: a worker running a speculative job is put
-//! in the kernel's idle class, so any on-demand work on the same CPUs (another worker, the daemon,
-//! the app server) preempts it at once and a guess only uses CPU nobody else wants; it is put back
-//! in the normal class before it runs an on-demand job, or as soon as a real request joins it.
+//! in the kernel's idle class, so the pool's workers running real jobs on the same CPUs preempt it
+//! at once and it only uses CPU they leave; it is put back in the normal class before it runs an
+//! on-demand job, or as soon as a real request joins it. (Above the pool's cgroup the pool still
+//! competes with precogd and the app server at its full weight.)
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
-//! the cgroup precogd already owns. Without cgroups (or on kernels before 5.15) the worker's threads
-//! are put in `SCHED_IDLE` instead. That needs `CAP_SYS_NICE` when the worker runs as another user,
-//! and leaving `SCHED_IDLE` needs it in every case (or a raised `RLIMIT_NICE`). A worker that could
-//! be lowered but not restored would serve real requests at idle priority, so without the
-//! capability precog leaves priorities alone: speculation then competes for CPU like on-demand
-//! work, and precogd says so once.
+//! the cgroup precogd already owns. Without cgroups (or on kernels before 5.15) the worker's
+//! threads are put in `SCHED_IDLE` instead. That needs `CAP_SYS_NICE` when the worker runs as
+//! another user, and leaving `SCHED_IDLE` needs it in every case (or a raised `RLIMIT_NICE`). A
+//! worker that could be lowered but not restored would serve real requests at idle priority, so
+//! without the capability precog leaves priorities alone: speculation then competes for CPU like
+//! on-demand work, and precogd says so once.
 
 use std::sync::OnceLock;
 
