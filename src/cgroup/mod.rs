@@ -381,6 +381,7 @@ impl PoolCgroup {
             id,
             node,
             cpu: std::sync::OnceLock::new(),
+            idle: std::sync::OnceLock::new(),
         })
     }
 
@@ -422,6 +423,8 @@ pub struct WorkerCgroup {
     node: Node,
     /// Opened on first use (the kernel makes the file with the directory).
     cpu: std::sync::OnceLock<CpuCounter>,
+    /// `cpu.idle`, opened on first use; `None` where the kernel or hierarchy has none.
+    idle: std::sync::OnceLock<Option<(PathBuf, std::fs::File)>>,
 }
 
 impl WorkerCgroup {
@@ -454,14 +457,23 @@ impl WorkerCgroup {
     /// same cgroup, and every worker has a leaf of its own. `Ok(false)` when the kernel or the
     /// hierarchy offers no `cpu.idle`.
     pub fn set_cpu_idle(&self, idle: bool) -> Result<bool, CgroupError> {
-        let Some(d) = self.node.dir_for(Controller::Cpu) else {
+        use std::os::unix::fs::FileExt;
+        // Opened once: a worker switches class whenever guesses and real jobs alternate.
+        let file = self.idle.get_or_init(|| {
+            let path = self.node.dir_for(Controller::Cpu)?.dir.join("cpu.idle");
+            let file = OpenOptions::new().write(true).open(&path).ok()?;
+            Some((path, file))
+        });
+        let Some((path, file)) = file else {
             return Ok(false);
         };
-        let path = d.dir.join("cpu.idle");
-        if !path.exists() {
-            return Ok(false);
-        }
-        node::write_file(&path, if idle { "1" } else { "0" })?;
+        let value = if idle { "1" } else { "0" };
+        file.write_at(value.as_bytes(), 0)
+            .map_err(|source| CgroupError::Write {
+                path: path.clone(),
+                value: value.into(),
+                source,
+            })?;
         Ok(true)
     }
 

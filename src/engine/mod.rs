@@ -458,7 +458,7 @@ impl Engine {
 
     fn policy_view(&self) -> Value {
         let p = &self.config.predict;
-        let threshold = self.predictor.stats().threshold;
+        let threshold = self.predictor.threshold();
         control::policy_json(p.hot_path, threshold, p.speculation)
     }
 

@@ -91,7 +91,7 @@ impl Engine {
             "policy": self.policy_view(),
             "pools": pools,
             "cache": self.cache.as_ref().map(|c| store_json(&c.stats())),
-            "sessions": {"active": self.predictor.stats().sessions},
+            "sessions": {"active": self.predictor.session_count()},
             "speculation": self.speculation_json(),
             "alloc": self.alloc_json(),
             "tune": self.tune_json(),

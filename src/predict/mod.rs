@@ -340,6 +340,16 @@ impl Predictor {
         expired
     }
 
+    /// Sessions with a profile now.
+    pub fn session_count(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// The probability a process needs to be guessed, as in force now.
+    pub fn threshold(&self) -> f64 {
+        self.partition.threshold
+    }
+
     pub fn stats(&self) -> PredictStats {
         PredictStats {
             sessions: self.profiles.len(),

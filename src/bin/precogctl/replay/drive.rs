@@ -228,16 +228,16 @@ fn act(
     let action = script.mapping.action(script.format, &event.kind);
     let item = event.item.as_deref();
     let runs = action.map(|a| a.runs.as_slice()).unwrap_or_default();
-    let declared = |process: &str| {
-        script
-            .config
+    let config = script.config;
+    let declared = |process: &str| -> &[String] {
+        config
             .process(process)
-            .map(|p| p.inputs.clone())
+            .map(|p| p.inputs.as_slice())
             .unwrap_or_default()
     };
     let known_before: Vec<_> = runs
         .iter()
-        .map(|p| visitor.run_inputs(&declared(p)))
+        .map(|p| visitor.run_inputs(declared(p)))
         .collect();
     visitor.begin(action, item);
 
@@ -254,7 +254,7 @@ fn act(
     notify(backend, &request, played)?;
 
     for (process, before) in runs.iter().zip(known_before) {
-        let Some(inputs) = visitor.run_inputs(&declared(process)) else {
+        let Some(inputs) = visitor.run_inputs(declared(process)) else {
             continue;
         };
         let new_inputs = before.as_ref() != Some(&inputs);
