@@ -34,9 +34,19 @@ pub fn listen_addr(text: &str) -> Result<SocketAddr, MetricsError> {
 
 struct Out {
     text: String,
+    /// Factor applied to the samples being written: the stats carry µs and ns, Prometheus wants
+    /// seconds.
+    scale: f64,
 }
 
 impl Out {
+    /// Writes with `write`, each sample multiplied by `factor`.
+    fn scaled(&mut self, factor: f64, write: impl FnOnce(&mut Out)) {
+        let before = std::mem::replace(&mut self.scale, factor);
+        write(self);
+        self.scale = before;
+    }
+
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP precog_{name} {help}");
         let _ = writeln!(self.text, "# TYPE precog_{name} {kind}");
@@ -51,7 +61,7 @@ impl Out {
                 .collect();
             let _ = write!(self.text, "{{{}}}", inner.join(","));
         }
-        let _ = writeln!(self.text, " {v}");
+        let _ = writeln!(self.text, " {}", v * self.scale);
     }
 
     /// One unlabelled metric, when the value is there.
@@ -103,6 +113,7 @@ fn path(v: &Value, keys: &[&str]) -> Option<f64> {
 pub fn render(stats: &Value) -> String {
     let mut o = Out {
         text: String::new(),
+        scale: 1.0,
     };
     let s = stats;
     o.single(
@@ -195,15 +206,16 @@ pub fn render(stats: &Value) -> String {
         per,
         &["wasted"],
     );
-    o.per(
-        "process_speculative_cpu_wasted_seconds_total",
-        "counter",
-        "CPU time of wasted speculative results, per process.",
-        "process",
-        per,
-        &["cpu_ns_wasted"],
-    );
-    fix_ns(&mut o.text, "process_speculative_cpu_wasted_seconds_total");
+    o.scaled(1e-9, |o| {
+        o.per(
+            "process_speculative_cpu_wasted_seconds_total",
+            "counter",
+            "CPU time of wasted speculative results, per process.",
+            "process",
+            per,
+            &["cpu_ns_wasted"],
+        );
+    });
 
     let pools = &s["pools"];
     for (name, f, kind, help) in [
@@ -364,24 +376,26 @@ pub fn render(stats: &Value) -> String {
         procs,
         &["jobs"],
     );
-    o.per(
-        "process_run_p95_seconds",
-        "gauge",
-        "Run time p95, per process.",
-        "process",
-        procs,
-        &["run_us", "1"],
-    );
-    fix_us(&mut o.text, "process_run_p95_seconds");
-    o.per(
-        "process_cpu_p95_seconds",
-        "gauge",
-        "CPU time per job p95, per process.",
-        "process",
-        procs,
-        &["cpu_us", "1"],
-    );
-    fix_us(&mut o.text, "process_cpu_p95_seconds");
+    o.scaled(1e-6, |o| {
+        o.per(
+            "process_run_p95_seconds",
+            "gauge",
+            "Run time p95, per process.",
+            "process",
+            procs,
+            &["run_us", "1"],
+        );
+    });
+    o.scaled(1e-6, |o| {
+        o.per(
+            "process_cpu_p95_seconds",
+            "gauge",
+            "CPU time per job p95, per process.",
+            "process",
+            procs,
+            &["cpu_us", "1"],
+        );
+    });
     o.per(
         "process_memory_peak_bytes",
         "gauge",
@@ -391,32 +405,6 @@ pub fn render(stats: &Value) -> String {
         &["memory_peak", "2"],
     );
     o.text
-}
-
-/// Rescales the samples of one family written in nanoseconds to seconds.
-fn fix_ns(text: &mut String, name: &str) {
-    rescale(text, name, 1e-9);
-}
-
-fn fix_us(text: &mut String, name: &str) {
-    rescale(text, name, 1e-6);
-}
-
-fn rescale(text: &mut String, name: &str, factor: f64) {
-    let prefix = format!("precog_{name}");
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            if l.starts_with(&prefix)
-                && let Some((head, v)) = l.rsplit_once(' ')
-                && let Ok(v) = v.parse::<f64>()
-            {
-                return format!("{head} {}", v * factor);
-            }
-            l.to_string()
-        })
-        .collect();
-    *text = out.join("\n") + "\n";
 }
 
 /// The answer to one HTTP request head: `/metrics` for GET, 404 or 405 otherwise.
