@@ -240,6 +240,44 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_left_alone() {
 }
 
 #[test]
+fn a_socket_whose_holder_never_answers_is_treated_as_stale() {
+    use std::os::unix::fs::MetadataExt;
+    let mut d = Daemon::start("");
+    d.kill9();
+    std::fs::remove_file(&d.socket).unwrap();
+    // Something holds the socket and lets connections in (the kernel's backlog) but never
+    // answers, as a process left over from a crash might.
+    let holder = std::os::unix::net::UnixListener::bind(&d.socket).unwrap();
+    let held = std::fs::metadata(&d.socket).unwrap().ino();
+    let mut precogd = std::process::Command::new(common::precogd())
+        .args(["--bus", "none", "--config"])
+        .arg(&d.config)
+        .arg("--socket")
+        .arg(&d.socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Connect only once precogd has put its own socket there: a client that came during its
+    // one-second check would have reached the holder.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&d.socket).map_or(true, |m| m.ino() == held) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "precogd never replaced the socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = common::Conn::open(&d.socket).unwrap();
+    let pong = c.try_call(&json!({"op": "ping"}));
+    // A clean stop, so that precogd removes its cgroups.
+    let pid = nix::unistd::Pid::from_raw(precogd.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = precogd.wait();
+    drop(holder);
+    assert_eq!(pong.map(|r| r["ok"].clone()), Some(json!(true)));
+}
+
+#[test]
 fn an_idle_connection_is_closed_after_idle_close() {
     let d = Daemon::start_with("idle_close = \"1s\"", "");
     let mut idle = d.connect();
