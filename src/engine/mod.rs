@@ -192,7 +192,9 @@ struct Engine {
     inflight: HashMap<JobKey, run::Inflight>,
     counters: Counters,
     started: Instant,
-    tx: mpsc::Sender<Command>,
+    /// Where the pools report finished jobs and checkpoints; unbounded, since a report must
+    /// never wait or be lost, and at most one per job.
+    done_tx: mpsc::UnboundedSender<Command>,
     events: broadcast::Sender<EngineEvent>,
     cgroups: Option<Cgroups>,
     placements: HashMap<String, Arc<CgroupPlacement>>,
@@ -207,11 +209,14 @@ struct Engine {
     tuning: tuning::Tuning,
     /// Numbers each job submission, so a replaced job's late report is told apart.
     next_seq: u64,
+    /// Bookkeeping owed for the last command, done after the tasks it woke have run.
+    later: Vec<run::Later>,
 }
 
 /// Starts the engine task and its pools.
 pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineError> {
     let (tx, rx) = mpsc::channel(4096);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(256);
     let mut engine = Engine {
         config: config.clone(),
@@ -219,7 +224,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         inflight: HashMap::new(),
         counters: Counters::default(),
         started: Instant::now(),
-        tx: tx.clone(),
+        done_tx,
         events: events.clone(),
         cgroups: parts.cgroups,
         placements: HashMap::new(),
@@ -232,11 +237,12 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         last_model_save: Instant::now(),
         next_seq: 0,
         tuning: Default::default(),
+        later: Vec::new(),
     };
     for p in &config.pools {
         engine.start_pool(p)?;
     }
-    tokio::spawn(engine.run(rx));
+    tokio::spawn(engine.run(rx, done_rx));
     let ticker = tx.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -275,8 +281,21 @@ fn pool_settings(cfg: &Config, p: &crate::config::PoolConfig) -> Result<PoolSett
 }
 
 impl Engine {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut done_rx: mpsc::UnboundedReceiver<Command>,
+    ) {
+        loop {
+            // Finished jobs first: their waiters are the requests that have waited longest.
+            let cmd = tokio::select! {
+                biased;
+                Some(cmd) = done_rx.recv() => cmd,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+            };
             match cmd {
                 Command::Request {
                     op,
@@ -297,6 +316,7 @@ impl Engine {
                     let _ = reply.send(self.control(op));
                 }
                 Command::Shutdown { grace, done } => {
+                    self.run_later();
                     rx.close();
                     let pools: Vec<Pool> = self.pools.values().cloned().collect();
                     for p in &pools {
@@ -317,9 +337,14 @@ impl Engine {
                             break;
                         }
                         tokio::select! {
-                            Some(Command::JobDone { key, seq, outcome }) = rx.recv() => {
-                                self.job_done(key, seq, outcome);
-                            }
+                            Some(cmd) = done_rx.recv() => match cmd {
+                                Command::JobDone { key, seq, outcome } => {
+                                    self.job_done(key, seq, outcome);
+                                    self.run_later();
+                                }
+                                Command::Checkpoint { key, state } => self.save_state(&key, &state),
+                                _ => {}
+                            },
                             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                             _ = tokio::time::sleep_until(deadline) => break,
                         }
@@ -335,6 +360,11 @@ impl Engine {
                     let _ = done.send(());
                     return;
                 }
+            }
+            if !self.later.is_empty() {
+                // The worker given a job and the connection given a reply go first.
+                tokio::task::yield_now().await;
+                self.run_later();
             }
         }
     }

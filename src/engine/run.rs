@@ -72,7 +72,11 @@ impl Engine {
 
         self.claim_speculative(&key);
         self.answer_run(key.clone(), inputs, &pool, received, reply);
-        self.note_run(client, &session, &key);
+        self.later.push(Later::Asked {
+            client,
+            session,
+            key,
+        });
     }
 
     fn answer_run(
@@ -228,20 +232,37 @@ impl Engine {
         let cancelled = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
         let urgent = Arc::new(tokio::sync::Notify::new());
-        let (cp_tx, mut cp_rx) = tokio::sync::mpsc::unbounded_channel();
-        let rx = pool.submit(Job {
-            process: key.process.clone(),
-            inputs,
-            state,
-            phase,
-            priority,
-            checkpoints: Some(cp_tx),
-            cancelled: cancelled.clone(),
-            started: started.clone(),
-            urgent: urgent.clone(),
-        });
         self.next_seq += 1;
         let seq = self.next_seq;
+        let to_engine = self.done_tx.clone();
+        let checkpoints: crate::pool::Checkpoints = Arc::new(move |state| {
+            let key = state_key.clone();
+            let _ = to_engine.send(Command::Checkpoint { key, state });
+        });
+        let to_engine = self.done_tx.clone();
+        let done_key = key.clone();
+        let deliver: crate::pool::Deliver = Box::new(move |outcome| {
+            let cmd = Command::JobDone {
+                key: done_key,
+                seq,
+                outcome,
+            };
+            let _ = to_engine.send(cmd);
+        });
+        pool.submit(
+            Job {
+                process: key.process.clone(),
+                inputs,
+                state,
+                phase,
+                priority,
+                checkpoints: Some(checkpoints),
+                cancelled: cancelled.clone(),
+                started: started.clone(),
+                urgent: urgent.clone(),
+            },
+            deliver,
+        );
         self.inflight.insert(
             key.clone(),
             Inflight {
@@ -254,33 +275,6 @@ impl Engine {
                 urgent,
             },
         );
-        let tx = self.tx.clone();
-        let cp_engine = self.tx.clone();
-        tokio::spawn(async move {
-            while let Some(state) = cp_rx.recv().await {
-                let cmd = Command::Checkpoint {
-                    key: state_key.clone(),
-                    state,
-                };
-                if cp_engine.send(cmd).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let outcome = rx.await.unwrap_or_else(|_| JobOutcome {
-                result: Err(crate::pool::JobFailure {
-                    kind: FailureKind::ShuttingDown,
-                    message: "the pool stopped".into(),
-                }),
-                wait_us: 0,
-                exec_us: 0,
-                cold: false,
-                cpu_ns: 0,
-                last_checkpoint: None,
-            });
-            let _ = tx.send(Command::JobDone { key, seq, outcome }).await;
-        });
     }
 
     pub(super) fn job_done(&mut self, key: JobKey, seq: u64, outcome: JobOutcome) {
@@ -289,19 +283,17 @@ impl Engine {
             // request): its report belongs to no one.
             return;
         }
-        let Some(inflight) = self.inflight.remove(&key) else {
+        let Some(mut inflight) = self.inflight.remove(&key) else {
             return;
         };
-        if let Ok(result) = &outcome.result
-            && !inflight.prepare
-        {
-            self.cache_put(&key, result);
-            self.forget_state(&key);
-        }
-        if inflight.speculative {
-            self.speculative_done(&key, &outcome);
-        }
-        self.tuning_job_done(&key, &outcome);
+        // The requests waiting for the job are answered first; what the engine learns from it
+        // waits until their replies are on their way (see `Later`).
+        let finished = |outcome| Later::Finished {
+            key: key.clone(),
+            outcome,
+            speculative: inflight.speculative,
+            prepare: inflight.prepare,
+        };
         // A guess taken back to make room for a real request, or dropped with its session,
         // while real requests had joined it: run it for them now, as the real thing.
         if let Err(f) = &outcome.result
@@ -310,7 +302,8 @@ impl Engine {
             && let Some(pool) = self.config.process(&key.process).map(|p| p.pool.clone())
         {
             let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
-            let waiters = inflight.waiters;
+            let waiters = std::mem::take(&mut inflight.waiters);
+            self.later.push(finished(outcome));
             self.start_job(key, inputs, &pool, Priority::OnDemand, None, waiters);
             return;
         }
@@ -346,7 +339,61 @@ impl Engine {
             };
             let _ = w.reply.send(answer);
         }
+        self.later.push(finished(outcome));
     }
+
+    /// What a finished job teaches: its result goes to the cache, its figures to the tuner and
+    /// to the speculation counters.
+    fn learn_from_job(&mut self, key: JobKey, outcome: JobOutcome, speculative: bool, prepare: bool) {
+        if let Ok(result) = &outcome.result
+            && !prepare
+        {
+            self.cache_put(&key, result);
+            self.forget_state(&key);
+        }
+        if speculative {
+            self.speculative_done(&key, &outcome);
+        }
+        self.tuning_job_done(&key, &outcome);
+    }
+
+    /// Does the bookkeeping that was put off while replies and jobs went out.
+    pub(super) fn run_later(&mut self) {
+        for work in std::mem::take(&mut self.later) {
+            match work {
+                Later::Asked {
+                    client,
+                    session,
+                    key,
+                } => self.note_run(client, &session, &key),
+                Later::Finished {
+                    key,
+                    outcome,
+                    speculative,
+                    prepare,
+                } => self.learn_from_job(key, outcome, speculative, prepare),
+            }
+        }
+    }
+}
+
+/// Work the engine owes after a command, done once the tasks that command woke (a worker given
+/// its job, a connection given its reply) have had their turn: on the path between a request
+/// and its answer only the answer's own work is done.
+pub(super) enum Later {
+    /// A `run` was asked for: the predictor learns it and may start guesses.
+    Asked {
+        client: Client,
+        session: String,
+        key: JobKey,
+    },
+    /// A job finished and its waiters were answered.
+    Finished {
+        key: JobKey,
+        outcome: JobOutcome,
+        speculative: bool,
+        prepare: bool,
+    },
 }
 
 /// Maps a job failure to the protocol's error reply.

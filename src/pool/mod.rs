@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
 pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command};
@@ -82,8 +82,13 @@ pub enum Priority {
     Speculative,
 }
 
+/// Where a job's outcome goes: called once, by whichever task ends the job.
+pub type Deliver = Box<dyn FnOnce(JobOutcome) + Send + Sync>;
+
+/// Called with each checkpoint as the worker emits it.
+pub type Checkpoints = Arc<dyn Fn(Value) + Send + Sync>;
+
 /// One job to run on a worker.
-#[derive(Debug)]
 pub struct Job {
     pub process: String,
     pub inputs: Map<String, Value>,
@@ -92,8 +97,8 @@ pub struct Job {
     /// `Some("prepare")` for a prepare run.
     pub phase: Option<&'static str>,
     pub priority: Priority,
-    /// Receives each checkpoint as the worker emits it.
-    pub checkpoints: Option<mpsc::UnboundedSender<Value>>,
+    /// Told of each checkpoint as the worker emits it.
+    pub checkpoints: Option<Checkpoints>,
     /// Set to drop a queued speculative job before it starts.
     pub cancelled: Arc<AtomicBool>,
     /// Set by the worker that takes the job.
@@ -196,7 +201,7 @@ struct Queued {
     job: Job,
     enqueued: Instant,
     retried: bool,
-    reply: oneshot::Sender<JobOutcome>,
+    reply: Deliver,
 }
 
 struct WorkerSlot {
@@ -274,8 +279,7 @@ impl Pool {
     }
 
     /// Queues a job; the receiver gets its outcome. Never blocks.
-    pub fn submit(&self, job: Job) -> oneshot::Receiver<JobOutcome> {
-        let (tx, rx) = oneshot::channel();
+    pub fn submit(&self, job: Job, deliver: Deliver) {
         let queue_max = self
             .shared
             .settings
@@ -285,11 +289,11 @@ impl Pool {
         let mut st = self.shared.state.lock().expect("pool state");
 
         if self.shared.shutting_down.load(Ordering::Relaxed) {
-            let _ = tx.send(JobOutcome::failed(
+            deliver(JobOutcome::failed(
                 FailureKind::ShuttingDown,
                 "precogd is stopping",
             ));
-            return rx;
+            return;
         }
         if st.workers.is_empty()
             && st.starting == 0
@@ -298,11 +302,11 @@ impl Pool {
         {
             let why = st.stats.last_failure.clone().unwrap_or_default();
             let wait = until.saturating_duration_since(Instant::now()).as_millis();
-            let _ = tx.send(JobOutcome::failed(
+            deliver(JobOutcome::failed(
                 FailureKind::Unavailable,
                 format!("pool has no live worker ({why}); next start in {wait} ms"),
             ));
-            return rx;
+            return;
         }
 
         let priority = job.priority;
@@ -310,16 +314,16 @@ impl Pool {
             job,
             enqueued: Instant::now(),
             retried: false,
-            reply: tx,
+            reply: deliver,
         };
         match priority {
             Priority::OnDemand => {
                 if st.on_demand.len() >= queue_max {
-                    let _ = queued.reply.send(JobOutcome::failed(
+                    (queued.reply)(JobOutcome::failed(
                         FailureKind::Overloaded,
                         format!("{} requests are already waiting for this pool", queue_max),
                     ));
-                    return rx;
+                    return;
                 }
                 st.on_demand.push_back(queued);
                 self.take_back_speculative_worker(&mut st);
@@ -328,9 +332,7 @@ impl Pool {
                 if st.speculative.len() >= queue_max {
                     // Speculation is optional: drop the oldest guess rather than refuse.
                     if let Some(old) = st.speculative.pop_front() {
-                        let _ = old
-                            .reply
-                            .send(JobOutcome::failed(FailureKind::Cancelled, "displaced"));
+                        (old.reply)(JobOutcome::failed(FailureKind::Cancelled, "displaced"));
                     }
                 }
                 st.speculative.push_back(queued);
@@ -342,7 +344,6 @@ impl Pool {
         if idle == 0 {
             self.shared.supervisor_wake.notify_one();
         }
-        rx
     }
 
     /// When a real request would wait because every worker is busy and the pool cannot grow,
@@ -450,7 +451,7 @@ impl Pool {
                 .collect()
         };
         for q in queued {
-            let _ = q.reply.send(JobOutcome::failed(
+            (q.reply)(JobOutcome::failed(
                 FailureKind::ShuttingDown,
                 "precogd is stopping",
             ));
@@ -528,7 +529,7 @@ fn fail_waiting(st: &mut State) {
     let mut waiting: Vec<Queued> = st.on_demand.drain(..).collect();
     waiting.extend(st.speculative.drain(..));
     for q in waiting {
-        let _ = q.reply.send(JobOutcome::failed(
+        (q.reply)(JobOutcome::failed(
             FailureKind::Unavailable,
             format!("pool has no live worker ({why})"),
         ));

@@ -189,7 +189,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 }
                 st.failures = 0;
                 drop(st);
-                let _ = queued.reply.send(outcome);
+                (queued.reply)(outcome);
             }
             Ran::Lost {
                 kind,
@@ -301,9 +301,7 @@ async fn next_job(
                 if q.job.priority == Priority::Speculative
                     && q.job.cancelled.load(Ordering::Relaxed)
                 {
-                    let _ = q
-                        .reply
-                        .send(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
+                    (q.reply)(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
                     continue;
                 }
                 if let Some(w) = st.workers.get_mut(&id) {
@@ -389,8 +387,8 @@ async fn run_job(
                 }
                 Ok(reply) => match reply.kind {
                     WorkerReplyKind::Checkpoint(state) => {
-                        if let Some(tx) = &job.checkpoints {
-                            let _ = tx.send(state.clone());
+                        if let Some(tell) = &job.checkpoints {
+                            tell(state.clone());
                         }
                         checkpoint = Some(state);
                     }
@@ -493,7 +491,7 @@ fn finish_lost(
     }
     st.stats.jobs_failed += 1;
     drop(st);
-    let _ = queued.reply.send(JobOutcome {
+    (queued.reply)(JobOutcome {
         result: Err(super::JobFailure { kind, message }),
         wait_us,
         exec_us,
