@@ -344,7 +344,13 @@ impl Engine {
 
     /// What a finished job teaches: its result goes to the cache, its figures to the tuner and
     /// to the speculation counters.
-    fn learn_from_job(&mut self, key: JobKey, outcome: JobOutcome, speculative: bool, prepare: bool) {
+    fn learn_from_job(
+        &mut self,
+        key: JobKey,
+        outcome: JobOutcome,
+        speculative: bool,
+        prepare: bool,
+    ) {
         if let Ok(result) = &outcome.result
             && !prepare
         {
