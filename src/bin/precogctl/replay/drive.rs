@@ -76,7 +76,24 @@ struct Queue {
     due: BinaryHeap<Reverse<Turn>>,
     visitors: Vec<Option<Visitor>>,
     busy: usize,
+    /// A thread is sleeping until the earliest turn is due; the others wait to be called.
+    timing: bool,
     failed: Option<anyhow::Error>,
+}
+
+/// How the threads call each other: one sleeps until the next turn is due (`timer`), the rest
+/// wait until there is a turn for them (`idle`), so that a due turn wakes one thread, not all.
+#[derive(Default)]
+struct Wake {
+    timer: Condvar,
+    idle: Condvar,
+}
+
+impl Wake {
+    fn everyone(&self) {
+        self.timer.notify_all();
+        self.idle.notify_all();
+    }
 }
 
 impl Script<'_> {
@@ -112,9 +129,10 @@ where
             .map(|r| Some(Visitor::new(&r.id)))
             .collect(),
         busy: 0,
+        timing: false,
         failed: None,
     });
-    let wake = Condvar::new();
+    let wake = Wake::default();
     let start = Instant::now() + Duration::from_millis(20);
 
     let parts: Vec<Played> = std::thread::scope(|scope| {
@@ -150,7 +168,7 @@ where
 fn serve(
     script: &Script,
     queue: &Mutex<Queue>,
-    wake: &Condvar,
+    wake: &Wake,
     start: Instant,
     mut backend: Box<dyn Backend>,
 ) -> Played {
@@ -158,21 +176,27 @@ fn serve(
     let mut q = queue.lock().expect("queue lock");
     loop {
         if q.failed.is_some() {
-            wake.notify_all();
+            wake.everyone();
             return played;
         }
         let Some(Reverse(next)) = q.due.peek() else {
             if q.busy == 0 {
-                wake.notify_all();
+                wake.everyone();
                 return played;
             }
-            q = wake.wait(q).expect("queue lock");
+            q = wake.idle.wait(q).expect("queue lock");
             continue;
         };
         let due = start + Duration::from_micros(next.due_us);
         let now = Instant::now();
         if due > now {
-            q = wake.wait_timeout(q, due - now).expect("queue lock").0;
+            if q.timing {
+                q = wake.idle.wait(q).expect("queue lock");
+            } else {
+                q.timing = true;
+                q = wake.timer.wait_timeout(q, due - now).expect("queue lock").0;
+                q.timing = false;
+            }
             continue;
         }
         let Reverse(turn) = q.due.pop().expect("peeked");
@@ -180,6 +204,10 @@ fn serve(
             .take()
             .expect("one turn per visitor");
         q.busy += 1;
+        if !q.due.is_empty() && !q.timing {
+            // Someone else watches the clock for the next turn.
+            wake.idle.notify_one();
+        }
         drop(q);
 
         played
@@ -199,18 +227,24 @@ fn serve(
         match outcome {
             Err(e) => {
                 q.failed.get_or_insert(e);
+                wake.everyone();
             }
             Ok(()) if turn.index + 1 < script.sessions[turn.session].events.len() => {
-                q.due.push(Reverse(Turn {
+                let next = Turn {
                     due_us: script.due_us(turn.session, turn.index + 1),
                     session: turn.session,
                     index: turn.index + 1,
-                }));
+                };
+                let earliest = q.due.peek().is_none_or(|Reverse(head)| next < *head);
+                q.due.push(Reverse(next));
                 q.visitors[turn.session] = Some(visitor);
+                if earliest {
+                    // The clock-watcher sleeps until a later turn.
+                    wake.timer.notify_one();
+                }
             }
             Ok(()) => {}
         }
-        wake.notify_all();
     }
 }
 
