@@ -53,14 +53,8 @@ impl Engine {
         received: Instant,
         reply: oneshot::Sender<Reply>,
     ) {
-        // The session's known inputs, overridden by the request's own.
-        let mut given = self
-            .predictor
-            .known_inputs(&session)
-            .cloned()
-            .unwrap_or_default();
-        given.extend(inputs.unwrap_or_default());
-        let prepared = self.prepare_run(client, &process, given);
+        // The request's own inputs, else what the session made known.
+        let prepared = self.prepare_run(client, &session, &process, inputs.unwrap_or_default());
         let (key, inputs, pool) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -140,12 +134,14 @@ impl Engine {
         );
     }
 
-    /// Checks the process and its inputs; returns the job key, the inputs and the pool name.
+    /// Checks the process and its inputs (`given`, else the session's known ones); returns the
+    /// job key, the inputs and the pool name.
     fn prepare_run(
         &self,
         client: Client,
+        session: &str,
         process: &str,
-        given: Map<String, Value>,
+        mut given: Map<String, Value>,
     ) -> Result<(JobKey, Map<String, Value>, String), ErrorReply> {
         let Some(proc_cfg) = self.config.process(process) else {
             let shown: String = process.chars().take(64).collect();
@@ -154,14 +150,23 @@ impl Engine {
                 format!("no process named `{shown}` is configured"),
             ));
         };
+        let known = self.predictor.known_inputs(session);
         let mut inputs = Map::new();
         let mut missing = Vec::new();
         for name in &proc_cfg.inputs {
-            match given.get(name) {
-                Some(v) if !v.is_null() => {
-                    inputs.insert(name.clone(), v.clone());
+            let value = match given.remove(name) {
+                Some(v) if !v.is_null() => Some(v),
+                Some(_) => None,
+                None => known
+                    .and_then(|k| k.get(name))
+                    .filter(|v| !v.is_null())
+                    .cloned(),
+            };
+            match value {
+                Some(v) => {
+                    inputs.insert(name.clone(), v);
                 }
-                _ => missing.push(name.as_str()),
+                None => missing.push(name.as_str()),
             }
         }
         if !missing.is_empty() {

@@ -79,7 +79,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
 
     let pid = child.id().unwrap_or(0);
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(log_stderr(settings.name.clone(), pid, stderr));
     }
@@ -101,7 +101,11 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
     tracing::debug!(pool = %settings.name, worker = id, pid, "worker started");
 
-    let mut framer = Framer::new(MAX_REPLY);
+    let mut replies = Replies {
+        stdout,
+        framer: Framer::new(MAX_REPLY),
+        buf: vec![0u8; 8 * 1024],
+    };
     let mut served = 0u64;
     let mut last_cpu = 0u64;
     let mut death: Option<String> = None;
@@ -144,8 +148,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             job_id,
             timeout,
             &mut stdin,
-            &mut stdout,
-            &mut framer,
+            &mut replies,
             &take_back,
         )
         .await;
@@ -333,15 +336,27 @@ async fn next_job(
     }
 }
 
+/// The worker's stdout, cut into reply lines.
+struct Replies {
+    stdout: BufReader<ChildStdout>,
+    framer: Framer,
+    /// Replies are mostly small and the framer gathers long ones, so a small buffer does.
+    buf: Vec<u8>,
+}
+
 async fn run_job(
     queued: &Queued,
     job_id: u64,
     timeout: Duration,
     stdin: &mut ChildStdin,
-    stdout: &mut BufReader<ChildStdout>,
-    framer: &mut Framer,
+    replies: &mut Replies,
     take_back: &Notify,
 ) -> Ran {
+    let Replies {
+        stdout,
+        framer,
+        buf,
+    } = replies;
     let job = &queued.job;
     let line = encode_job(
         job_id,
@@ -367,9 +382,6 @@ async fn run_job(
         );
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    // Replies are mostly small and the framer gathers long ones: a small buffer saves zeroing
-    // 64 KiB for every job.
-    let mut buf = vec![0u8; 8 * 1024];
     loop {
         while let Some(next) = framer.next_line() {
             let Ok(line) = next else {
@@ -407,7 +419,7 @@ async fn run_job(
         }
 
         let read = tokio::select! {
-            r = stdout.read(&mut buf) => r,
+            r = stdout.read(buf) => r,
             _ = tokio::time::sleep_until(deadline) => {
                 let ms = timeout.as_millis();
                 return lost(FailureKind::Timeout, format!("job ran past its {ms} ms timeout"),

@@ -292,6 +292,10 @@ async fn connection(
 
     let mut framer = Framer::new(settings.max_line);
     let mut buf = vec![0u8; 64 * 1024];
+    // A connection that sends nothing for this long gives its slot back; clients reconnect
+    // when they need to. One timer, pushed back after each read.
+    let idle = tokio::time::sleep(settings.idle_close);
+    tokio::pin!(idle);
     'conn: loop {
         let n = tokio::select! {
             r = rd.read(&mut buf) => match r {
@@ -299,10 +303,10 @@ async fn connection(
                 Ok(n) => n,
             },
             _ = stop.changed() => break,
-            // A connection that sends nothing for this long gives its slot back; clients
-            // reconnect when they need to.
-            _ = tokio::time::sleep(settings.idle_close), if framer.pending() == 0 => break,
+            _ = &mut idle, if framer.pending() == 0 => break,
         };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + settings.idle_close);
         framer.push(&buf[..n]);
         while let Some(line) = framer.next_line() {
             let pending = match line {
