@@ -246,7 +246,7 @@ impl Engine {
         });
         let to_engine = self.done_tx.clone();
         let done_key = key.clone();
-        let deliver: crate::pool::Deliver = Box::new(move |outcome| {
+        let deliver = crate::pool::Deliver::new(move |outcome| {
             let cmd = Command::JobDone {
                 key: done_key,
                 seq,

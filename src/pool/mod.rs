@@ -82,8 +82,32 @@ pub enum Priority {
     Speculative,
 }
 
-/// Where a job's outcome goes: called once, by whichever task ends the job.
-pub type Deliver = Box<dyn FnOnce(JobOutcome) + Send + Sync>;
+/// Where a job's outcome goes, once, from whichever task ends the job. A job dropped without an
+/// outcome (its pool torn down under it) reports that the pool stopped, so no one waits forever.
+pub struct Deliver(Option<Box<dyn FnOnce(JobOutcome) + Send + Sync>>);
+
+impl Deliver {
+    pub fn new(to: impl FnOnce(JobOutcome) + Send + Sync + 'static) -> Deliver {
+        Deliver(Some(Box::new(to)))
+    }
+
+    fn send(mut self, outcome: JobOutcome) {
+        if let Some(to) = self.0.take() {
+            to(outcome);
+        }
+    }
+}
+
+impl Drop for Deliver {
+    fn drop(&mut self) {
+        if let Some(to) = self.0.take() {
+            to(JobOutcome::failed(
+                FailureKind::ShuttingDown,
+                "the pool stopped",
+            ));
+        }
+    }
+}
 
 /// Called with each checkpoint as the worker emits it.
 pub type Checkpoints = Arc<dyn Fn(Value) + Send + Sync>;
@@ -289,7 +313,7 @@ impl Pool {
         let mut st = self.shared.state.lock().expect("pool state");
 
         if self.shared.shutting_down.load(Ordering::Relaxed) {
-            deliver(JobOutcome::failed(
+            deliver.send(JobOutcome::failed(
                 FailureKind::ShuttingDown,
                 "precogd is stopping",
             ));
@@ -302,7 +326,7 @@ impl Pool {
         {
             let why = st.stats.last_failure.clone().unwrap_or_default();
             let wait = until.saturating_duration_since(Instant::now()).as_millis();
-            deliver(JobOutcome::failed(
+            deliver.send(JobOutcome::failed(
                 FailureKind::Unavailable,
                 format!("pool has no live worker ({why}); next start in {wait} ms"),
             ));
@@ -319,7 +343,7 @@ impl Pool {
         match priority {
             Priority::OnDemand => {
                 if st.on_demand.len() >= queue_max {
-                    (queued.reply)(JobOutcome::failed(
+                    queued.reply.send(JobOutcome::failed(
                         FailureKind::Overloaded,
                         format!("{} requests are already waiting for this pool", queue_max),
                     ));
@@ -332,7 +356,8 @@ impl Pool {
                 if st.speculative.len() >= queue_max {
                     // Speculation is optional: drop the oldest guess rather than refuse.
                     if let Some(old) = st.speculative.pop_front() {
-                        (old.reply)(JobOutcome::failed(FailureKind::Cancelled, "displaced"));
+                        old.reply
+                            .send(JobOutcome::failed(FailureKind::Cancelled, "displaced"));
                     }
                 }
                 st.speculative.push_back(queued);
@@ -451,7 +476,7 @@ impl Pool {
                 .collect()
         };
         for q in queued {
-            (q.reply)(JobOutcome::failed(
+            q.reply.send(JobOutcome::failed(
                 FailureKind::ShuttingDown,
                 "precogd is stopping",
             ));
@@ -529,7 +554,7 @@ fn fail_waiting(st: &mut State) {
     let mut waiting: Vec<Queued> = st.on_demand.drain(..).collect();
     waiting.extend(st.speculative.drain(..));
     for q in waiting {
-        (q.reply)(JobOutcome::failed(
+        q.reply.send(JobOutcome::failed(
             FailureKind::Unavailable,
             format!("pool has no live worker ({why})"),
         ));

@@ -192,7 +192,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 }
                 st.failures = 0;
                 drop(st);
-                (queued.reply)(outcome);
+                queued.reply.send(outcome);
             }
             Ran::Lost {
                 kind,
@@ -304,7 +304,8 @@ async fn next_job(
                 if q.job.priority == Priority::Speculative
                     && q.job.cancelled.load(Ordering::Relaxed)
                 {
-                    (q.reply)(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
+                    q.reply
+                        .send(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
                     continue;
                 }
                 if let Some(w) = st.workers.get_mut(&id) {
@@ -503,7 +504,7 @@ fn finish_lost(
     }
     st.stats.jobs_failed += 1;
     drop(st);
-    (queued.reply)(JobOutcome {
+    queued.reply.send(JobOutcome {
         result: Err(super::JobFailure { kind, message }),
         wait_us,
         exec_us,
