@@ -3,8 +3,11 @@
 //! Every stimulus — a client request, a finished job, a timer tick, a reload, a control call —
 //! becomes one [`Command`] on a channel to a single task that owns the configuration, the pools,
 //! the in-flight jobs and the counters. Nothing it does blocks: a `run` that needs a worker is
-//! handed to the pool, and the job's outcome comes back later as another message, so the loop
-//! stays free for the next request. The socket server and the D-Bus interface only forward.
+//! handed to the pool, and the job's outcome comes back later as another message (on a channel
+//! of its own, read first), so the loop stays free for the next request. What a command teaches
+//! (a run for the predictor, a result for the cache, a job's figures for the tuner) is learnt
+//! after the tasks it woke have run: a reply or a job to a worker never waits for bookkeeping.
+//! The socket server and the D-Bus interface only forward.
 
 mod control;
 mod predict;

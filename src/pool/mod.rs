@@ -574,4 +574,21 @@ mod tests {
         ));
         assert_eq!(resolve_command("/x/y").unwrap(), PathBuf::from("/x/y"));
     }
+
+    #[test]
+    fn an_outcome_is_reported_once_and_a_dropped_job_says_its_pool_stopped() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let report = |tx: std::sync::mpsc::Sender<JobOutcome>| {
+            Deliver::new(move |o| {
+                let _ = tx.send(o);
+            })
+        };
+        report(tx.clone()).send(JobOutcome::failed(FailureKind::Timeout, "slow"));
+        drop(report(tx));
+        let kinds: Vec<FailureKind> = rx
+            .iter()
+            .map(|o| o.result.expect_err("failures only").kind)
+            .collect();
+        assert_eq!(kinds, [FailureKind::Timeout, FailureKind::ShuttingDown]);
+    }
 }
