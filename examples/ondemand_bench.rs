@@ -10,9 +10,10 @@
 //! Both daemons run side by side and the rounds alternate between them (off, on, on, off, ...),
 //! so slow phases of a noisy machine hit both modes alike; between rounds the benchmark waits
 //! until both pools are idle, so no guess of one round runs into the next. It prints the p99 of
-//! each mode over all rounds, the ratio of each pair of rounds, and where the slowest runs of
-//! each mode spent their time: queued for a worker, on the worker, or elsewhere (socket,
-//! engine, scheduling).
+//! each mode over all rounds, the ratio of each pair of rounds, the pooled ratio with the range
+//! it takes when the pairs of rounds are drawn again at random (how much of it is luck), and
+//! where the slowest runs of each mode spent their time: queued for a worker, on the worker, or
+//! elsewhere (socket, engine, scheduling).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -300,6 +301,8 @@ fn main() -> anyhow::Result<()> {
 
     let mut all: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
     let mut round_p99 = Vec::new();
+    // Latencies of each round, by mode, for the interval below.
+    let mut round_latencies: Vec<(usize, Vec<u64>)> = Vec::new();
     for round in 0..rounds {
         // off, on, on, off, off, on, ...: each mode goes first as often as the other.
         let speculation = (round % 4 == 1) || (round % 4 == 2);
@@ -317,6 +320,7 @@ fn main() -> anyhow::Result<()> {
             tail_breakdown(&samples),
         );
         round_p99.push((mode, p));
+        round_latencies.push((mode, samples.iter().map(|s| s.total_us).collect()));
         all[mode].extend(samples);
     }
 
@@ -361,6 +365,58 @@ fn main() -> anyhow::Result<()> {
             "on-demand p99 ratio (speculation on / off): {:.2}",
             p99(&all[1]) as f64 / p99(&all[0]).max(1) as f64
         );
+        if let Some((low, high)) = ratio_interval(&round_latencies) {
+            println!(
+                "90% interval of that ratio, resampling pairs of rounds: {low:.2} to {high:.2}"
+            );
+        }
     }
     Ok(())
+}
+
+/// How far the pooled p99 ratio moves with the luck of the rounds: pairs of adjacent rounds (one
+/// of each mode) are drawn with replacement, and the ratio is taken over the pooled draws; the
+/// 5th and 95th percentiles of 200 such draws. `None` with fewer than two pairs.
+fn ratio_interval(rounds: &[(usize, Vec<u64>)]) -> Option<(f64, f64)> {
+    let pairs: Vec<[&Vec<u64>; 2]> = rounds
+        .chunks(2)
+        .filter(|pair| pair.len() == 2 && pair[0].0 != pair[1].0)
+        .map(|pair| {
+            let (off, on) = if pair[0].0 == 0 {
+                (&pair[0].1, &pair[1].1)
+            } else {
+                (&pair[1].1, &pair[0].1)
+            };
+            [off, on]
+        })
+        .collect();
+    if pairs.len() < 2 {
+        return None;
+    }
+    // A fixed xorshift stream: the same rounds give the same interval.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut ratios: Vec<f64> = (0..200)
+        .map(|_| {
+            let mut pooled: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+            for _ in 0..pairs.len() {
+                let pair = pairs[next(pairs.len())];
+                for mode in 0..2 {
+                    pooled[mode].extend_from_slice(pair[mode]);
+                }
+            }
+            let [off, on] = pooled.map(|mut v| {
+                v.sort_unstable();
+                quantile(&v, 0.99).max(1) as f64
+            });
+            on / off
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Some((ratios[10], ratios[189]))
 }
