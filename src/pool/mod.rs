@@ -302,7 +302,7 @@ impl Pool {
             .clone()
     }
 
-    /// Queues a job; the receiver gets its outcome. Never blocks.
+    /// Queues a job; `deliver` gets its outcome. Never blocks.
     pub fn submit(&self, job: Job, deliver: Deliver) {
         let queue_max = self
             .shared
