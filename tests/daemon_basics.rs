@@ -324,3 +324,64 @@ fn cmdline(pid: u32) -> String {
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
 }
+
+#[test]
+fn a_connection_whose_replies_back_up_is_not_closed_as_idle() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // The first request outlasts `idle_close`, and the requests queued behind it fill the
+    // pipeline, so the connection stops reading while the client is anything but idle.
+    let extra = format!(
+        r#"
+[[pool]]
+name = "slow"
+command = ["python3", "{echo}"]
+warm_min = 1
+timeout = "5s"
+
+[[process]]
+name = "sleep"
+pool = "slow"
+inputs = ["sleep_ms"]
+"#,
+        echo = worker("echo.py")
+    );
+    let d = Daemon::start_with("idle_close = \"1s\"", &extra);
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    const PINGS: usize = 3000;
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let head = json!({"id": "head", "op": "run", "session": "s", "process": "sleep",
+            "inputs": {"sleep_ms": 1500}});
+        writer.write_all(format!("{head}\n").as_bytes())?;
+        // Far more than one read of the daemon's, each line padded to the same length.
+        for i in 0..PINGS {
+            let line = format!(
+                "{}\n",
+                json!({"id": i, "op": "ping", "pad": "x".repeat(80)})
+            );
+            writer.write_all(line.as_bytes())?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream));
+    let mut next = || -> serde_json::Value {
+        let line = lines
+            .next()
+            .expect("the daemon closed the connection early");
+        serde_json::from_str(&line.expect("a reply")).unwrap()
+    };
+    let head = next();
+    assert_eq!(head["id"], json!("head"), "{head}");
+    assert_eq!(head["ok"], json!(true), "{head}");
+    for i in 0..PINGS {
+        let r = next();
+        assert_eq!(r["id"], json!(i), "reply out of order or missing: {r}");
+    }
+    sender.join().unwrap().unwrap();
+}

@@ -293,10 +293,13 @@ async fn connection(
     let mut framer = Framer::new(settings.max_line);
     let mut buf = vec![0u8; 64 * 1024];
     // A connection that sends nothing for this long gives its slot back; clients reconnect
-    // when they need to. One timer, pushed back after each read.
+    // when they need to. One timer, set afresh each time the connection starts waiting (not
+    // while its replies back up, which is the client's doing, not idleness).
     let idle = tokio::time::sleep(settings.idle_close);
     tokio::pin!(idle);
     'conn: loop {
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + settings.idle_close);
         let n = tokio::select! {
             r = rd.read(&mut buf) => match r {
                 Ok(0) | Err(_) => break,
@@ -305,8 +308,6 @@ async fn connection(
             _ = stop.changed() => break,
             _ = &mut idle, if framer.pending() == 0 => break,
         };
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + settings.idle_close);
         framer.push(&buf[..n]);
         while let Some(line) = framer.next_line() {
             let pending = match line {
