@@ -5,7 +5,7 @@
 //! lost that way is queued again once, from its last checkpoint; a second loss fails it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -150,6 +150,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             &mut stdin,
             &mut replies,
             &take_back,
+            &shared.shutting_down,
         )
         .await;
         served += 1;
@@ -352,6 +353,7 @@ async fn run_job(
     stdin: &mut ChildStdin,
     replies: &mut Replies,
     take_back: &Notify,
+    shutting_down: &AtomicBool,
 ) -> Ran {
     let Replies {
         stdout,
@@ -427,6 +429,14 @@ async fn run_job(
                     checkpoint);
             }
             _ = take_back.notified() => {
+                if shutting_down.load(Ordering::Relaxed) {
+                    return lost(FailureKind::ShuttingDown, "the pool stopped".into(),
+                        checkpoint);
+                }
+                if job.priority == Priority::OnDemand {
+                    // Meant for the guess this worker held before, which ended first.
+                    continue;
+                }
                 return lost(FailureKind::Cancelled,
                     "worker taken back for an on-demand request".into(), checkpoint);
             }
@@ -482,7 +492,7 @@ fn finish_lost(
     match kind {
         FailureKind::Timeout => st.stats.timeouts += 1,
         FailureKind::Oom => st.stats.oom_kills += 1,
-        FailureKind::Cancelled => {}
+        FailureKind::Cancelled | FailureKind::ShuttingDown => {}
         _ => st.stats.crashes += 1,
     }
     // A job that got as far as a checkpoint is worth one more try from there; one that did
