@@ -333,3 +333,46 @@ fn a_client_leaving_mid_request_does_not_lose_the_work_or_the_worker() {
         );
     }
 }
+
+#[test]
+fn a_request_waiting_on_a_pool_that_a_reload_removed_is_told_so() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let pool = format!(
+        r#"
+[[pool]]
+name = "gone"
+command = ["python3", "{echo}"]
+warm_min = 1
+timeout = "30s"
+
+[[process]]
+name = "nap"
+pool = "gone"
+inputs = ["sleep_ms"]
+"#,
+        echo = worker("echo.py")
+    );
+    let d = Daemon::start(&pool);
+    let mut c = d.connect();
+    let nap = |id: u32| {
+        json!({"id": id, "op": "run", "session": "s", "process": "nap",
+            "inputs": {"sleep_ms": 20_000 + id}})
+    };
+    // One job running, one queued behind it on the pool's single worker.
+    c.send(&nap(1));
+    c.send(&nap(2));
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace(pool.trim(), "")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    for id in [1, 2] {
+        let r = c.recv();
+        assert_eq!(r["id"], json!(id), "{r}");
+        assert_eq!(r["error"]["code"], json!("unknown_process"), "{r}");
+    }
+    // The daemon goes on serving.
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}

@@ -336,6 +336,18 @@ impl Engine {
                         "exec_us": exec_us,
                     })))
                 }
+                Err(f)
+                    if matches!(f.kind, FailureKind::Cancelled | FailureKind::ShuttingDown)
+                        && self.config.process(&key.process).is_none() =>
+                {
+                    // Its pool went with a reload while the request waited.
+                    let e = ErrorReply::new(
+                        ErrorCode::UnknownProcess,
+                        format!("`{}` was removed by a configuration reload", key.process),
+                    );
+                    self.counters.count_error(e.code);
+                    Err(e)
+                }
                 Err(f) => {
                     let e = failure_reply(&key.process, f);
                     self.counters.count_error(e.code);
