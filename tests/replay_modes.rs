@@ -146,6 +146,40 @@ fn precog_mode_reports_speculation() {
     assert!(m["speculation"]["cpu_s_wasted"].is_f64(), "{m}");
 }
 
+/// A second pass of the same visits finds every answer the first pass computed, so the ceiling
+/// serves from the cache all that can be cached, and counts only its measured pass.
+#[test]
+fn the_ceiling_answers_every_cacheable_run_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, views, carts, orders) = session_file(dir.path());
+    let out = replay(&file, "ceiling,no-predict", &["--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<&str> = report["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["ceiling", "no-predict"]);
+    let m = &report["modes"][0];
+    check_mode(m, views, carts, orders);
+    // Only the stock reservations change the world and are never cached.
+    let runs = m["runs"].as_u64().unwrap();
+    assert_eq!(
+        m["served"]["cache"].as_u64().unwrap(),
+        runs - orders as u64,
+        "{m}"
+    );
+    assert_eq!(
+        m["per_process"]["reserve_stock"]["cache"]
+            .as_u64()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(m["cold_starts"], 0, "the first pass warmed the pool: {m}");
+    assert!(report["mean_latency_ratio"]["no-predict/ceiling"].is_f64());
+}
+
 /// Checks that tags nest and close, attributes are quoted, and returns the start tags.
 fn xml_elements(text: &str) -> Vec<String> {
     let mut stack: Vec<String> = Vec::new();

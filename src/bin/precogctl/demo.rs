@@ -56,7 +56,7 @@ pub fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         format: Format::Otto,
         speed: 1.0,
         mapping: None,
-        mode: ModeChoice::All,
+        mode: vec![ModeChoice::All],
         svg: args.svg.clone(),
         sessions: None,
         max_idle: 60.0,

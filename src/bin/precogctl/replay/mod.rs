@@ -3,9 +3,11 @@
 //! The replay plays a shop's app server: it reads recorded sessions, sends each visitor's events
 //! at the real gaps divided by the speed, and issues the `run`s the mapping file says each action
 //! needs. Modes: `precog` (a daemon that speculates), `no-predict` (the same daemon with
-//! speculation off), `spawn` (no daemon: a fresh `precog-shop-worker` per run). Without
-//! `--socket`, each daemon mode starts its own precogd on a temporary directory, with a shop
-//! catalogue built from the replayed file.
+//! speculation off), `spawn` (no daemon: a fresh `precog-shop-worker` per run), and `ceiling`
+//! (the speculating daemon once a first, unmeasured pass of the same sessions has left every
+//! answer in its cache: what a prediction that never misses would give). Without `--socket`,
+//! each daemon mode starts its own precogd on a temporary directory, with a shop catalogue built
+//! from the replayed file.
 
 mod backend;
 mod drive;
@@ -33,9 +35,16 @@ pub use report::Report;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeChoice {
+    /// precogd, predicting and speculating.
     Precog,
+    /// precogd with speculation off: every run on demand, on warm workers.
     NoPredict,
+    /// No daemon: a shop worker process spawned for each run.
     Spawn,
+    /// precogd after an unmeasured first pass left every answer in its cache: the best any
+    /// prediction could do.
+    Ceiling,
+    /// precog, no-predict and spawn.
     All,
 }
 
@@ -52,8 +61,9 @@ pub struct ReplayArgs {
     /// Which runs each action needs (default: the built-in config/replay/shop.toml).
     #[arg(long, value_name = "FILE")]
     pub mapping: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = ModeChoice::Precog)]
-    pub mode: ModeChoice,
+    /// One mode or several, comma-separated; `all` is precog, no-predict and spawn.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "precog")]
+    pub mode: Vec<ModeChoice>,
     /// Also draw the latency distributions of the modes into this SVG file.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -153,14 +163,31 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
         config: &config,
         speed: args.speed,
     };
-    let modes: &[&str] = match args.mode {
-        ModeChoice::Precog => &["precog"],
-        ModeChoice::NoPredict => &["no-predict"],
-        ModeChoice::Spawn => &["spawn"],
-        ModeChoice::All => &["precog", "no-predict", "spawn"],
-    };
+    let mut modes: Vec<&str> = Vec::new();
+    for choice in &args.mode {
+        let names: &[&str] = match choice {
+            ModeChoice::Precog => &["precog"],
+            ModeChoice::NoPredict => &["no-predict"],
+            ModeChoice::Spawn => &["spawn"],
+            ModeChoice::Ceiling => &["ceiling"],
+            ModeChoice::All => &["precog", "no-predict", "spawn"],
+        };
+        for name in names {
+            if !modes.contains(name) {
+                modes.push(name);
+            }
+        }
+    }
+    if modes.is_empty() {
+        bail!("--mode needs at least one mode");
+    }
     if socket.is_some() && modes.len() > 1 {
-        bail!("--mode all starts its own daemons; drop --socket, or pick one mode");
+        bail!("several modes start their own daemons; drop --socket, or pick one mode");
+    }
+    if socket.is_some() && modes.contains(&"ceiling") {
+        bail!(
+            "--mode ceiling starts its own daemon, whose answers outlive the first pass; drop --socket"
+        );
     }
 
     let work = tempfile::Builder::new()
@@ -173,7 +200,7 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
         None
     };
     let mut reports = Vec::new();
-    for mode in modes {
+    for mode in &modes {
         let catalog = match &catalog {
             Some(c) => {
                 // reserve_stock writes to the catalogue: each mode starts from the same stock.
@@ -259,6 +286,17 @@ fn play_mode(
             if mode == "no-predict" {
                 extra.push_str("[predict]\nspeculation = false\n");
             }
+            if mode == "ceiling" {
+                // Answers must outlive the first pass to be there in the second.
+                for process in script.mapping.processes() {
+                    if script.config.process(process).is_some_and(|p| p.idempotent) {
+                        extra.push_str(&format!(
+                            "[[process]]\nname = {}\nttl = \"7d\"\n",
+                            toml_string(process)
+                        ));
+                    }
+                }
+            }
             Some(LocalDaemon::start("", &extra)?)
         }
     };
@@ -266,16 +304,34 @@ fn play_mode(
         .map(Path::to_path_buf)
         .or_else(|| local.as_ref().map(|d| d.socket.clone()))
         .expect("a socket or a local daemon");
-    let played = drive::play(script, connections, || {
-        Ok(Box::new(Daemon::connect(&path)?) as Box<dyn Backend>)
-    });
-    let played = match (played, &local) {
+    let play = || {
+        drive::play(script, connections, || {
+            Ok(Box::new(Daemon::connect(&path)?) as Box<dyn Backend>)
+        })
+    };
+    let stats = || -> Option<Value> {
+        Client::connect(&path)
+            .and_then(|mut c| c.call_ok(&json!({"op": "stats"})))
+            .ok()
+    };
+    // The ceiling's first pass only fills the cache; its counters are taken off the second's.
+    let mut before = None;
+    if mode == "ceiling" {
+        let filled = play();
+        if let (Err(e), Some(d)) = (&filled, &local) {
+            bail!("{e:#}\nprecogd's log:\n{}", d.log());
+        }
+        filled?;
+        before = stats();
+    }
+    let played = match (play(), &local) {
         (Ok(p), _) => p,
         (Err(e), Some(d)) => return Err(e.context(format!("precogd's log:\n{}", d.log()))),
         (Err(e), None) => return Err(e),
     };
-    let stats: Option<Value> = Client::connect(&path)
-        .and_then(|mut c| c.call_ok(&json!({"op": "stats"})))
-        .ok();
-    Ok(ModeReport::new(mode, &played, stats.as_ref()))
+    let mut report = ModeReport::new(mode, &played, stats().as_ref());
+    if let Some(before) = &before {
+        report.discount(before);
+    }
+    Ok(report)
 }

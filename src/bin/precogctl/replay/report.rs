@@ -147,6 +147,30 @@ impl ModeReport {
     }
 }
 
+impl ModeReport {
+    /// Takes off the daemon's counters what they held before this mode's measured pass (a
+    /// ceiling's first pass only fills the cache).
+    pub fn discount(&mut self, before: &Value) {
+        fn less<T: Copy + std::ops::Sub<Output = T> + PartialOrd>(
+            now: Option<T>,
+            then: Option<T>,
+        ) -> Option<T> {
+            match (now, then) {
+                (Some(n), Some(t)) if n >= t => Some(n - t),
+                _ => None,
+            }
+        }
+        let then = speculation_of(before);
+        let s = &mut self.speculation;
+        s.issued = less(s.issued, then.issued);
+        s.cancelled = less(s.cancelled, then.cancelled);
+        s.used = less(s.used, then.used);
+        s.wasted = less(s.wasted, then.wasted);
+        s.cpu_s_wasted = less(s.cpu_s_wasted, then.cpu_s_wasted);
+        self.cold_starts = less(self.cold_starts, cold_starts_of(before));
+    }
+}
+
 fn speculation_of(stats: &Value) -> Speculation {
     let s = &stats["speculation"];
     Speculation {
