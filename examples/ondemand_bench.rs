@@ -2,7 +2,8 @@
 //! off under the same load, and their ratio. Speculation must not slow real requests.
 //!
 //! Build the daemon first, then run: `cargo build --release --bins --example ondemand_bench &&
-//! target/release/examples/ondemand_bench [sessions] [clients] [rounds]`. Each client walks
+//! target/release/examples/ondemand_bench [sessions] [clients] [rounds] [elastic|fixed]`. Each
+//! client walks
 //! through sessions: an event that makes inputs known, a hint that makes a CPU-heavy idempotent
 //! process hot (speculated when speculation is on, never asked for), a short think time, then a
 //! timed `run` of a light process that is never speculated.
@@ -14,6 +15,11 @@
 //! it takes when the pairs of rounds are drawn again at random (how much of it is luck), and
 //! where the slowest runs of each mode spent their time: queued for a worker, on the worker, or
 //! elsewhere (socket, engine, scheduling).
+//!
+//! The test pool is elastic by default (two warm workers, up to three): between rounds the
+//! allocator retires the third and starts it again when load returns, and a start's CPU shows in
+//! the slowest runs of both modes. `fixed` keeps three workers throughout, so what is left of the
+//! difference is speculation's own.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -25,7 +31,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-fn config(dir: &Path, speculation: bool) -> String {
+fn config(dir: &Path, speculation: bool, fixed: bool) -> String {
     let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workers/echo.py");
     format!(
         r#"[daemon]
@@ -46,7 +52,7 @@ warm_min = 0
 [[pool]]
 name = "t"
 command = ["python3", "{echo}"]
-warm_min = 2
+warm_min = {warm}
 workers_max = 3
 timeout = "10s"
 
@@ -64,6 +70,7 @@ inputs = ["n", "work_ms"]
         d = dir.display(),
         pid = std::process::id(),
         echo = echo.display(),
+        warm = if fixed { 3 } else { 2 },
     )
 }
 
@@ -74,10 +81,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(precogd: &Path, speculation: bool) -> anyhow::Result<Daemon> {
+    fn start(precogd: &Path, speculation: bool, fixed: bool) -> anyhow::Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let cfg = dir.path().join("precogd.toml");
-        std::fs::write(&cfg, config(dir.path(), speculation))?;
+        std::fs::write(&cfg, config(dir.path(), speculation, fixed))?;
         let socket = dir.path().join("precogd.sock");
         let child = Command::new(precogd)
             .arg("--config")
@@ -275,6 +282,11 @@ fn main() -> anyhow::Result<()> {
     let sessions: usize = args.next().map_or(Ok(400), |a| a.parse())?;
     let clients: usize = args.next().map_or(Ok(3), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(8), |a| a.parse())?;
+    let fixed = match args.next().as_deref() {
+        None | Some("elastic") => false,
+        Some("fixed") => true,
+        Some(other) => bail!("the pool is `elastic` or `fixed`, not `{other}`"),
+    };
     let exe = std::env::current_exe()?;
     let precogd = exe
         .parent()
@@ -289,8 +301,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let daemons = [
-        Daemon::start(&precogd, false)?,
-        Daemon::start(&precogd, true)?,
+        Daemon::start(&precogd, false, fixed)?,
+        Daemon::start(&precogd, true, fixed)?,
     ];
     for d in &daemons {
         load(&d.socket, 30, clients, "warmup", 0)?;
