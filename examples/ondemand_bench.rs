@@ -279,14 +279,29 @@ fn pool_counter(socket: &Path, field: &str) -> anyhow::Result<u64> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let sessions: usize = args.next().map_or(Ok(400), |a| a.parse())?;
-    let clients: usize = args.next().map_or(Ok(3), |a| a.parse())?;
-    let rounds: usize = args.next().map_or(Ok(8), |a| a.parse())?;
+    let mut count = |name: &str, default: usize| -> anyhow::Result<usize> {
+        match args.next() {
+            None => Ok(default),
+            Some(a) => match a.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => bail!("[{name}] must be a whole number above 0, not `{a}`"),
+            },
+        }
+    };
+    let sessions = count("sessions", 400)?;
+    let clients = count("clients", 3)?;
+    let rounds = count("rounds", 8)?;
+    if rounds % 2 != 0 || sessions < clients {
+        bail!("[rounds] must be even (rounds come in pairs) and [sessions] at least [clients]");
+    }
     let fixed = match args.next().as_deref() {
         None | Some("elastic") => false,
         Some("fixed") => true,
         Some(other) => bail!("the pool is `elastic` or `fixed`, not `{other}`"),
     };
+    if let Some(extra) = args.next() {
+        bail!("unexpected argument `{extra}`: [sessions] [clients] [rounds] [elastic|fixed]");
+    }
     let exe = std::env::current_exe()?;
     let precogd = exe
         .parent()
