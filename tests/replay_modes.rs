@@ -259,3 +259,106 @@ fn demo_runs_all_three_modes_and_cleans_up() {
     }
     assert!(stdout.contains("served cache"), "{stdout}");
 }
+
+/// Arguments that cannot make a meaningful replay are refused before anything starts, each with
+/// a message that names the option.
+#[test]
+fn arguments_that_cannot_replay_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, ..) = session_file(dir.path());
+    let cases: &[(&[&str], &str)] = &[
+        (&["--max-idle", "inf"], "--max-idle"),
+        (&["--max-idle", "-1"], "--max-idle"),
+        (&["--sessions", "0"], "--sessions 0"),
+        (
+            &["--mode", "no-predict", "--socket", "/nonexistent.sock"],
+            "drop --socket",
+        ),
+        (
+            &["--mode", "spawn", "--socket", "/nonexistent.sock"],
+            "drop --socket",
+        ),
+        (
+            &["--mode", "ceiling", "--socket", "/nonexistent.sock"],
+            "drop --socket",
+        ),
+        (&["--svg", "/nonexistent-dir/x.svg"], "no such directory"),
+    ];
+    for (extra, expected) in cases {
+        let mut cmd = precogctl();
+        if let Some(i) = extra.iter().position(|a| *a == "--socket") {
+            // --socket is precogctl's own option, given before the command.
+            cmd.args(["--socket", extra[i + 1]]);
+        }
+        let rest: Vec<&str> = extra
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| **a != "--socket" && (*i == 0 || extra[i - 1] != "--socket"))
+            .map(|(_, a)| *a)
+            .collect();
+        let out = cmd
+            .arg("replay")
+            .arg(&file)
+            .args(["--format", "events"])
+            .args(&rest)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+}
+
+/// A replay stopped by SIGTERM or SIGINT stops its private daemon (which removes its cgroups)
+/// and removes its temporary directories.
+#[test]
+fn an_interrupted_replay_leaves_nothing_behind() {
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = precogctl()
+            .env("TMPDIR", tmp.path())
+            .arg("replay")
+            .arg(otto_rows())
+            .args(["--format", "otto", "--speed", "2", "--mode", "precog"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until its daemon answers, then interrupt precogctl alone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let socket = loop {
+            let found = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path().join("precogd.sock"))
+                .find(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
+            if let Some(s) = found {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "no daemon came up");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + signal as i32), "{signal}");
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "{signal}: the daemon still answers"
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{signal}: left behind {left:?}");
+        // As root the daemon had cgroups of its own; stopped by SIGTERM, it removed them.
+        let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path().join(format!("precog-local-{}", child.id())))
+            .filter(|p| p.exists())
+            .collect();
+        assert!(cgroups.is_empty(), "{signal}: cgroups left {cgroups:?}");
+    }
+}

@@ -182,13 +182,14 @@ fn start_echo_server(daemon: &LocalDaemon) -> anyhow::Result<EchoServer> {
     let path = daemon.path().join("echo.sock");
     let listener = UnixListener::bind(&path)?;
     let exe = std::env::current_exe()?;
-    let child = std::process::Command::new(exe)
+    let child = crate::cleanup::unblocked(std::process::Command::new(exe))
         .arg("echo-server")
         .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
             listener,
         )))
         .spawn()
         .context("cannot start the echo server")?;
+    crate::cleanup::track_daemon(child.id());
     Ok(EchoServer { child, path })
 }
 
@@ -215,6 +216,8 @@ fn echo_floor(mut server: EchoServer, rounds: usize) -> anyhow::Result<Vec<f64>>
     }
     drop(writer);
     drop(reader);
+    // The connection is closed, so the server ends by itself from here.
+    crate::cleanup::untrack_daemon(server.child.id());
     let _ = server.child.wait();
     Ok(times)
 }

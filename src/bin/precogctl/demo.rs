@@ -48,6 +48,7 @@ pub fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         }
     }
     let dir = tempfile::Builder::new().prefix("precog-demo-").tempdir()?;
+    let _tracked = crate::cleanup::track_dir(dir.path());
     let rows = dir.path().join("otto_train_sample.jsonl");
     std::fs::write(&rows, OTTO_ROWS)?;
 

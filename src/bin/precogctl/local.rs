@@ -15,6 +15,7 @@ pub struct LocalDaemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     child: Child,
+    _tracked: crate::cleanup::DirGuard,
 }
 
 /// A binary installed or built beside precogctl.
@@ -36,6 +37,7 @@ impl LocalDaemon {
     /// Starts precogd with `extra` TOML laid over the built-in configuration.
     pub fn start(daemon_keys: &str, extra: &str) -> anyhow::Result<LocalDaemon> {
         let dir = tempfile::Builder::new().prefix("precog-").tempdir()?;
+        let tracked = crate::cleanup::track_dir(dir.path());
         let socket = dir.path().join("precogd.sock");
         let config = dir.path().join("precogd.toml");
         let text = format!(
@@ -48,7 +50,7 @@ impl LocalDaemon {
         );
         std::fs::write(&config, text)?;
         let log = std::fs::File::create(dir.path().join("precogd.log"))?;
-        let child = Command::new(sibling("precogd")?)
+        let child = crate::cleanup::unblocked(Command::new(sibling("precogd")?))
             .arg("--config")
             .arg(&config)
             .arg("--bus")
@@ -60,7 +62,13 @@ impl LocalDaemon {
             .stderr(log)
             .spawn()
             .context("cannot start precogd")?;
-        let mut d = LocalDaemon { dir, socket, child };
+        crate::cleanup::track_daemon(child.id());
+        let mut d = LocalDaemon {
+            dir,
+            socket,
+            child,
+            _tracked: tracked,
+        };
         d.wait_ready()?;
         Ok(d)
     }
@@ -91,17 +99,31 @@ impl LocalDaemon {
 }
 
 impl Drop for LocalDaemon {
+    /// SIGTERM, so the daemon stops its workers and removes its cgroups; SIGKILL after 15 s.
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let pid = self.child.id();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        // Waited for without reaping: until it is untracked, its pid cannot be reused.
+        let exited = |flags: WaitPidFlag| {
+            !matches!(
+                waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags),
+                Ok(WaitStatus::StillAlive)
+            )
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        let nohang = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+        while !exited(nohang) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        if !exited(nohang) {
+            let _ = self.child.kill();
+            exited(WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        }
+        crate::cleanup::untrack_daemon(pid);
         let _ = self.child.wait();
     }
 }

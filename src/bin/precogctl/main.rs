@@ -4,6 +4,7 @@
 //! and its D-Bus interface (status, pools, limits, policy, reload, flush, a live `top`).
 
 mod bench;
+mod cleanup;
 mod client;
 mod dbus_client;
 mod demo;
@@ -110,7 +111,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    cleanup::wait_if_stopping();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("precogctl: {e:#}");
@@ -165,7 +168,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Bench { rounds } => bench::run(rounds.max(10), cli.json)?,
+        Cmd::Bench { rounds } => {
+            cleanup::install()?;
+            bench::run(rounds.max(10), cli.json)?
+        }
         Cmd::EchoServer => bench::echo_server()?,
         Cmd::Load(args) => load::run(&socket, &args)?,
         Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
@@ -188,9 +194,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Top(args) => top::run(&args, &socket)?,
         Cmd::Generate(args) => generate::run(&args)?,
         Cmd::Replay(args) => {
+            cleanup::install()?;
             replay::run(&args, cli.socket.as_deref(), cli.json)?;
         }
-        Cmd::Demo(args) => demo::run(&args, cli.json)?,
+        Cmd::Demo(args) => {
+            cleanup::install()?;
+            demo::run(&args, cli.json)?
+        }
     }
     Ok(())
 }

@@ -145,7 +145,7 @@ impl Backend for Spawn {
         }))?;
         job.push(b'\n');
         let started = Instant::now();
-        let mut child = Command::new(&self.worker)
+        let mut child = crate::cleanup::unblocked(Command::new(&self.worker))
             .arg("--catalog")
             .arg(&self.catalog)
             .stdin(Stdio::piped())

@@ -26,6 +26,9 @@ pub struct Script<'a> {
     /// Declares each process's inputs.
     pub config: &'a Config,
     pub speed: f64,
+    /// Only the runs whose answers may be cached (a ceiling's first pass fills the cache with
+    /// them, and changes nothing in the shop).
+    pub cache_fill: bool,
 }
 
 /// One run as the app saw it, for the report.
@@ -291,6 +294,9 @@ fn act(
         let Some(inputs) = visitor.run_inputs(declared(process)) else {
             continue;
         };
+        if script.cache_fill && !config.process(process).is_some_and(|p| p.idempotent) {
+            continue;
+        }
         let new_inputs = before.as_ref() != Some(&inputs);
         let answer = backend.run(&record.id, process, inputs)?;
         played.runs.push(RunRecord {

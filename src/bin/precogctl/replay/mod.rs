@@ -56,7 +56,7 @@ pub struct ReplayArgs {
     #[arg(long, value_parser = parse_format)]
     pub format: Format,
     /// How much faster than real time to play: the recorded gaps are divided by this.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub speed: f64,
     /// Which runs each action needs (default: the built-in config/replay/shop.toml).
     #[arg(long, value_name = "FILE")]
@@ -71,7 +71,12 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N")]
     pub sessions: Option<usize>,
     /// Shop-time seconds with no visitor active kept at most; longer dead stretches are cut.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     pub max_idle: f64,
     /// Build the shop catalogue from this data file (or use this .sqlite catalogue) instead of
     /// the replayed file.
@@ -146,6 +151,21 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number");
     }
+    if !(args.max_idle.is_finite() && args.max_idle >= 0.0) {
+        bail!("--max-idle must be a number of seconds, 0 or more");
+    }
+    if args.sessions == Some(0) {
+        bail!("--sessions 0 leaves nothing to replay");
+    }
+    if let Some(svg) = &args.svg {
+        let dir = svg.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            bail!(
+                "cannot write the chart to {}: no such directory",
+                svg.display()
+            );
+        }
+    }
     let sessions = chosen_sessions(args)?;
     let timeline = timeline::plan(&sessions, (args.max_idle * 1000.0) as u64);
     let mapping = Mapping::load(args.mapping.as_deref())?;
@@ -162,6 +182,7 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
         mapping: &mapping,
         config: &config,
         speed: args.speed,
+        cache_fill: false,
     };
     let mut modes: Vec<&str> = Vec::new();
     for choice in &args.mode {
@@ -184,6 +205,15 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
     if socket.is_some() && modes.len() > 1 {
         bail!("several modes start their own daemons; drop --socket, or pick one mode");
     }
+    if let Some(m) = modes.iter().find(|m| ["no-predict", "spawn"].contains(m))
+        && socket.is_some()
+    {
+        let why = match *m {
+            "spawn" => "spawns its workers itself and uses no daemon",
+            _ => "needs a daemon with speculation off, and starts its own",
+        };
+        bail!("--mode {m} {why}; drop --socket");
+    }
     if socket.is_some() && modes.contains(&"ceiling") {
         bail!(
             "--mode ceiling starts its own daemon, whose answers outlive the first pass; drop --socket"
@@ -193,6 +223,7 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
     let work = tempfile::Builder::new()
         .prefix("precog-replay-")
         .tempdir()?;
+    let _tracked = crate::cleanup::track_dir(work.path());
     let needs_catalog = modes.iter().any(|m| *m == "spawn" || socket.is_none());
     let catalog = if needs_catalog {
         Some(build_catalog(args, work.path())?)
@@ -231,7 +262,7 @@ fn build_catalog(args: &ReplayArgs, dir: &Path) -> anyhow::Result<PathBuf> {
         return Ok(source.clone());
     }
     let out = dir.join("catalog.sqlite");
-    let output = Command::new(sibling("precog-shop-worker")?)
+    let output = crate::cleanup::unblocked(Command::new(sibling("precog-shop-worker")?))
         .arg("build-catalog")
         .arg("--from")
         .arg(source)
@@ -304,7 +335,7 @@ fn play_mode(
         .map(Path::to_path_buf)
         .or_else(|| local.as_ref().map(|d| d.socket.clone()))
         .expect("a socket or a local daemon");
-    let play = || {
+    let play = |script: &drive::Script| {
         drive::play(script, connections, || {
             Ok(Box::new(Daemon::connect(&path)?) as Box<dyn Backend>)
         })
@@ -314,17 +345,23 @@ fn play_mode(
             .and_then(|mut c| c.call_ok(&json!({"op": "stats"})))
             .ok()
     };
-    // The ceiling's first pass only fills the cache; its counters are taken off the second's.
-    let mut before = None;
+    // The ceiling's first pass only fills the cache, and runs nothing that changes the shop (the
+    // measured pass finds the stock every mode starts from).
     if mode == "ceiling" {
-        let filled = play();
+        let fill = drive::Script {
+            cache_fill: true,
+            ..*script
+        };
+        let filled = play(&fill);
         if let (Err(e), Some(d)) = (&filled, &local) {
             bail!("{e:#}\nprecogd's log:\n{}", d.log());
         }
         filled?;
-        before = stats();
     }
-    let played = match (play(), &local) {
+    // The daemon's counters before the measured pass are taken off its counters after: a
+    // ceiling's first pass, or what a daemon given with --socket did before this replay.
+    let before = stats();
+    let played = match (play(script), &local) {
         (Ok(p), _) => p,
         (Err(e), Some(d)) => return Err(e.context(format!("precogd's log:\n{}", d.log()))),
         (Err(e), None) => return Err(e),

@@ -42,12 +42,13 @@ pub struct ModeReport {
     pub run_errors: BTreeMap<String, u64>,
     pub latency_us: Latency,
     /// Mean latency by how the run was served.
-    pub mean_us_by_served: BTreeMap<String, f64>,
+    /// Mean latency by how the run was served; `None` where no run was served that way.
+    pub mean_us_by_served: BTreeMap<String, Option<f64>>,
     /// Runs whose inputs the action's own event made known, and their mean latency; then the
     /// mean of the others, whose inputs were known before the action.
     pub new_input_runs: u64,
-    pub new_inputs_mean_us: f64,
-    pub known_inputs_mean_us: f64,
+    pub new_inputs_mean_us: Option<f64>,
+    pub known_inputs_mean_us: Option<f64>,
     pub speculation: Speculation,
     /// The daemon's cold starts over all pools (None without a daemon or the counter).
     pub cold_starts: Option<u64>,
@@ -103,7 +104,7 @@ impl ModeReport {
                 .iter()
                 .filter(|r| keep(r))
                 .fold((0u64, 0u64), |(n, sum), r| (n + 1, sum + r.latency_us));
-            sum as f64 / n.max(1) as f64
+            (n > 0).then(|| sum as f64 / n as f64)
         };
         let mean_us_by_served = Served::ALL
             .iter()
@@ -169,6 +170,10 @@ impl ModeReport {
         s.cpu_s_wasted = less(s.cpu_s_wasted, then.cpu_s_wasted);
         self.cold_starts = less(self.cold_starts, cold_starts_of(before));
     }
+}
+
+fn mean_text(mean: Option<f64>) -> String {
+    mean.map_or("-".into(), |m| format!("{m:.0}"))
 }
 
 fn speculation_of(stats: &Value) -> Speculation {
@@ -287,10 +292,7 @@ impl Report {
         for s in Served::ALL.iter().filter(|s| **s != Served::Failed) {
             row(
                 &format!("  mean when {} (us)", s.name()),
-                each(&|m| match m.served[s.name()] {
-                    0 => "-".into(),
-                    _ => format!("{:.0}", m.mean_us_by_served[s.name()]),
-                }),
+                each(&|m| mean_text(m.mean_us_by_served[s.name()])),
             );
         }
         row(
@@ -299,7 +301,7 @@ impl Report {
         );
         row(
             "  their mean latency (us)",
-            each(&|m| format!("{:.0}", m.known_inputs_mean_us)),
+            each(&|m| mean_text(m.known_inputs_mean_us)),
         );
         row(
             "runs on inputs new in event",
@@ -307,7 +309,7 @@ impl Report {
         );
         row(
             "  their mean latency (us)",
-            each(&|m| format!("{:.0}", m.new_inputs_mean_us)),
+            each(&|m| mean_text(m.new_inputs_mean_us)),
         );
         let opt = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
         row(
@@ -405,11 +407,11 @@ mod tests {
         assert_eq!(m.cold_runs_after_first_minute, 1);
         assert_eq!(m.run_errors["timeout"], 1);
         assert_eq!(m.per_process["cart_total"]["cold"], 1);
-        assert_eq!(m.mean_us_by_served["inflight"], 20.0);
-        assert_eq!(m.mean_us_by_served["cold"], 1000.0);
+        assert_eq!(m.mean_us_by_served["inflight"], Some(20.0));
+        assert_eq!(m.mean_us_by_served["cold"], Some(1000.0));
         assert_eq!(m.new_input_runs, 2);
-        assert_eq!(m.new_inputs_mean_us, 515.0);
-        assert_eq!(m.known_inputs_mean_us, 70.0 / 3.0);
+        assert_eq!(m.new_inputs_mean_us, Some(515.0));
+        assert_eq!(m.known_inputs_mean_us, Some(70.0 / 3.0));
     }
 
     #[test]
