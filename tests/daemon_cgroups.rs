@@ -202,3 +202,49 @@ fn read_u64(p: &Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A SIGTERM while the pools are still warming up stops the daemon as gracefully as one later:
+/// its cgroups are gone when it exits.
+#[test]
+fn a_daemon_stopped_while_it_starts_leaves_no_cgroup() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let parent = common::cgroup_parent();
+    let config = dir.path().join("precogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
+             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n{}",
+            pool("warm_min = 2"),
+            d = dir.path().display(),
+        )
+        .replace("warm_min = 1\n", ""),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&config)
+        .args(["--bus", "none", "--socket"])
+        .arg(dir.path().join("precogd.sock"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The pool's cgroup exists before its first worker answers.
+    let pool_dir = Path::new("/sys/fs/cgroup/cpu").join(&parent).join("t");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !pool_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "no pool cgroup");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "precogd ended with {status}");
+    for c in ["cpu", "cpuacct", "cpuset", "memory", "pids"] {
+        let dir = Path::new("/sys/fs/cgroup").join(c).join(&parent);
+        assert!(!dir.exists(), "{} remains", dir.display());
+    }
+}

@@ -226,6 +226,11 @@ fn server_settings(cfg: &Config) -> Arc<ServerSettings> {
 }
 
 async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
+    // Taken over before anything is set up: a SIGTERM while the pools warm up must stop the
+    // daemon gracefully too (the default action would leave its cgroups behind).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (listener, own_socket) = match systemd::take_listen_fd() {
         Some(fd) => (server::from_systemd(fd)?, None),
         None => {
@@ -284,9 +289,6 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %where_, pools = cfg.pools.len(), "precogd ready");
     systemd::notify(&format!("READY=1\nSTATUS=serving on {where_}"));
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let watchdog = systemd::watchdog_interval();
     let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = cfg.daemon.shutdown_grace.0;

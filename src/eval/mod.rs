@@ -27,7 +27,7 @@ pub use readers::{JD_EPOCH_MS, JD_SESSION_SPACING_MS, RecordEvent, SessionRecord
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -128,26 +128,8 @@ pub fn run(args: &ReplayArgs, socket: Option<&Path>, json: bool) -> anyhow::Resu
     Ok(report)
 }
 
-/// The real span of the sessions `args` would replay, once dead time is cut.
-pub fn shop_span_ms(args: &ReplayArgs) -> anyhow::Result<u64> {
-    let sessions = chosen_sessions(args)?;
-    Ok(timeline::plan(&sessions, (args.max_idle * 1000.0) as u64).span_ms)
-}
-
-fn chosen_sessions(args: &ReplayArgs) -> anyhow::Result<Vec<SessionRecord>> {
-    let mut sessions = read_sessions(&args.file, args.format)?;
-    sessions.sort_by_key(|s| s.events[0].ts_ms);
-    if let Some(n) = args.sessions {
-        sessions.truncate(n);
-    }
-    if sessions.is_empty() {
-        bail!("{} holds no sessions", args.file.display());
-    }
-    Ok(sessions)
-}
-
-/// Replays every chosen mode and returns the report.
-pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report> {
+/// Refuses, before anything starts, the arguments that cannot make a meaningful replay.
+fn check(args: &ReplayArgs) -> anyhow::Result<()> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number");
     }
@@ -166,6 +148,31 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
             );
         }
     }
+    Ok(())
+}
+
+/// The real span of the sessions `args` would replay, once dead time is cut.
+pub fn shop_span_ms(args: &ReplayArgs) -> anyhow::Result<u64> {
+    check(args)?;
+    let sessions = chosen_sessions(args)?;
+    Ok(timeline::plan(&sessions, (args.max_idle * 1000.0) as u64).span_ms)
+}
+
+fn chosen_sessions(args: &ReplayArgs) -> anyhow::Result<Vec<SessionRecord>> {
+    let mut sessions = read_sessions(&args.file, args.format)?;
+    sessions.sort_by_key(|s| s.events[0].ts_ms);
+    if let Some(n) = args.sessions {
+        sessions.truncate(n);
+    }
+    if sessions.is_empty() {
+        bail!("{} holds no sessions", args.file.display());
+    }
+    Ok(sessions)
+}
+
+/// Replays every chosen mode and returns the report.
+pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report> {
+    check(args)?;
     let sessions = chosen_sessions(args)?;
     let timeline = timeline::plan(&sessions, (args.max_idle * 1000.0) as u64);
     let mapping = Mapping::load(args.mapping.as_deref())?;
@@ -215,9 +222,7 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
         bail!("--mode {m} {why}; drop --socket");
     }
     if socket.is_some() && modes.contains(&"ceiling") {
-        bail!(
-            "--mode ceiling starts its own daemon, whose answers outlive the first pass; drop --socket"
-        );
+        bail!("--mode ceiling starts its own daemon, whose answers outlast a pass; drop --socket");
     }
 
     let work = tempfile::Builder::new()
@@ -236,7 +241,8 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
             Some(c) => {
                 // reserve_stock writes to the catalogue: each mode starts from the same stock.
                 let own = work.path().join(format!("{mode}.sqlite"));
-                std::fs::copy(c, &own).context("cannot copy the shop catalogue")?;
+                std::fs::copy(c, &own)
+                    .with_context(|| format!("cannot copy the shop catalogue {}", c.display()))?;
                 Some(own)
             }
             None => None,
