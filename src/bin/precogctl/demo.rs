@@ -75,6 +75,7 @@ pub fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
             replay_args.speed
         );
     }
-    replay::run(&replay_args, None, json)?;
+    // The demo has said how long it takes.
+    replay::run(&replay_args, None, json, false)?;
     Ok(())
 }

@@ -195,18 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Generate(args) => generate::run(&args)?,
         Cmd::Replay(args) => {
             cleanup::install()?;
-            if !cli.json && args.speed.is_finite() && args.speed > 0.0 {
-                // The report comes at the end; say up front how long the wait is.
-                let span_s = replay::shop_span_ms(&args)? as f64 / 1000.0;
-                eprintln!(
-                    "replaying {}: {:.0} min of shop time at {}x, about {:.0} s per mode",
-                    args.file.display(),
-                    span_s / 60.0,
-                    args.speed,
-                    span_s / args.speed
-                );
-            }
-            replay::run(&args, cli.socket.as_deref(), cli.json)?;
+            replay::run(&args, cli.socket.as_deref(), cli.json, !cli.json)?;
         }
         Cmd::Demo(args) => {
             cleanup::install()?;

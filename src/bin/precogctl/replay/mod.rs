@@ -101,9 +101,15 @@ fn format_name(f: Format) -> &'static str {
     }
 }
 
-/// Replays, then prints the report (a table or JSON) and writes the chart.
-pub fn run(args: &ReplayArgs, socket: Option<&Path>, json: bool) -> anyhow::Result<Report> {
-    let report = replay(args, socket)?;
+/// Replays, then prints the report (a table or JSON) and writes the chart. With `announce`, says
+/// on stderr first how long the replay will take.
+pub fn run(
+    args: &ReplayArgs,
+    socket: Option<&Path>,
+    json: bool,
+    announce: bool,
+) -> anyhow::Result<Report> {
+    let report = replay(args, socket, announce)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -153,7 +159,6 @@ fn check(args: &ReplayArgs) -> anyhow::Result<()> {
 
 /// The real span of the sessions `args` would replay, once dead time is cut.
 pub fn shop_span_ms(args: &ReplayArgs) -> anyhow::Result<u64> {
-    check(args)?;
     let sessions = chosen_sessions(args)?;
     Ok(timeline::plan(&sessions, (args.max_idle * 1000.0) as u64).span_ms)
 }
@@ -171,7 +176,7 @@ fn chosen_sessions(args: &ReplayArgs) -> anyhow::Result<Vec<SessionRecord>> {
 }
 
 /// Replays every chosen mode and returns the report.
-pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report> {
+pub fn replay(args: &ReplayArgs, socket: Option<&Path>, announce: bool) -> anyhow::Result<Report> {
     check(args)?;
     let sessions = chosen_sessions(args)?;
     let timeline = timeline::plan(&sessions, (args.max_idle * 1000.0) as u64);
@@ -209,20 +214,24 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>) -> anyhow::Result<Report
     if modes.is_empty() {
         bail!("--mode needs at least one mode");
     }
-    if socket.is_some() && modes.len() > 1 {
-        bail!("several modes start their own daemons; drop --socket, or pick one mode");
+    // The daemon at --socket speculates as it is configured: only precog mode can use it.
+    if socket.is_some() && modes != ["precog"] {
+        bail!(
+            "--mode {} starts its own daemons (spawn uses none); drop --socket",
+            modes.join(",")
+        );
     }
-    if let Some(m) = modes.iter().find(|m| ["no-predict", "spawn"].contains(m))
-        && socket.is_some()
-    {
-        let why = match *m {
-            "spawn" => "spawns its workers itself and uses no daemon",
-            _ => "needs a daemon with speculation off, and starts its own",
-        };
-        bail!("--mode {m} {why}; drop --socket");
-    }
-    if socket.is_some() && modes.contains(&"ceiling") {
-        bail!("--mode ceiling starts its own daemon, whose answers outlast a pass; drop --socket");
+    if announce {
+        // The report comes at the end; the ceiling plays the sessions twice.
+        let passes = modes.len() + modes.contains(&"ceiling") as usize;
+        let span_s = timeline.span_ms as f64 / 1000.0;
+        eprintln!(
+            "replaying {}: {:.0} min of shop time at {}x, about {:.0} s in all",
+            args.file.display(),
+            span_s / 60.0,
+            args.speed,
+            span_s / args.speed * passes as f64
+        );
     }
 
     let work = tempfile::Builder::new()
