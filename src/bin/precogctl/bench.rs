@@ -1,5 +1,8 @@
 //! `precogctl bench`: the round trip of a warm `run` against a plain Unix-socket echo measured in
-//! the same run, so the ratio means something on a shared, noisy machine.
+//! the same run, so the ratio means something on a shared, noisy machine. Beside the echo it
+//! measures a relay floor: the line goes through a relay process and a child of it on pipes, the
+//! shape of a warm run (client, precogd, worker) with nothing precogd does, so what precogd adds
+//! can be told from what any design with a separate worker process pays.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -56,8 +59,13 @@ impl Placement {
 struct Measured {
     placement: Placement,
     echo: Vec<f64>,
+    relay: Vec<f64>,
     run: Vec<f64>,
 }
+
+/// Round trips per block; the three series take turns block by block, so a slow spell of a
+/// shared machine falls on all three alike.
+const BLOCK: usize = 100;
 
 pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
     let allowed = allowed_cpus()?;
@@ -72,23 +80,20 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
         let result = measure(placement, rounds);
         // Whatever happened, the rest of precogctl runs where it may.
         pin(&allowed)?;
-        let (echo, run) = result?;
-        measured.push(Measured {
-            placement,
-            echo,
-            run,
-        });
+        measured.push(result?);
     }
 
     if as_json {
         let by_placement: serde_json::Map<String, serde_json::Value> = measured
             .iter()
             .map(|m| {
-                let (e50, r50) = (quantile(&m.echo, 0.5), quantile(&m.run, 0.5));
+                let (e50, l50, r50) = (median(&m.echo), median(&m.relay), median(&m.run));
                 let v = json!({
                     "echo_us": {"p50": e50, "p99": quantile(&m.echo, 0.99)},
+                    "relay_us": {"p50": l50, "p99": quantile(&m.relay, 0.99)},
                     "warm_run_us": {"p50": r50, "p99": quantile(&m.run, 0.99)},
                     "ratio_p50": r50 / e50,
+                    "relay_ratio_p50": l50 / e50,
                 });
                 (m.placement.key().to_string(), v)
             })
@@ -96,30 +101,37 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
         println!("{}", json!({"rounds": rounds, "placements": by_placement}));
         return Ok(());
     }
-    println!("{rounds} round trips each, same machine, same run; median (p99) in microseconds");
     println!(
-        "{:<28} {:>20} {:>20} {:>8}",
-        "placement", "unix-socket echo", "warm run (precogd)", "ratio"
+        "{rounds} round trips each, taking turns in blocks of {BLOCK}; median (p99) in \
+         microseconds"
+    );
+    println!(
+        "{:<28} {:>16} {:>16} {:>16} {:>8} {:>8}",
+        "placement", "echo", "relay floor", "warm run", "relay", "run"
     );
     for m in &measured {
-        let (e50, r50) = (quantile(&m.echo, 0.5), quantile(&m.run, 0.5));
+        let (e50, l50, r50) = (median(&m.echo), median(&m.relay), median(&m.run));
+        let cell = |v: &[f64]| format!("{:.1} ({:.1})", median(v), quantile(v, 0.99));
         println!(
-            "{:<28} {:>20} {:>20} {:>7.2}x",
+            "{:<28} {:>16} {:>16} {:>16} {:>7.2}x {:>7.2}x",
             m.placement.name(),
-            format!("{e50:.1} ({:.1})", quantile(&m.echo, 0.99)),
-            format!("{r50:.1} ({:.1})", quantile(&m.run, 0.99)),
+            cell(&m.echo),
+            cell(&m.relay),
+            cell(&m.run),
+            l50 / e50,
             r50 / e50,
         );
     }
     println!(
-        "goal: warm run within 3x of the echo; a warm run crosses two processes (precogd, then \
-         the worker) where the echo crosses one"
+        "ratios are to the echo. echo: a line through one other process and back. relay floor: \
+         through a relay process and a child of it (cat) and back, the shape of a warm run with \
+         nothing precogd does. goal: warm run within 3x of the echo"
     );
     Ok(())
 }
 
-/// The echo floor and the warm runs with the processes placed as `placement` says.
-fn measure(placement: Placement, rounds: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// The three series with the processes placed as `placement` says.
+fn measure(placement: Placement, rounds: usize) -> anyhow::Result<Measured> {
     let mut pool = String::from("[[pool]]\nname = \"shop\"\nwarm_min = 1\n");
     if let Placement::OneCpu(cpu) = placement {
         pool.push_str(&format!("cpus = \"{cpu}\"\n"));
@@ -129,13 +141,38 @@ fn measure(placement: Placement, rounds: usize) -> anyhow::Result<(Vec<f64>, Vec
         pin(&[server])?;
     }
     let daemon = LocalDaemon::start("", &pool)?;
-    let echo_server = start_echo_server(&daemon)?;
+    // The relay's child may use the CPUs precogd's worker may: the pool's.
+    let worker_cpus = match placement {
+        Placement::OneCpu(cpu) => vec![cpu],
+        _ => allowed_cpus()?,
+    };
+    let mut echo = EchoServer::start(&daemon, None)?;
+    let mut relay = EchoServer::start(&daemon, Some(&worker_cpus))?;
     if let Some((client, _)) = placement.cpus() {
         pin(&[client])?;
     }
-    let echo = echo_floor(echo_server, rounds)?;
-    let run = warm_runs(&daemon, rounds)?;
-    Ok((echo, run))
+    let mut warm = WarmRuns::connect(&daemon)?;
+    // The first round trips warm the caches of every process, and precogd's worker.
+    echo.round_trips(BLOCK)?;
+    relay.round_trips(BLOCK)?;
+    warm.round_trips(BLOCK)?;
+    let mut m = Measured {
+        placement,
+        echo: Vec::with_capacity(rounds),
+        relay: Vec::with_capacity(rounds),
+        run: Vec::with_capacity(rounds),
+    };
+    let mut left = rounds;
+    while left > 0 {
+        let n = left.min(BLOCK);
+        m.echo.extend(echo.round_trips(n)?);
+        m.relay.extend(relay.round_trips(n)?);
+        m.run.extend(warm.round_trips(n)?);
+        left -= n;
+    }
+    echo.stop();
+    relay.stop();
+    Ok(m)
 }
 
 /// The CPUs this process may run on.
@@ -155,14 +192,20 @@ fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
         .collect())
 }
 
-/// Runs this process (its calling thread, which is the only one) on `cpus` only.
-fn pin(cpus: &[usize]) -> anyhow::Result<()> {
+/// The set of `cpus`, which must be below CPU_SETSIZE.
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: an all-zero cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: `c` came from the kernel's own set, so it is below CPU_SETSIZE.
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `c` is below CPU_SETSIZE, so CPU_SET writes within `set`.
         unsafe { libc::CPU_SET(c, &mut set) };
     }
+    set
+}
+
+/// Runs this process (its calling thread, which is the only one) on `cpus` only.
+fn pin(cpus: &[usize]) -> anyhow::Result<()> {
+    let set = cpu_set(cpus);
     // SAFETY: the pointer and size describe `set`, which outlives the call.
     let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
     anyhow::ensure!(
@@ -173,96 +216,188 @@ fn pin(cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An echo server in another process, and this process's connection to it.
 struct EchoServer {
     child: std::process::Child,
-    path: std::path::PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    line: String,
 }
 
-fn start_echo_server(daemon: &LocalDaemon) -> anyhow::Result<EchoServer> {
-    let path = daemon.path().join("echo.sock");
-    let listener = UnixListener::bind(&path)?;
-    let exe = std::env::current_exe()?;
-    let child = crate::cleanup::unblocked(std::process::Command::new(exe))
-        .arg("echo-server")
-        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-            listener,
-        )))
-        .spawn()
-        .context("cannot start the echo server")?;
-    crate::cleanup::track_daemon(child.id());
-    Ok(EchoServer { child, path })
-}
-
-/// Round trips of one line through an echo server in another process on a Unix socket — the
-/// same shape as a client talking to precogd, minus everything precogd does.
-fn echo_floor(mut server: EchoServer, rounds: usize) -> anyhow::Result<Vec<f64>> {
-    let stream = UnixStream::connect(&server.path)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let request = json!({"op": "run", "session": "bench", "process": "validate_postal_code",
+/// The request line the echo servers carry: as long as a warm run's.
+fn echo_line() -> String {
+    json!({"op": "run", "session": "bench", "process": "validate_postal_code",
         "inputs": {"country": "DE", "postal_code": "10115"}})
     .to_string()
-        + "\n";
-    let mut times = Vec::with_capacity(rounds);
-    let mut line = String::new();
-    for i in 0..rounds + 100 {
-        let t = Instant::now();
-        writer.write_all(request.as_bytes())?;
-        line.clear();
-        reader.read_line(&mut line)?;
-        if i >= 100 {
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    drop(writer);
-    drop(reader);
-    // The connection is closed, so the server ends by itself from here.
-    crate::cleanup::untrack_daemon(server.child.id());
-    let _ = server.child.wait();
-    Ok(times)
+        + "\n"
 }
 
-/// The echo server's side: serves one connection on the listening socket given as stdin.
-pub fn echo_server() -> anyhow::Result<()> {
+impl EchoServer {
+    /// A plain echo server, or with `relay_cpus` a relay whose child runs on those CPUs.
+    fn start(daemon: &LocalDaemon, relay_cpus: Option<&[usize]>) -> anyhow::Result<EchoServer> {
+        let path = daemon.path().join(match relay_cpus {
+            Some(_) => "relay.sock",
+            None => "echo.sock",
+        });
+        let listener = UnixListener::bind(&path)?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = crate::cleanup::unblocked(std::process::Command::new(exe));
+        cmd.arg("echo-server");
+        if let Some(cpus) = relay_cpus {
+            let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            cmd.arg("--relay").arg("--child-cpus").arg(list.join(","));
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                listener,
+            )))
+            .spawn()
+            .context("cannot start the echo server")?;
+        crate::cleanup::track_daemon(child.id());
+        let stream = UnixStream::connect(&path)?;
+        Ok(EchoServer {
+            child,
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            line: echo_line(),
+        })
+    }
+
+    /// Round trips of one line through the server: the same shape as a client talking to
+    /// precogd, minus everything precogd does.
+    fn round_trips(&mut self, n: usize) -> anyhow::Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(n);
+        let mut back = String::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            self.writer.write_all(self.line.as_bytes())?;
+            back.clear();
+            self.reader.read_line(&mut back)?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            anyhow::ensure!(back == self.line, "the echo server answered {back:?}");
+        }
+        Ok(times)
+    }
+
+    /// Closes the connection, after which the server ends by itself.
+    fn stop(self) {
+        let EchoServer {
+            mut child,
+            reader,
+            writer,
+            ..
+        } = self;
+        drop(writer);
+        drop(reader);
+        crate::cleanup::untrack_daemon(child.id());
+        let _ = child.wait();
+    }
+}
+
+/// The echo server's side: serves one connection on the listening socket given as stdin. With
+/// `relay`, each line goes through a child process (`cat`) on pipes and back before the reply.
+pub fn echo_server(relay: bool, child_cpus: &[usize]) -> anyhow::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
     let stdin = std::io::stdin();
-    // SAFETY: `echo_floor` passes a listening Unix socket as this process's stdin, which nothing
-    // else here uses.
+    // SAFETY: `EchoServer::start` passes a listening Unix socket as this process's stdin, which
+    // nothing else here uses.
     let listener = unsafe { UnixListener::from_raw_fd(stdin.as_raw_fd()) };
+    let mut relay = if relay {
+        let set = cpu_set(child_cpus);
+        let mut cat = Command::new("cat");
+        if !child_cpus.is_empty() {
+            // SAFETY: only sched_setaffinity, which is async-signal-safe, runs between fork
+            // and exec, on a set built before the fork.
+            unsafe {
+                cat.pre_exec(move || {
+                    let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut cat = cat
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start cat")?;
+        let to = cat.stdin.take().context("cat's stdin")?;
+        let from = BufReader::new(cat.stdout.take().context("cat's stdout")?);
+        Some((cat, to, from))
+    } else {
+        None
+    };
     let (stream, _) = listener.accept()?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     let mut line = String::new();
+    let mut back = String::new();
     while reader.read_line(&mut line)? > 0 {
-        writer.write_all(line.as_bytes())?;
+        let out = match &mut relay {
+            Some((_, to, from)) => {
+                to.write_all(line.as_bytes())?;
+                back.clear();
+                from.read_line(&mut back)?;
+                &back
+            }
+            None => &line,
+        };
+        writer.write_all(out.as_bytes())?;
         line.clear();
+    }
+    if let Some((mut cat, to, _)) = relay {
+        drop(to);
+        let _ = cat.wait();
     }
     Ok(())
 }
 
-/// Round trips of `run` for a trivial micro-process on a warm worker, with inputs that differ
-/// every time so that no answer comes from the cache.
-fn warm_runs(daemon: &LocalDaemon, rounds: usize) -> anyhow::Result<Vec<f64>> {
-    let mut client = Client::connect(&daemon.socket)?;
-    let mut times = Vec::with_capacity(rounds);
-    for i in 0..rounds + 100 {
-        let code = format!("{:05}", 10000 + (i % 89999));
-        let req = json!({"op": "run", "session": "bench", "process": "validate_postal_code",
-            "inputs": {"country": "DE", "postal_code": code, "nonce": i}});
-        let t = Instant::now();
-        let reply = client.call_ok(&req).context("a benchmark run failed")?;
-        let us = t.elapsed().as_secs_f64() * 1e6;
-        // The first runs warm the worker and the caches of both processes.
-        if i >= 100 {
+/// A connection to precogd for round trips of `run` for a trivial micro-process on a warm
+/// worker, with inputs that differ every time so that no answer comes from the cache.
+struct WarmRuns {
+    client: Client,
+    sent: usize,
+}
+
+impl WarmRuns {
+    fn connect(daemon: &LocalDaemon) -> anyhow::Result<WarmRuns> {
+        Ok(WarmRuns {
+            client: Client::connect(&daemon.socket)?,
+            sent: 0,
+        })
+    }
+
+    fn round_trips(&mut self, n: usize) -> anyhow::Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = self.sent;
+            self.sent += 1;
+            let code = format!("{:05}", 10000 + (i % 89999));
+            let req = json!({"op": "run", "session": "bench", "process": "validate_postal_code",
+                "inputs": {"country": "DE", "postal_code": code, "nonce": i}});
+            let t = Instant::now();
+            let reply = self
+                .client
+                .call_ok(&req)
+                .context("a benchmark run failed")?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
             anyhow::ensure!(
                 reply["served"] == "warm",
                 "expected a warm run, got {}",
                 reply["served"]
             );
-            times.push(us);
         }
+        Ok(times)
     }
-    Ok(times)
+}
+
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
 }
 
 fn quantile(v: &[f64], q: f64) -> f64 {

@@ -80,9 +80,17 @@ enum Cmd {
         #[arg(long)]
         format: String,
     },
-    /// The other end of `bench`'s echo floor.
+    /// The other end of `bench`'s echo floors.
     #[command(hide = true)]
-    EchoServer,
+    EchoServer {
+        /// Pass each line through a child process (`cat`) and back, as precogd does through
+        /// a worker.
+        #[arg(long)]
+        relay: bool,
+        /// CPUs the relay's child may run on, as precogd's worker may (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        child_cpus: Vec<usize>,
+    },
     /// Drive the socket with many clients and report latency, errors and memory.
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -172,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cleanup::install()?;
             bench::run(rounds.max(10), cli.json)?
         }
-        Cmd::EchoServer => bench::echo_server()?,
+        Cmd::EchoServer { relay, child_cpus } => bench::echo_server(relay, &child_cpus)?,
         Cmd::Load(args) => load::run(&socket, &args)?,
         Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
         Cmd::Stats { prometheus } => {
