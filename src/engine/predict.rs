@@ -61,7 +61,7 @@ impl Engine {
             ts_ms: ev.ts.unwrap_or_else(now_ms),
         });
         self.note_hot_path(&session, &hot);
-        self.speculate(client, &session);
+        self.speculate(client, &session, &hot);
         Ok(json_map(json!({"hot_path": hot_json(&hot)})))
     }
 
@@ -73,7 +73,7 @@ impl Engine {
     ) -> Reply {
         let hot = self.predictor.hint(session, predictions, now_ms());
         self.note_hot_path(session, &hot);
-        self.speculate(client, session);
+        self.speculate(client, session, &hot);
         Ok(json_map(json!({"hot_path": hot_json(&hot)})))
     }
 
@@ -122,7 +122,7 @@ impl Engine {
     /// Feeds a `run` to the predictor as a step of its session, then speculates from the new
     /// hot path.
     pub(super) fn note_run(&mut self, client: Client, session: &str, key: &JobKey) {
-        self.predictor.event(Event {
+        let hot = self.predictor.event(Event {
             session: session.to_string(),
             kind: "run".into(),
             target: Some(key.process.clone()),
@@ -131,16 +131,17 @@ impl Engine {
             attrs: Map::new(),
             ts_ms: now_ms(),
         });
-        self.speculate(client, session);
+        self.speculate(client, session, &hot);
     }
 
     /// Starts the speculative jobs the predictor picks for the session, and drops queued ones
-    /// that fell out of its hot path.
-    pub(super) fn speculate(&mut self, client: Client, session: &str) {
+    /// that fell out of its hot path. `hot` is the session's hot path as the predictor just
+    /// returned it.
+    pub(super) fn speculate(&mut self, client: Client, session: &str, hot: &[HotEntry]) {
         if !self.config.predict.speculation {
             return;
         }
-        for job in self.predictor.cancellable(session) {
+        for job in self.predictor.cancellable_from(session, hot) {
             if let Some(key) = self.key_for(client.uid, &job.process, &job.inputs)
                 && let Some(inflight) = self.inflight.get(&key)
                 && inflight.speculative
@@ -154,7 +155,7 @@ impl Engine {
             }
         }
 
-        for job in self.predictor.speculate(session, now_ms()) {
+        for job in self.predictor.speculate_from(session, hot) {
             let Some(key) = self.key_for(client.uid, &job.process, &job.inputs) else {
                 continue;
             };
@@ -183,27 +184,23 @@ impl Engine {
                 Vec::new(),
             );
         }
-        self.prepare_hot(client, session);
+        self.prepare_hot(client, session, hot);
     }
 
     /// Hot processes with a `prepare` phase whose prepare inputs are known but not all inputs:
     /// run the prepare phase now, so the full run later resumes from its checkpoint.
-    fn prepare_hot(&mut self, client: Client, session: &str) {
-        let known = self
-            .predictor
-            .known_inputs(session)
-            .cloned()
-            .unwrap_or_default();
-        let hot = self
-            .predictor
-            .hot_path(session, self.config.predict.hot_path);
-        for h in hot.into_iter().filter(|h| !h.inputs_known) {
-            let Some(proc_cfg) = self.config.process(&h.process).cloned() else {
+    fn prepare_hot(&mut self, client: Client, session: &str, hot: &[HotEntry]) {
+        for h in hot.iter().filter(|h| !h.inputs_known) {
+            let Some(proc_cfg) = self.config.process(&h.process) else {
                 continue;
             };
             if proc_cfg.prepare.is_empty() || !proc_cfg.idempotent {
                 continue;
             }
+            let proc_cfg = proc_cfg.clone();
+            let Some(known) = self.predictor.known_inputs(session) else {
+                return;
+            };
             let inputs: Option<Map<String, Value>> = proc_cfg
                 .prepare
                 .iter()

@@ -281,8 +281,14 @@ impl Predictor {
     }
 
     /// New speculative jobs for the session: hot, idempotent, inputs known, above threshold.
-    pub fn speculate(&mut self, session: &str, _now_ms: u64) -> Vec<SpeculativeJob> {
+    pub fn speculate(&mut self, session: &str) -> Vec<SpeculativeJob> {
         let hot = self.hot_path(session, self.hot_path_len);
+        self.speculate_from(session, &hot)
+    }
+
+    /// As `speculate`, from the hot path the last event or hint of the session returned, which
+    /// nothing has changed since.
+    pub fn speculate_from(&mut self, session: &str, hot: &[HotEntry]) -> Vec<SpeculativeJob> {
         let Some(profile) = self.profiles.get(session) else {
             return Vec::new();
         };
@@ -296,7 +302,7 @@ impl Predictor {
         };
         self.partition.select(
             session,
-            &hot,
+            hot,
             &profile.known_inputs,
             &self.processes,
             &has_run,
@@ -306,7 +312,12 @@ impl Predictor {
     /// Issued speculative jobs that are no longer worth finishing.
     pub fn cancellable(&mut self, session: &str) -> Vec<SpeculativeJob> {
         let hot = self.hot_path(session, self.hot_path_len);
-        self.partition.cancellable(session, &hot)
+        self.cancellable_from(session, &hot)
+    }
+
+    /// As `cancellable`, from the session's current hot path.
+    pub fn cancellable_from(&mut self, session: &str, hot: &[HotEntry]) -> Vec<SpeculativeJob> {
+        self.partition.cancellable(session, hot)
     }
 
     pub fn feedback(&mut self, process: &str, used: bool, cpu_ns: u64) {

@@ -89,11 +89,11 @@ fn a_process_is_not_predicted_before_its_prerequisite() {
         ..ev("s", "input", None, 2)
     });
     p.hint("s", &[("calc_shipping".into(), 0.9)], 3);
-    let jobs = p.speculate("s", 3);
+    let jobs = p.speculate("s");
     let names: Vec<_> = jobs.iter().map(|j| j.process.as_str()).collect();
     assert_eq!(names, ["validate_postal_code", "calc_shipping"]);
     assert_eq!(jobs[1].inputs.len(), 3);
-    assert!(p.speculate("s", 4).is_empty(), "a job is issued once");
+    assert!(p.speculate("s").is_empty(), "a job is issued once");
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn non_idempotent_processes_and_unknown_inputs_stay_cold() {
     );
     let hot = p.hot_path("s", 5);
     assert!(hot.iter().all(|h| !h.inputs_known));
-    assert!(p.speculate("s", 2).is_empty());
+    assert!(p.speculate("s").is_empty());
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn ended_and_expired_sessions_are_freed() {
         &[("check_inventory".into(), 0.9), ("price_quote".into(), 0.9)],
         2,
     );
-    assert_eq!(p.speculate("s", 2).len(), 2);
+    assert_eq!(p.speculate("s").len(), 2);
     assert!(p.end("s", Some("order"), 3));
     assert!(!p.end("s", None, 3));
     assert_eq!(p.cancellable("s").len(), 2);
