@@ -186,7 +186,7 @@ pub fn render(stats: &Value) -> String {
     o.single(
         "speculation_threshold",
         "gauge",
-        "Probability above which a hot process is precomputed.",
+        "Shared probability threshold, moved by every speculative result.",
         path(sp, &["threshold"]),
     );
     let per = &sp["per_process"];
@@ -205,6 +205,14 @@ pub fn render(stats: &Value) -> String {
         "process",
         per,
         &["wasted"],
+    );
+    o.per(
+        "process_speculation_threshold",
+        "gauge",
+        "Probability above which the process is precomputed, once its results were judged.",
+        "process",
+        per,
+        &["threshold"],
     );
     o.scaled(1e-9, |o| {
         o.per(
@@ -445,7 +453,7 @@ mod tests {
             "speculation": {"issued": 4, "used": 3, "wasted": 1, "cancelled": 0,
                 "cpu_s_wasted": 0.5, "threshold": 0.25,
                 "per_process": {"calc_shipping": {"used": 3, "wasted": 1,
-                    "cpu_ns_wasted": 500000000u64}}},
+                    "cpu_ns_wasted": 500000000u64, "threshold": 0.125}}},
             "pools": {"shop": {"workers": 2, "busy": 1, "cold_starts": 1}},
             "alloc": {"budget": {"memory": 1024, "memory_reserved": 64},
                 "pools": {"shop": {"warm": 2, "keep_alive_ms": 2000}}},
@@ -468,6 +476,9 @@ mod tests {
         assert!(t.contains(
             "precog_process_speculative_cpu_wasted_seconds_total{process=\"calc_shipping\"} 0.5\n"
         ));
+        assert!(
+            t.contains("precog_process_speculation_threshold{process=\"calc_shipping\"} 0.125\n")
+        );
         assert!(t.contains("precog_process_run_p95_seconds{process=\"calc_shipping\"} 0.002\n"));
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -5,9 +5,18 @@
 //! known, its chance reaches the threshold, each of its prerequisites has run or is being
 //! speculated ahead of it, and the session has room: it starts with `predict.per_session` jobs
 //! and the room follows the measured precision. The same process with the same inputs is never
-//! issued twice in a session. The threshold adapts from feedback by stochastic approximation:
-//! each wasted result raises it a little and each used one lowers it, so it settles where the
-//! share of used results is `predict.precision_target`. Pure code over plain values.
+//! issued twice in a session.
+//!
+//! Thresholds adapt from feedback by stochastic approximation: each wasted result raises a
+//! threshold a little and each used one lowers it, so it settles where the share of used results
+//! is `predict.precision_target`. Each process whose results have been judged has a threshold of
+//! its own, so one process the app over-predicts does not stop the guesses for the others. The
+//! shared threshold is moved by every result; a process without results starts from it, or
+//! from the initial threshold if that is lower, so others' waste does not keep it out. A
+//! process kept out by its threshold eases it a little each time it is passed over, so it is
+//! tried now and then (about one time in a hundred) and comes back when its results start being
+//! used. An operator's threshold (`policy`) applies to every process and stays where it is put.
+//! Pure code over plain values.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -39,10 +48,16 @@ pub struct ProcessFeedback {
     pub used: u64,
     pub wasted: u64,
     pub cpu_ns_wasted: u64,
+    /// The process's own threshold, once a result of it has been judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
-/// How far one feedback moves the threshold.
+/// How far one feedback moves a threshold.
 const THRESHOLD_STEP: f64 = 0.01;
+/// How far a threshold eases each time it keeps an otherwise ready process out: a process whose
+/// results are all wasted is tried about once in `precision_target * STEP / EASE` chances.
+const THRESHOLD_EASE: f64 = THRESHOLD_STEP / 200.0;
 const THRESHOLD_MIN: f64 = 0.02;
 const THRESHOLD_MAX: f64 = 0.95;
 const INITIAL_THRESHOLD: f64 = 0.2;
@@ -89,6 +104,17 @@ impl Partitioner {
         }
     }
 
+    /// The threshold `process` must reach to be speculated.
+    pub fn threshold_for(&self, process: &str) -> f64 {
+        if self.threshold_pinned {
+            return self.threshold;
+        }
+        self.per_process
+            .get(process)
+            .and_then(|f| f.threshold)
+            .unwrap_or(self.threshold.min(INITIAL_THRESHOLD))
+    }
+
     /// Share of speculative results that were used (the target before any feedback).
     pub fn precision(&self) -> f64 {
         let all = self.used + self.wasted;
@@ -122,7 +148,7 @@ impl Partitioner {
             return Vec::new();
         }
         let room = self.room();
-        let threshold = self.threshold;
+        let start = self.threshold.min(INITIAL_THRESHOLD);
         let jobs = self
             .sessions
             .entry(session.to_string())
@@ -139,7 +165,7 @@ impl Partitioner {
             let Some(cfg) = processes.iter().find(|p| p.name == entry.process) else {
                 continue;
             };
-            if !cfg.idempotent || entry.p < threshold {
+            if !cfg.idempotent {
                 continue;
             }
             let ready = cfg
@@ -153,9 +179,25 @@ impl Partitioner {
                 continue;
             }
             let key = cache_key(&cfg.name, &inputs);
-            if !jobs.issued.insert(key) {
+            if jobs.issued.contains(&key) {
                 continue;
             }
+            let threshold = if self.threshold_pinned {
+                self.threshold
+            } else {
+                self.per_process
+                    .get(&cfg.name)
+                    .and_then(|f| f.threshold)
+                    .unwrap_or(start)
+            };
+            if entry.p < threshold {
+                if !self.threshold_pinned {
+                    let own = self.per_process.entry(cfg.name.clone()).or_default();
+                    own.threshold = Some((threshold - THRESHOLD_EASE).max(THRESHOLD_MIN));
+                }
+                continue;
+            }
+            jobs.issued.insert(key);
             let job = SpeculativeJob {
                 process: cfg.name.clone(),
                 inputs,
@@ -207,8 +249,11 @@ impl Partitioner {
         }
     }
 
-    /// Learns whether a speculative result was used, and moves the threshold.
+    /// Learns whether a speculative result was used, and moves the shared threshold and the
+    /// process's own.
     pub fn feedback(&mut self, process: &str, used: bool, cpu_ns: u64) {
+        let shared = self.threshold;
+        let start = shared.min(INITIAL_THRESHOLD);
         let entry = self.per_process.entry(process.to_string()).or_default();
         if used {
             self.used += 1;
@@ -220,8 +265,10 @@ impl Partitioner {
         }
         if !self.threshold_pinned {
             let outcome = if used { 1.0 } else { 0.0 };
-            self.threshold = (self.threshold + THRESHOLD_STEP * (self.precision_target - outcome))
-                .clamp(THRESHOLD_MIN, THRESHOLD_MAX);
+            let step = THRESHOLD_STEP * (self.precision_target - outcome);
+            let own = entry.threshold.unwrap_or(start);
+            entry.threshold = Some((own + step).clamp(THRESHOLD_MIN, THRESHOLD_MAX));
+            self.threshold = (shared + step).clamp(THRESHOLD_MIN, THRESHOLD_MAX);
         }
     }
 }
@@ -332,6 +379,77 @@ mod tests {
         }
         assert!(part.threshold < high, "threshold {}", part.threshold);
         assert_eq!(part.per_process["price"].cpu_ns_wasted, 20_000);
+    }
+
+    #[test]
+    fn a_process_the_app_overpredicts_keeps_its_high_threshold_to_itself() {
+        let procs = vec![process("a", &[], &[], true), process("b", &[], &[], true)];
+        let mut part = Partitioner::new(0.5, 3, true);
+        for _ in 0..300 {
+            part.feedback("a", false, 1000);
+        }
+        assert!(part.threshold_for("a") > 0.9, "{}", part.threshold_for("a"));
+        // The shared threshold followed the waste; a process without results does not.
+        assert!(part.threshold > 0.9);
+        assert!(part.threshold_for("b") <= INITIAL_THRESHOLD);
+        let jobs = part.select(
+            "s",
+            &hot(&[("a", 0.9), ("b", 0.5)]),
+            &Map::new(),
+            &procs,
+            &|_| false,
+        );
+        let names: Vec<_> = jobs.iter().map(|j| j.process.as_str()).collect();
+        assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn a_process_kept_out_is_tried_now_and_then_and_comes_back_when_used() {
+        let procs = vec![process("a", &[], &[], true)];
+        let mut part = Partitioner::new(0.5, 3, true);
+        for _ in 0..300 {
+            part.feedback("a", false, 1000);
+        }
+        let h = hot(&[("a", 0.9)]);
+        let visit = |part: &mut Partitioner, i: usize, used: bool| {
+            let issued = !part
+                .select(&format!("s{i}"), &h, &Map::new(), &procs, &|_| false)
+                .is_empty();
+            if issued {
+                part.feedback("a", used, 1000);
+            }
+            issued
+        };
+        // Every result wasted: tried rarely, but tried.
+        let tried = (0..3000).filter(|&i| visit(&mut part, i, false)).count();
+        assert!(
+            (1..=60).contains(&tried),
+            "tried {tried} times in 3000 visits"
+        );
+        // Its results start being used: it is back within a few hundred visits.
+        let back: Vec<bool> = (3000..3600).map(|i| visit(&mut part, i, true)).collect();
+        assert!(
+            back[500..].iter().all(|&b| b),
+            "threshold {}",
+            part.threshold_for("a")
+        );
+    }
+
+    #[test]
+    fn an_operator_threshold_applies_to_every_process() {
+        let procs = vec![process("a", &[], &[], true)];
+        let mut part = Partitioner::new(0.5, 3, true);
+        for _ in 0..300 {
+            part.feedback("a", false, 1000);
+        }
+        part.threshold = 0.5;
+        part.threshold_pinned = true;
+        assert_eq!(part.threshold_for("a"), 0.5);
+        let jobs = part.select("s", &hot(&[("a", 0.9)]), &Map::new(), &procs, &|_| false);
+        assert_eq!(jobs.len(), 1);
+        // Feedback leaves a pinned threshold where the operator put it.
+        part.feedback("a", false, 1000);
+        assert_eq!(part.threshold_for("a"), 0.5);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Layout: an 8-byte magic, a little-endian u32 format version, a u64 payload length, the
 //! payload's CRC-32, then the payload (JSON of the step and run models and the partitioner's
-//! threshold and feedback counters). Anything that does not check out — magic, length, CRC,
+//! thresholds and feedback counters). Anything that does not check out — magic, length, CRC,
 //! JSON, ids out of range, non-finite numbers — is refused with an error and leaves the running
 //! model untouched. Sessions are not saved: they are short-lived and end with the daemon.
 
@@ -83,6 +83,14 @@ impl Predictor {
         saved.runs.restore(hl).map_err(PredictError::Damaged)?;
         if !saved.threshold.is_finite() {
             return Err(damaged("threshold is not a number"));
+        }
+        for (process, f) in &mut saved.per_process {
+            if let Some(t) = &mut f.threshold {
+                if !t.is_finite() {
+                    return Err(damaged(&format!("threshold of {process} is not a number")));
+                }
+                *t = t.clamp(0.0, 1.0);
+            }
         }
 
         self.steps = saved.steps;
