@@ -336,11 +336,13 @@ fn main() -> anyhow::Result<()> {
         let mode = usize::from(speculation);
         let d = &daemons[mode];
         let first_n = 1_000_000 * (round + 1);
+        let issued_before = pool_counter(&d.socket, "issued")?;
         let samples = load(&d.socket, sessions, clients, &format!("r{round}"), first_n)?;
         wait_quiet(&d.socket)?;
+        let issued = pool_counter(&d.socket, "issued")? - issued_before;
         let p = p99(&samples);
         println!(
-            "round {round} speculation {:<3}: {} runs, p50 {} us, p99 {p} us; {}",
+            "round {round} speculation {:<3}: {} runs, {issued} guesses, p50 {} us, p99 {p} us; {}",
             if speculation { "on" } else { "off" },
             samples.len(),
             samples[samples.len() / 2].total_us,

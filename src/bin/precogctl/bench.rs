@@ -77,7 +77,7 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
 
     let mut measured = Vec::new();
     for placement in placements {
-        let result = measure(placement, rounds);
+        let result = measure(placement, rounds, &allowed);
         // Whatever happened, the rest of precogctl runs where it may.
         pin(&allowed)?;
         measured.push(result?);
@@ -130,22 +130,23 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The three series with the processes placed as `placement` says.
-fn measure(placement: Placement, rounds: usize) -> anyhow::Result<Measured> {
-    let mut pool = String::from("[[pool]]\nname = \"shop\"\nwarm_min = 1\n");
-    if let Placement::OneCpu(cpu) = placement {
-        pool.push_str(&format!("cpus = \"{cpu}\"\n"));
-    }
+/// The three series with the processes placed as `placement` says; `allowed` are the CPUs
+/// precogctl may use.
+fn measure(placement: Placement, rounds: usize, allowed: &[usize]) -> anyhow::Result<Measured> {
+    // precogd's worker and the relay's child get the same CPUs: the one CPU, else all allowed.
+    let worker_cpus = match placement {
+        Placement::OneCpu(cpu) => vec![cpu],
+        _ => allowed.to_vec(),
+    };
+    let list = cpu_list(&worker_cpus);
+    let pool = format!(
+        "[budget]\ncpus = \"{list}\"\n[[pool]]\nname = \"shop\"\nwarm_min = 1\ncpus = \"{list}\"\n"
+    );
     // Children inherit the CPUs of the process that starts them.
     if let Some((_, server)) = placement.cpus() {
         pin(&[server])?;
     }
     let daemon = LocalDaemon::start("", &pool)?;
-    // The relay's child may use the CPUs precogd's worker may: the pool's.
-    let worker_cpus = match placement {
-        Placement::OneCpu(cpu) => vec![cpu],
-        _ => allowed_cpus()?,
-    };
     let mut echo = EchoServer::start(&daemon, None)?;
     let mut relay = EchoServer::start(&daemon, Some(&worker_cpus))?;
     if let Some((client, _)) = placement.cpus() {
@@ -190,6 +191,12 @@ fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
     Ok((0..libc::CPU_SETSIZE as usize)
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect())
+}
+
+/// `cpus` as a CPU list for the configuration and the relay's command line: `0,1,3`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    list.join(",")
 }
 
 /// The set of `cpus`, which must be below CPU_SETSIZE.
@@ -241,19 +248,16 @@ impl EchoServer {
         });
         let listener = UnixListener::bind(&path)?;
         let exe = std::env::current_exe()?;
-        let mut cmd = crate::cleanup::unblocked(std::process::Command::new(exe));
+        let mut cmd = std::process::Command::new(exe);
         cmd.arg("echo-server");
         if let Some(cpus) = relay_cpus {
-            let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
-            cmd.arg("--relay").arg("--child-cpus").arg(list.join(","));
+            cmd.arg("--relay").arg("--child-cpus").arg(cpu_list(cpus));
         }
-        let child = cmd
-            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                listener,
-            )))
-            .spawn()
-            .context("cannot start the echo server")?;
-        crate::cleanup::track_daemon(child.id());
+        cmd.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            listener,
+        )));
+        let child =
+            crate::cleanup::spawn_tracked(&mut cmd).context("cannot start the echo server")?;
         let stream = UnixStream::connect(&path)?;
         Ok(EchoServer {
             child,
@@ -304,7 +308,17 @@ pub fn echo_server(relay: bool, child_cpus: &[usize]) -> anyhow::Result<()> {
     // SAFETY: `EchoServer::start` passes a listening Unix socket as this process's stdin, which
     // nothing else here uses.
     let listener = unsafe { UnixListener::from_raw_fd(stdin.as_raw_fd()) };
+    anyhow::ensure!(
+        listener.local_addr().is_ok(),
+        "echo-server serves `precogctl bench`, which passes it a listening socket as stdin"
+    );
     let mut relay = if relay {
+        if let Some(c) = child_cpus
+            .iter()
+            .find(|&&c| c >= libc::CPU_SETSIZE as usize)
+        {
+            anyhow::bail!("--child-cpus: there is no CPU {c}");
+        }
         let set = cpu_set(child_cpus);
         let mut cat = Command::new("cat");
         if !child_cpus.is_empty() {
@@ -325,7 +339,7 @@ pub fn echo_server(relay: bool, child_cpus: &[usize]) -> anyhow::Result<()> {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("cannot start cat")?;
+            .with_context(|| format!("cannot start cat on CPUs {child_cpus:?}"))?;
         let to = cat.stdin.take().context("cat's stdin")?;
         let from = BufReader::new(cat.stdout.take().context("cat's stdout")?);
         Some((cat, to, from))
@@ -337,7 +351,8 @@ pub fn echo_server(relay: bool, child_cpus: &[usize]) -> anyhow::Result<()> {
     let mut writer = stream;
     let mut line = String::new();
     let mut back = String::new();
-    while reader.read_line(&mut line)? > 0 {
+    // A line cut short by the client hanging up is not passed on: `cat` would wait for the rest.
+    while reader.read_line(&mut line)? > 0 && line.ends_with('\n') {
         let out = match &mut relay {
             Some((_, to, from)) => {
                 to.write_all(line.as_bytes())?;

@@ -4,8 +4,11 @@
 //! directories, and exits with 128 + the signal's number, as the shell would report it.
 //!
 //! The signals are blocked in every thread of precogctl and taken by `sigwait`, so nothing runs
-//! in a signal handler. Children start with an empty signal mask (the standard library resets it
-//! before exec), so the daemons still stop on SIGTERM.
+//! in a signal handler. Children start with an empty signal mask, so the daemons still stop on
+//! SIGTERM. A daemon is started and tracked under the same lock that the signal thread takes to
+//! mark precogctl as stopping, so once it is stopping no daemon starts: the work in progress
+//! goes on meanwhile (into the next placement of `bench`, say) and would otherwise start one
+//! that nothing stops.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -46,7 +49,10 @@ pub fn install() -> anyhow::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Ok(signal) = set.wait() {
-                STOPPING.store(true, Ordering::SeqCst);
+                {
+                    let _t = tracked();
+                    STOPPING.store(true, Ordering::SeqCst);
+                }
                 clean_up();
                 std::process::exit(128 + signal as i32);
             }
@@ -63,9 +69,18 @@ pub fn wait_if_stopping() {
     }
 }
 
-/// A private daemon to stop if precogctl is interrupted.
-pub fn track_daemon(pid: u32) {
-    tracked().daemons.push(pid as i32);
+/// Starts a private daemon that is stopped if precogctl is interrupted; refuses once
+/// precogctl is stopping.
+pub fn spawn_tracked(cmd: &mut std::process::Command) -> anyhow::Result<std::process::Child> {
+    let mut t = tracked();
+    anyhow::ensure!(
+        !STOPPING.load(Ordering::SeqCst),
+        "precogctl is stopping: not starting {:?}",
+        cmd.get_program()
+    );
+    let child = unblocked_in_place(cmd).spawn()?;
+    t.daemons.push(child.id() as i32);
+    Ok(child)
 }
 
 /// The daemon was stopped and reaped.
@@ -76,7 +91,13 @@ pub fn untrack_daemon(pid: u32) {
 /// A temporary directory to remove if precogctl is interrupted; untracked when the guard drops
 /// (the owner removes it then).
 pub fn track_dir(path: &Path) -> DirGuard {
-    tracked().dirs.push(path.to_path_buf());
+    let mut t = tracked();
+    if STOPPING.load(Ordering::SeqCst) {
+        // Made after the signal thread took its list: nothing else would remove it.
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        t.dirs.push(path.to_path_buf());
+    }
     DirGuard(path.to_path_buf())
 }
 
@@ -122,11 +143,13 @@ fn clean_up() {
 /// A command whose process starts with no signal blocked: children inherit precogctl's mask, and
 /// a daemon that cannot receive SIGTERM cannot be stopped cleanly.
 pub fn unblocked(mut cmd: std::process::Command) -> std::process::Command {
+    unblocked_in_place(&mut cmd);
+    cmd
+}
+
+fn unblocked_in_place(cmd: &mut std::process::Command) -> &mut std::process::Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe, as code
     // between fork and exec must be.
-    unsafe {
-        cmd.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from));
-    }
-    cmd
+    unsafe { cmd.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from)) }
 }

@@ -50,19 +50,19 @@ impl LocalDaemon {
         );
         std::fs::write(&config, text)?;
         let log = std::fs::File::create(dir.path().join("precogd.log"))?;
-        let child = crate::cleanup::unblocked(Command::new(sibling("precogd")?))
-            .arg("--config")
-            .arg(&config)
-            .arg("--bus")
-            .arg("none")
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start precogd")?;
-        crate::cleanup::track_daemon(child.id());
+        let child = crate::cleanup::spawn_tracked(
+            Command::new(sibling("precogd")?)
+                .arg("--config")
+                .arg(&config)
+                .arg("--bus")
+                .arg("none")
+                .arg("--socket")
+                .arg(&socket)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .context("cannot start precogd")?;
         let mut d = LocalDaemon {
             dir,
             socket,

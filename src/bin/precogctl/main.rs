@@ -67,9 +67,11 @@ enum Cmd {
         #[arg(long)]
         prometheus: bool,
     },
-    /// Measure a warm `run` round trip against a plain Unix-socket echo, in one run.
+    /// Measure a warm `run` round trip against a Unix-socket echo and a relay floor, in one run.
     Bench {
-        #[arg(long, default_value_t = 5000)]
+        /// Round trips of each series in each placement (10 to 1,000,000).
+        #[arg(long, default_value_t = 5000,
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(10..=1_000_000))]
         rounds: usize,
     },
     /// Score the prediction model on recorded sessions against two baselines.
@@ -88,7 +90,7 @@ enum Cmd {
         #[arg(long)]
         relay: bool,
         /// CPUs the relay's child may run on, as precogd's worker may (comma-separated).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', requires = "relay")]
         child_cpus: Vec<usize>,
     },
     /// Drive the socket with many clients and report latency, errors and memory.
@@ -178,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { rounds } => {
             cleanup::install()?;
-            bench::run(rounds.max(10), cli.json)?
+            bench::run(rounds, cli.json)?
         }
         Cmd::EchoServer { relay, child_cpus } => bench::echo_server(relay, &child_cpus)?,
         Cmd::Load(args) => load::run(&socket, &args)?,
