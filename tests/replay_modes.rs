@@ -272,15 +272,15 @@ fn arguments_that_cannot_replay_are_refused_with_the_reason() {
         (&["--sessions", "0"], "--sessions 0"),
         (
             &["--mode", "no-predict", "--socket", "/nonexistent.sock"],
-            "drop --socket",
+            "only --mode precog replays against the daemon at --socket",
         ),
         (
             &["--mode", "spawn", "--socket", "/nonexistent.sock"],
-            "drop --socket",
+            "only --mode precog replays against the daemon at --socket",
         ),
         (
             &["--mode", "ceiling", "--socket", "/nonexistent.sock"],
-            "drop --socket",
+            "only --mode precog replays against the daemon at --socket",
         ),
         (&["--svg", "/nonexistent-dir/x.svg"], "no such directory"),
     ];
@@ -361,4 +361,50 @@ fn an_interrupted_replay_leaves_nothing_behind() {
             .collect();
         assert!(cgroups.is_empty(), "{signal}: cgroups left {cgroups:?}");
     }
+}
+
+/// A directory of OTTO session files replays, with the catalogue built from its first session
+/// file (not from a licence note beside it).
+#[test]
+fn a_directory_of_session_files_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(otto_rows(), dir.path().join("part-1.jsonl")).unwrap();
+    std::fs::write(dir.path().join("ATTRIBUTION"), "licence note\n").unwrap();
+    let out = precogctl()
+        .arg("replay")
+        .arg(dir.path())
+        .args(["--format", "otto", "--sessions", "3", "--speed", "5000"])
+        .args(["--mode", "spawn", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["modes"][0]["runs"].as_u64().unwrap();
+    assert!(runs > 0, "{report}");
+}
+
+/// A reader that goes away (`precogctl replay … | head`) ends precogctl quietly with the status
+/// of SIGPIPE, not a panic.
+#[test]
+fn a_closed_output_pipe_ends_the_replay_quietly() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, ..) = session_file(dir.path());
+    let mut child = precogctl()
+        .arg("replay")
+        .arg(&file)
+        .args(["--format", "events", "--speed", "50", "--mode", "spawn"])
+        .arg("--catalog-from")
+        .arg(otto_rows())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads the report.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

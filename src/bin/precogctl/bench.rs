@@ -102,8 +102,8 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{rounds} round trips each, taking turns in blocks of {BLOCK}; median (p99) in \
-         microseconds"
+        "{rounds} round trips each, taking turns in blocks of {}; median (p99) in microseconds",
+        BLOCK.min(rounds)
     );
     println!(
         "{:<28} {:>16} {:>16} {:>16} {:>8} {:>8}",

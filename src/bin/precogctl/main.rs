@@ -33,8 +33,9 @@ use client::{Client, default_socket};
     about = "Control and try out the precog daemon"
 )]
 struct Cli {
-    /// precogd's socket (default: /run/precog/precogd.sock for root, else the per-user socket;
-    /// or $PRECOG_SOCKET).
+    /// precogd's socket (default: $PRECOG_SOCKET, else /run/precog/precogd.sock for root, else
+    /// the per-user socket). `demo`, `bench` and `replay` start daemons of their own unless
+    /// `replay --mode precog` is given one.
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -51,7 +52,7 @@ enum Cmd {
     /// Check that precogd answers, and which version it is.
     Ping,
     /// Run a micro-process, e.g.
-    /// `precogctl run calc_shipping --session s1 country=DE postal_code=10115 cart_weight_g=900`.
+    /// `precogctl run calc_shipping --session s1 country=DE postal_code='"10115"' cart_weight_g=900`.
     Run {
         process: String,
         #[arg(long, default_value = "precogctl")]
@@ -119,9 +120,35 @@ enum Cmd {
     Generate(generate::GenerateArgs),
 }
 
+/// Set when a write to stdout failed because its reader went away.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = run(cli);
+    // A reader that goes away (`precogctl … | head`) ends precogctl quietly, as it would end
+    // `cat`, once the unwinding has stopped any private daemon; the standard library turns
+    // that write into a panic, since it ignores SIGPIPE.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            STDOUT_GONE.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            report(info);
+        }
+    }));
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(result) => result,
+        Err(_) if STDOUT_GONE.load(std::sync::atomic::Ordering::SeqCst) => {
+            return ExitCode::from(128 + libc::SIGPIPE as u8);
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
     cleanup::wait_if_stopping();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,6 +206,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Bench { rounds } => {
+            anyhow::ensure!(
+                cli.socket.is_none(),
+                "bench measures a daemon of its own; drop --socket"
+            );
             cleanup::install()?;
             bench::run(rounds, cli.json)?
         }
@@ -208,6 +239,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             replay::run(&args, cli.socket.as_deref(), cli.json, !cli.json)?;
         }
         Cmd::Demo(args) => {
+            anyhow::ensure!(
+                cli.socket.is_none(),
+                "demo plays against daemons of its own; drop --socket"
+            );
             cleanup::install()?;
             demo::run(&args, cli.json)?
         }

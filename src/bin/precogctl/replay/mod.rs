@@ -217,7 +217,8 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>, announce: bool) -> anyho
     // The daemon at --socket speculates as it is configured: only precog mode can use it.
     if socket.is_some() && modes != ["precog"] {
         bail!(
-            "--mode {} starts its own daemons (spawn uses none); drop --socket",
+            "--mode {} starts daemons of its own (or, for spawn, none); only --mode precog \
+             replays against the daemon at --socket",
             modes.join(",")
         );
     }
@@ -225,12 +226,17 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>, announce: bool) -> anyho
         // The report comes at the end; the ceiling plays the sessions twice.
         let passes = modes.len() + modes.contains(&"ceiling") as usize;
         let span_s = timeline.span_ms as f64 / 1000.0;
+        let total_s = span_s / args.speed * passes as f64;
+        let total = if total_s < 1.0 {
+            "under a second".to_string()
+        } else {
+            format!("about {total_s:.0} s")
+        };
         eprintln!(
-            "replaying {}: {:.0} min of shop time at {}x, about {:.0} s in all",
+            "replaying {}: {:.0} min of shop time at {}x, {total} in all",
             args.file.display(),
             span_s / 60.0,
             args.speed,
-            span_s / args.speed * passes as f64
         );
     }
 
@@ -272,7 +278,11 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>, announce: bool) -> anyho
 }
 
 fn build_catalog(args: &ReplayArgs, dir: &Path) -> anyhow::Result<PathBuf> {
-    let source = args.catalog_from.as_ref().unwrap_or(&args.file);
+    let source = match &args.catalog_from {
+        Some(file) => file.clone(),
+        None => first_file(&args.file, &args.format)?,
+    };
+    let source = &source;
     if source.extension().is_some_and(|e| e == "sqlite") {
         return Ok(source.clone());
     }
@@ -294,6 +304,33 @@ fn build_catalog(args: &ReplayArgs, dir: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(out)
+}
+
+/// `path` itself, or for a directory of session files the first of them by name (the files
+/// the replay reads: `.txt` for jd, `.csv` for rees46, `.jsonl` for otto): the catalogue is
+/// built from one file's products.
+fn first_file(path: &Path, format: &Format) -> anyhow::Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let ext = match format {
+        Format::Jd => "txt",
+        Format::Rees46 => "csv",
+        Format::Otto => "jsonl",
+        Format::Events => "",
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files.into_iter().next().with_context(|| {
+        format!(
+            "{} holds no file to build the catalogue from; pass --catalog-from",
+            path.display()
+        )
+    })
 }
 
 fn toml_string(s: &str) -> String {
