@@ -5,8 +5,10 @@
 //! target/release/examples/ondemand_bench [sessions] [clients] [rounds] [elastic|fixed]`. Each
 //! client walks
 //! through sessions: an event that makes inputs known, a hint that makes a CPU-heavy idempotent
-//! process hot (speculated when speculation is on, never asked for), a short think time, then a
-//! timed `run` of a light process that is never speculated.
+//! process hot (speculated when speculation is on, never asked for; its chance is above any
+//! threshold that feedback can set, so it is issued in every round), a short think time, then a
+//! timed `run` of a light process that is never speculated. Each round says how many guesses it
+//! issued.
 //!
 //! Both daemons run side by side and the rounds alternate between them (off, on, on, off, ...),
 //! so slow phases of a noisy machine hit both modes alike; between rounds the benchmark waits
@@ -186,8 +188,10 @@ fn load(
                     let n = first_n + i;
                     conn.call(&json!({"op": "event", "session": s, "type": "page_view",
                     "attrs": {"n": n, "cpu_ms": 40}}))?;
+                    // Above any threshold feedback can reach: the guess is never used, and at a
+                    // lower chance precog would stop issuing it after the first rounds.
                     conn.call(&json!({"op": "hint", "session": s,
-                    "predictions": [{"process": "guess", "p": 0.9}]}))?;
+                    "predictions": [{"process": "guess", "p": 0.99}]}))?;
                     std::thread::sleep(Duration::from_millis(5));
                     let t = Instant::now();
                     let r = conn.call(&json!({"op": "run", "session": s, "process": "real",
