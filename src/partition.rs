@@ -17,8 +17,7 @@
 //! (at most 0.95). Letting it back in now and then was tried: with `ondemand_bench`, the odd
 //! guess that got through slowed real requests by milliseconds at the 99th percentile, so it was
 //! left out. An operator's threshold (`policy`) applies to every process and stays where it is
-//! put.
-//! Pure code over plain values.
+//! put. Pure code over plain values.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
