@@ -304,8 +304,14 @@ impl Conn {
     }
 
     /// True when the daemon has closed this connection.
+    /// Whether the daemon closed the connection: end of stream, or a reset when the daemon
+    /// closed with bytes of ours still unread (the kernel then resets the connection).
     pub fn closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        matches!(self.reader.read(&mut buf), Ok(0))
+        match self.reader.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
     }
 }
