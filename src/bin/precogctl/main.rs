@@ -51,8 +51,8 @@ struct Cli {
 enum Cmd {
     /// Check that precogd answers, and which version it is.
     Ping,
-    /// Run a micro-process, e.g.
-    /// `precogctl run calc_shipping --session s1 country=DE postal_code='"10115"' cart_weight_g=900`.
+    /// Run a micro-process, e.g. `precogctl run calc_shipping --session s1 country=DE
+    /// postal_code='"10115"' cart_weight_g=900`.
     Run {
         process: String,
         #[arg(long, default_value = "precogctl")]
@@ -71,8 +71,7 @@ enum Cmd {
     /// Measure a warm `run` round trip against a Unix-socket echo and a relay floor, in one run.
     Bench {
         /// Round trips of each series in each placement (10 to 1,000,000).
-        #[arg(long, default_value_t = 5000,
-            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(10..=1_000_000))]
+        #[arg(long, default_value_t = 5000, value_parser = bench_rounds())]
         rounds: usize,
     },
     /// Score the prediction model on recorded sessions against two baselines.
@@ -118,6 +117,11 @@ enum Cmd {
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
+}
+
+/// `bench --rounds`: enough for a median, few enough to hold in memory.
+fn bench_rounds() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(10..=1_000_000)
 }
 
 /// Set when a write to stdout failed because its reader went away.
