@@ -104,13 +104,12 @@ impl Partitioner {
 
     /// The threshold `process` must reach to be speculated.
     pub fn threshold_for(&self, process: &str) -> f64 {
-        if self.threshold_pinned {
-            return self.threshold;
-        }
-        self.per_process
-            .get(process)
-            .and_then(|f| f.threshold)
-            .unwrap_or(self.threshold.min(INITIAL_THRESHOLD))
+        threshold_of(
+            &self.per_process,
+            self.threshold,
+            self.threshold_pinned,
+            process,
+        )
     }
 
     /// Share of speculative results that were used (the target before any feedback).
@@ -146,7 +145,6 @@ impl Partitioner {
             return Vec::new();
         }
         let room = self.room();
-        let start = self.threshold.min(INITIAL_THRESHOLD);
         let jobs = self
             .sessions
             .entry(session.to_string())
@@ -180,14 +178,12 @@ impl Partitioner {
             if jobs.issued.contains(&key) {
                 continue;
             }
-            let threshold = if self.threshold_pinned {
-                self.threshold
-            } else {
-                self.per_process
-                    .get(&cfg.name)
-                    .and_then(|f| f.threshold)
-                    .unwrap_or(start)
-            };
+            let threshold = threshold_of(
+                &self.per_process,
+                self.threshold,
+                self.threshold_pinned,
+                &cfg.name,
+            );
             if entry.p < threshold {
                 continue;
             }
@@ -247,7 +243,7 @@ impl Partitioner {
     /// process's own.
     pub fn feedback(&mut self, process: &str, used: bool, cpu_ns: u64) {
         let shared = self.threshold;
-        let start = shared.min(INITIAL_THRESHOLD);
+        let own = threshold_of(&self.per_process, shared, false, process);
         let entry = self.per_process.entry(process.to_string()).or_default();
         if used {
             self.used += 1;
@@ -260,11 +256,27 @@ impl Partitioner {
         if !self.threshold_pinned {
             let outcome = if used { 1.0 } else { 0.0 };
             let step = THRESHOLD_STEP * (self.precision_target - outcome);
-            let own = entry.threshold.unwrap_or(start);
             entry.threshold = Some((own + step).clamp(THRESHOLD_MIN, THRESHOLD_MAX));
             self.threshold = (shared + step).clamp(THRESHOLD_MIN, THRESHOLD_MAX);
         }
     }
+}
+
+/// The threshold of `process`: an operator's pinned one, else its own, else where a process
+/// without results starts (the shared threshold, or the initial one if that is lower).
+fn threshold_of(
+    per_process: &BTreeMap<String, ProcessFeedback>,
+    shared: f64,
+    pinned: bool,
+    process: &str,
+) -> f64 {
+    if pinned {
+        return shared;
+    }
+    per_process
+        .get(process)
+        .and_then(|f| f.threshold)
+        .unwrap_or(shared.min(INITIAL_THRESHOLD))
 }
 
 /// The process's declared inputs from what the session knows, or None if one is missing.
@@ -375,13 +387,19 @@ mod tests {
         assert_eq!(part.per_process["price"].cpu_ns_wasted, 20_000);
     }
 
-    #[test]
-    fn a_process_the_app_overpredicts_keeps_its_high_threshold_to_itself() {
-        let procs = vec![process("a", &[], &[], true), process("b", &[], &[], true)];
+    /// A partitioner that has seen 300 results of `a` wasted.
+    fn a_always_wasted() -> Partitioner {
         let mut part = Partitioner::new(0.5, 3, true);
         for _ in 0..300 {
             part.feedback("a", false, 1000);
         }
+        part
+    }
+
+    #[test]
+    fn a_process_the_app_overpredicts_keeps_its_high_threshold_to_itself() {
+        let procs = vec![process("a", &[], &[], true), process("b", &[], &[], true)];
+        let mut part = a_always_wasted();
         assert!(part.threshold_for("a") > 0.9, "{}", part.threshold_for("a"));
         // The shared threshold followed the waste; a process without results does not.
         assert!(part.threshold > 0.9);
@@ -400,10 +418,7 @@ mod tests {
     #[test]
     fn a_process_whose_results_are_wasted_stays_out_below_its_threshold() {
         let procs = vec![process("a", &[], &[], true)];
-        let mut part = Partitioner::new(0.5, 3, true);
-        for _ in 0..300 {
-            part.feedback("a", false, 1000);
-        }
+        let mut part = a_always_wasted();
         let t = part.threshold_for("a");
         assert!(t > 0.9 && t <= THRESHOLD_MAX, "{t}");
         let tried = (0..1000)
@@ -430,10 +445,7 @@ mod tests {
     #[test]
     fn an_operator_threshold_applies_to_every_process() {
         let procs = vec![process("a", &[], &[], true)];
-        let mut part = Partitioner::new(0.5, 3, true);
-        for _ in 0..300 {
-            part.feedback("a", false, 1000);
-        }
+        let mut part = a_always_wasted();
         part.threshold = 0.5;
         part.threshold_pinned = true;
         assert_eq!(part.threshold_for("a"), 0.5);

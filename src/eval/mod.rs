@@ -23,7 +23,9 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::predict::{Predictor, StepTuning};
 use crate::profile::Event;
-pub use readers::{JD_EPOCH_MS, JD_SESSION_SPACING_MS, RecordEvent, SessionRecord, read_sessions};
+pub use readers::{
+    JD_EPOCH_MS, JD_SESSION_SPACING_MS, RecordEvent, SessionRecord, read_sessions, session_files,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

@@ -64,13 +64,8 @@ const JD_KINDS: [&str; 10] = [
 
 /// Reads every session of a data set, each session's events in time order.
 pub fn read_sessions(path: &Path, format: Format) -> Result<Vec<SessionRecord>, EvalError> {
-    let ext = match format {
-        Format::Jd => "txt",
-        Format::Rees46 => "csv",
-        Format::Otto | Format::Events => "jsonl",
-    };
     let mut sessions = Vec::new();
-    for file in files_of(path, ext)? {
+    for file in session_files(path, format)? {
         let text = fs::read_to_string(&file).map_err(|e| EvalError::Read {
             path: file.clone(),
             source: e,
@@ -95,7 +90,14 @@ pub fn read_sessions(path: &Path, format: Format) -> Result<Vec<SessionRecord>, 
     Ok(sessions)
 }
 
-fn files_of(path: &Path, ext: &str) -> Result<Vec<PathBuf>, EvalError> {
+/// The files `read_sessions` reads: `path` itself, or the files of the directory `path` with the
+/// format's extension, by name.
+pub fn session_files(path: &Path, format: Format) -> Result<Vec<PathBuf>, EvalError> {
+    let ext = match format {
+        Format::Jd => "txt",
+        Format::Rees46 => "csv",
+        Format::Otto | Format::Events => "jsonl",
+    };
     let meta = fs::metadata(path).map_err(|e| EvalError::Read {
         path: path.to_path_buf(),
         source: e,

@@ -9,6 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 
 use anyhow::Context;
+use precog::config::CpuList;
 use serde_json::json;
 
 use crate::client::Client;
@@ -138,7 +139,7 @@ fn measure(placement: Placement, rounds: usize, allowed: &[usize]) -> anyhow::Re
         Placement::OneCpu(cpu) => vec![cpu],
         _ => allowed.to_vec(),
     };
-    let list = cpu_list(&worker_cpus);
+    let list = CpuList(worker_cpus.clone());
     let pool = format!(
         "[budget]\ncpus = \"{list}\"\n[[pool]]\nname = \"shop\"\nwarm_min = 1\ncpus = \"{list}\"\n"
     );
@@ -193,12 +194,6 @@ fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
         .collect())
 }
 
-/// `cpus` as a CPU list for the configuration and the relay's command line: `0,1,3`.
-fn cpu_list(cpus: &[usize]) -> String {
-    let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
-    list.join(",")
-}
-
 /// The set of `cpus`, which must be below CPU_SETSIZE.
 fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: an all-zero cpu_set_t is a valid empty set.
@@ -251,7 +246,8 @@ impl EchoServer {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("echo-server");
         if let Some(cpus) = relay_cpus {
-            cmd.arg("--relay").arg("--child-cpus").arg(cpu_list(cpus));
+            let list = CpuList(cpus.to_vec());
+            cmd.arg("--relay").arg("--child-cpus").arg(list.to_string());
         }
         cmd.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
             listener,

@@ -89,9 +89,9 @@ enum Cmd {
         /// a worker.
         #[arg(long)]
         relay: bool,
-        /// CPUs the relay's child may run on, as precogd's worker may (comma-separated).
-        #[arg(long, value_delimiter = ',', requires = "relay")]
-        child_cpus: Vec<usize>,
+        /// CPUs the relay's child may run on, as precogd's worker may (`0-3,6`).
+        #[arg(long, requires = "relay")]
+        child_cpus: Option<precog::config::CpuList>,
     },
     /// Drive the socket with many clients and report latency, errors and memory.
     #[command(hide = true)]
@@ -217,7 +217,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cleanup::install()?;
             bench::run(rounds, cli.json)?
         }
-        Cmd::EchoServer { relay, child_cpus } => bench::echo_server(relay, &child_cpus)?,
+        Cmd::EchoServer { relay, child_cpus } => {
+            bench::echo_server(relay, &child_cpus.unwrap_or_default().0)?
+        }
         Cmd::Load(args) => load::run(&socket, &args)?,
         Cmd::Eval { files, format } => eval::run(&files, &format, cli.json)?,
         Cmd::Stats { prometheus } => {

@@ -306,31 +306,18 @@ fn build_catalog(args: &ReplayArgs, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// `path` itself, or for a directory of session files the first of them by name (the files
-/// the replay reads: `.txt` for jd, `.csv` for rees46, `.jsonl` for otto): the catalogue is
-/// built from one file's products.
+/// The file the catalogue is built from: `path` itself, or the first session file of the
+/// directory `path`, since one file's products make the catalogue.
 fn first_file(path: &Path, format: &Format) -> anyhow::Result<PathBuf> {
-    if !path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let ext = match format {
-        Format::Jd => "txt",
-        Format::Rees46 => "csv",
-        Format::Otto => "jsonl",
-        Format::Events => "",
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
-        .collect();
-    files.sort();
-    files.into_iter().next().with_context(|| {
-        format!(
-            "{} holds no file to build the catalogue from; pass --catalog-from",
-            path.display()
-        )
-    })
+    precog::eval::session_files(path, *format)?
+        .into_iter()
+        .next()
+        .with_context(|| {
+            format!(
+                "{} holds no session file to build the catalogue from; pass --catalog-from",
+                path.display()
+            )
+        })
 }
 
 fn toml_string(s: &str) -> String {
