@@ -341,12 +341,15 @@ fn main() -> anyhow::Result<()> {
         let d = &daemons[mode];
         let first_n = 1_000_000 * (round + 1);
         let issued_before = pool_counter(&d.socket, "issued")?;
+        let cpu_before = cpu_ms(d.child.id());
         let samples = load(&d.socket, sessions, clients, &format!("r{round}"), first_n)?;
         wait_quiet(&d.socket)?;
         let issued = pool_counter(&d.socket, "issued")? - issued_before;
+        let daemon_ms = cpu_ms(d.child.id()).saturating_sub(cpu_before);
         let p = p99(&samples);
         println!(
-            "round {round} speculation {:<3}: {} runs, {issued} guesses, p50 {} us, p99 {p} us; {}",
+            "round {round} speculation {:<3}: {} runs, {issued} guesses, precogd CPU {daemon_ms} \
+             ms, p50 {} us, p99 {p} us; {}",
             if speculation { "on" } else { "off" },
             samples.len(),
             samples[samples.len() / 2].total_us,
@@ -405,6 +408,26 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// CPU time process `pid` has used so far (user and system), in milliseconds; 0 when unknown.
+fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command, which is in parentheses and may hold spaces: utime and stime
+    // are the 12th and 13th, in clock ticks.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11..13]
+        .iter()
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
 }
 
 /// How far the pooled p99 ratio moves with the luck of the rounds: pairs of adjacent rounds (one

@@ -71,6 +71,39 @@ struct SessionJobs {
     issued: HashSet<String>,
 }
 
+/// Live jobs of ended sessions, until they are collected as cancellable or the oldest make room
+/// for newer ones. Looked up by session on every event, so by hash rather than by a scan.
+#[derive(Debug, Clone, Default)]
+struct Ended {
+    /// Each session's jobs, with the number of the push that put them there.
+    jobs: HashMap<String, (u64, Vec<SpeculativeJob>)>,
+    /// Pushes, oldest first; a push whose session was collected or pushed again since is stale.
+    order: VecDeque<(u64, String)>,
+    pushes: u64,
+}
+
+impl Ended {
+    fn push(&mut self, session: &str, live: Vec<SpeculativeJob>) {
+        if self.order.len() == ENDED_KEPT
+            && let Some((n, old)) = self.order.pop_front()
+            && self.jobs.get(&old).is_some_and(|(m, _)| *m == n)
+        {
+            self.jobs.remove(&old);
+        }
+        self.pushes += 1;
+        let n = self.pushes;
+        // A session id that ends again keeps the jobs of its earlier end too.
+        let entry = self.jobs.entry(session.to_string()).or_default();
+        entry.0 = n;
+        entry.1.extend(live);
+        self.order.push_back((n, session.to_string()));
+    }
+
+    fn take(&mut self, session: &str) -> Option<Vec<SpeculativeJob>> {
+        self.jobs.remove(session).map(|(_, jobs)| jobs)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Partitioner {
     pub threshold: f64,
@@ -80,7 +113,7 @@ pub struct Partitioner {
     pub per_session: usize,
     pub speculation: bool,
     sessions: HashMap<String, SessionJobs>,
-    ended: VecDeque<(String, Vec<SpeculativeJob>)>,
+    ended: Ended,
     pub used: u64,
     pub wasted: u64,
     pub per_process: BTreeMap<String, ProcessFeedback>,
@@ -95,7 +128,7 @@ impl Partitioner {
             per_session,
             speculation,
             sessions: HashMap::new(),
-            ended: VecDeque::new(),
+            ended: Ended::default(),
             used: 0,
             wasted: 0,
             per_process: BTreeMap::new(),
@@ -202,12 +235,8 @@ impl Partitioner {
     /// Issued jobs of a session that ended or whose process left the hot path; each is
     /// reported once.
     pub fn cancellable(&mut self, session: &str, hot: &[HotEntry]) -> Vec<SpeculativeJob> {
-        if let Some(pos) = self.ended.iter().position(|(s, _)| s == session) {
-            return self
-                .ended
-                .remove(pos)
-                .map(|(_, jobs)| jobs)
-                .unwrap_or_default();
+        if let Some(jobs) = self.ended.take(session) {
+            return jobs;
         }
         let Some(jobs) = self.sessions.get_mut(session) else {
             return Vec::new();
@@ -225,10 +254,7 @@ impl Partitioner {
         if let Some(jobs) = self.sessions.remove(session)
             && !jobs.live.is_empty()
         {
-            if self.ended.len() == ENDED_KEPT {
-                self.ended.pop_front();
-            }
-            self.ended.push_back((session.to_string(), jobs.live));
+            self.ended.push(session, jobs.live);
         }
     }
 
@@ -476,5 +502,27 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].process, "a");
         assert!(part.cancellable("s", &[]).is_empty());
+    }
+
+    #[test]
+    fn ended_sessions_make_room_oldest_first() {
+        let procs = vec![process("a", &[], &[], true)];
+        let mut part = Partitioner::new(0.5, 3, true);
+        let end = |part: &mut Partitioner, s: &str| {
+            part.select(s, &hot(&[("a", 0.9)]), &Map::new(), &procs, &|_| false);
+            part.end_session(s);
+        };
+        end(&mut part, "early");
+        end(&mut part, "again");
+        for i in 0..ENDED_KEPT - 2 {
+            end(&mut part, &format!("s{i}"));
+        }
+        // "again" ends a second time: its first end no longer counts as its age.
+        end(&mut part, "again");
+        end(&mut part, "late");
+        assert!(part.cancellable("early", &[]).is_empty());
+        assert_eq!(part.cancellable("again", &[]).len(), 2);
+        assert_eq!(part.cancellable("s0", &[]).len(), 1);
+        assert_eq!(part.cancellable("late", &[]).len(), 1);
     }
 }
