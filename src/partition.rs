@@ -286,6 +286,13 @@ impl Partitioner {
             self.threshold = (shared + step).clamp(THRESHOLD_MIN, THRESHOLD_MAX);
         }
     }
+
+    /// Adds CPU time to a process's wasted speculation, for a job counted as wasted before it
+    /// finished.
+    pub fn wasted_cpu(&mut self, process: &str, cpu_ns: u64) {
+        let entry = self.per_process.entry(process.to_string()).or_default();
+        entry.cpu_ns_wasted = entry.cpu_ns_wasted.saturating_add(cpu_ns);
+    }
 }
 
 /// The threshold of `process`: an operator's pinned one, else its own, else where a process

@@ -91,3 +91,68 @@ fn wasted_results_raise_the_threshold_and_used_ones_lower_it() {
     assert!(low < high, "threshold {high} -> {low} after use");
     println!("threshold: start {start:.3}, after waste {high:.3}, after use {low:.3}");
 }
+
+/// The CPU time a wasted guess used is what the worker burnt for it (echo.py burns `cpu_ms` of
+/// its own CPU time), also when the session ended while the guess still ran.
+#[test]
+fn a_wasted_guess_counts_its_own_cpu_time_even_when_its_session_ends_first() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config());
+    let wasted_ms = |d: &Daemon| speculation(d)["cpu_s_wasted"].as_f64().unwrap() * 1000.0;
+
+    // A real job first: the worker has started up (tens of milliseconds of Python's CPU time)
+    // before the guesses.
+    let r = d.call(json!({"op": "run", "session": "warm", "process": "quote",
+        "inputs": {"n": 0, "cpu_ms": 0}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+
+    // Ended after its guess finished.
+    let r = d.call(
+        json!({"op": "event", "session": "done", "type": "page_view",
+        "attrs": {"n": 1, "cpu_ms": 200}}),
+    );
+    assert_eq!(r["ok"], json!(true), "{r}");
+    d.call(json!({"op": "hint", "session": "done",
+        "predictions": [{"process": "quote", "p": 0.95}]}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.call(json!({"op": "stats"}))["inflight_jobs"] != json!(0) {
+        assert!(Instant::now() < deadline, "speculative job did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.call(json!({"op": "end", "session": "done"}));
+    let first = wasted_ms(&d);
+    assert!(
+        (190.0..260.0).contains(&first),
+        "wasted {first} ms for a 200 ms guess"
+    );
+
+    // Ended while its guess still runs: counted as wasted at once, its CPU time when it ends.
+    d.call(
+        json!({"op": "event", "session": "gone", "type": "page_view",
+        "attrs": {"n": 2, "cpu_ms": 200}}),
+    );
+    d.call(json!({"op": "hint", "session": "gone",
+        "predictions": [{"process": "quote", "p": 0.95}]}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.call(json!({"op": "stats"}))["inflight_jobs"] == json!(0) {
+        assert!(Instant::now() < deadline, "speculative job did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let r = d.call(json!({"op": "end", "session": "gone"}));
+    assert_eq!(r["speculative_wasted"], json!(1), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wasted_ms(&d) < first + 190.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the guess's CPU time was never counted: {}",
+            speculation(&d)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = speculation(&d);
+    assert_eq!(s["wasted"], json!(2), "{s}");
+    assert_eq!(s["pending"], json!(0), "{s}");
+    assert!(wasted_ms(&d) < first + 260.0, "{s}");
+}

@@ -25,6 +25,9 @@ pub(super) struct SpeculativeRecord {
     process: String,
     cpu_ns: u64,
     finished: bool,
+    /// Its session went while it ran: already counted as wasted, its CPU time is added when it
+    /// finishes.
+    released: bool,
 }
 
 /// Counters of speculation, for `stats`.
@@ -113,7 +116,11 @@ impl Engine {
 
     /// A `run` for this key arrived: a speculative job for it, finished or not, was used.
     pub(super) fn claim_speculative(&mut self, key: &JobKey) {
-        if let Some(rec) = self.speculative.remove(key) {
+        // A job whose session went was counted as wasted then; another session with the same
+        // inputs may still use its result, which then stays in the cache.
+        if let Some(rec) = self.speculative.remove(key)
+            && !rec.released
+        {
             self.spec.used += 1;
             self.predictor.feedback(&rec.process, true, rec.cpu_ns);
         }
@@ -172,6 +179,7 @@ impl Engine {
                     process: job.process.clone(),
                     cpu_ns: 0,
                     finished: false,
+                    released: false,
                 },
             );
             self.spec.issued += 1;
@@ -231,6 +239,13 @@ impl Engine {
 
     /// A speculative job finished: remember its cost until it is used or wasted.
     pub(super) fn speculative_done(&mut self, key: &JobKey, outcome: &JobOutcome) {
+        if self.speculative.get(key).is_some_and(|r| r.released) {
+            let rec = self.speculative.remove(key).expect("looked up above");
+            self.spec.cpu_ns_wasted += outcome.cpu_ns;
+            self.predictor.wasted_cpu(&rec.process, outcome.cpu_ns);
+            self.uncache(key);
+            return;
+        }
         if let Some(rec) = self.speculative.get_mut(key) {
             rec.cpu_ns = outcome.cpu_ns;
             rec.finished = true;
@@ -245,7 +260,7 @@ impl Engine {
         let mine: Vec<JobKey> = self
             .speculative
             .iter()
-            .filter(|(_, r)| r.session == session)
+            .filter(|(_, r)| r.session == session && !r.released)
             .map(|(k, _)| k.clone())
             .collect();
         let mut wasted = 0;
@@ -266,17 +281,31 @@ impl Engine {
             self.spec.wasted += 1;
             self.spec.cpu_ns_wasted += rec.cpu_ns;
             self.predictor.feedback(&rec.process, false, rec.cpu_ns);
-            if rec.finished
-                && let Some(cache) = self.cache.as_mut()
-            {
-                cache.remove(&CacheKey {
-                    owner: key.owner,
-                    process: &key.process,
-                    inputs: &key.inputs,
-                });
+            if rec.finished {
+                self.uncache(&key);
+            } else {
+                // Still running: its CPU time and its result are dealt with when it finishes.
+                self.speculative.insert(
+                    key,
+                    SpeculativeRecord {
+                        released: true,
+                        ..rec
+                    },
+                );
             }
         }
         wasted
+    }
+
+    /// Drops a wasted speculative result from the cache.
+    fn uncache(&mut self, key: &JobKey) {
+        if let Some(cache) = self.cache.as_mut() {
+            cache.remove(&CacheKey {
+                owner: key.owner,
+                process: &key.process,
+                inputs: &key.inputs,
+            });
+        }
     }
 
     /// Once a second: expire idle sessions, and save the model now and then.

@@ -138,6 +138,10 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 apply_cpu_class(placement.as_deref(), id, pid, CpuClass::Normal)
             })
         });
+        if served == 0 {
+            // The first job's CPU time starts here, not with the worker's own start-up.
+            last_cpu = worker_cpu_ns(&shared, id, pid).unwrap_or(0);
+        }
         let cold = started > queued.enqueued && served == 0;
         let wait_us = queued.enqueued.elapsed().as_micros() as u64;
         let timeout = shared.settings.lock().expect("pool settings").timeout;
@@ -164,12 +168,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             }
         }
 
-        let cpu_now = shared
-            .placement
-            .as_ref()
-            .and_then(|p| p.worker_cpu_ns(id))
-            .or_else(|| proc_cpu_ns(pid))
-            .unwrap_or(last_cpu);
+        let cpu_now = worker_cpu_ns(&shared, id, pid).unwrap_or(last_cpu);
         let cpu_ns = cpu_now.saturating_sub(last_cpu);
         last_cpu = cpu_now;
 
@@ -243,6 +242,15 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
     placement_gone(&shared, id).await;
     remove_slot(&shared, id, started, served, death);
+}
+
+/// CPU time the worker and what it forked have used so far.
+fn worker_cpu_ns(shared: &Shared, id: u64, pid: u32) -> Option<u64> {
+    shared
+        .placement
+        .as_ref()
+        .and_then(|p| p.worker_cpu_ns(id))
+        .or_else(|| proc_cpu_ns(pid))
 }
 
 /// Tidies a gone worker's cgroup; says whether the OOM killer ended it.

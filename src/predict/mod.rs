@@ -324,6 +324,11 @@ impl Predictor {
         self.partition.feedback(process, used, cpu_ns);
     }
 
+    /// CPU time of a wasted speculative job, learned after its waste was counted.
+    pub fn wasted_cpu(&mut self, process: &str, cpu_ns: u64) {
+        self.partition.wasted_cpu(process, cpu_ns);
+    }
+
     /// Ends a session: the model learns how it ended, the profile is freed and its speculative
     /// jobs become cancellable. False when the session was not known.
     pub fn end(&mut self, session: &str, outcome: Option<&str>, now_ms: u64) -> bool {
