@@ -275,7 +275,12 @@ fn tail_breakdown(samples: &[Sample]) -> String {
 fn pool_counter(socket: &Path, field: &str) -> anyhow::Result<u64> {
     let stats = Conn::open(socket)?.call(&json!({"op": "stats"}))?;
     let v = match field {
-        "issued" => &stats["speculation"]["issued"],
+        "issued" | "wasted" | "cancelled" | "pending" => &stats["speculation"][field],
+        "cpu_s_wasted" => {
+            return Ok(
+                (stats["speculation"]["cpu_s_wasted"].as_f64().unwrap_or(0.0) * 1000.0) as u64,
+            );
+        }
         f => &stats["pools"]["t"][f],
     };
     Ok(v.as_u64().unwrap_or(0))
@@ -366,8 +371,9 @@ fn main() -> anyhow::Result<()> {
         }
         let socket = &daemons[mode].socket;
         println!(
-            "speculation {:<3}: {} runs, p50 {} us, p99 {} us; speculative issued {}, \
-             taken back {}, workers started {}; {}",
+            "speculation {:<3}: {} runs, p50 {} us, p99 {} us; speculative issued {} (ran and \
+             wasted {}, using {} ms of CPU; cancelled {}; pending {}), taken back {}, workers \
+             started {}; {}",
             if mode == 1 { "on" } else { "off" },
             samples.len(),
             {
@@ -377,6 +383,10 @@ fn main() -> anyhow::Result<()> {
             },
             p99(samples),
             pool_counter(socket, "issued")?,
+            pool_counter(socket, "wasted")?,
+            pool_counter(socket, "cpu_s_wasted")?,
+            pool_counter(socket, "cancelled")?,
+            pool_counter(socket, "pending")?,
             pool_counter(socket, "preempted")?,
             pool_counter(socket, "spawned")?,
             tail_breakdown(samples),
