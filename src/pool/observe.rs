@@ -5,10 +5,21 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, BufReader};
 
+use super::Shared;
 use crate::protocol::Framer;
 
+/// CPU time worker `id` (process `pid`) and what it forked have used so far: from its cgroup,
+/// else from `/proc` (the worker alone).
+pub(super) fn worker_cpu_ns(shared: &Shared, id: u64, pid: u32) -> Option<u64> {
+    shared
+        .placement
+        .as_ref()
+        .and_then(|p| p.worker_cpu_ns(id))
+        .or_else(|| proc_cpu_ns(pid))
+}
+
 /// CPU time of a process from `/proc/<pid>/stat` (user + system), in nanoseconds.
-pub(super) fn proc_cpu_ns(pid: u32) -> Option<u64> {
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &text[text.rfind(')')? + 2..];
     let mut fields = after.split(' ');

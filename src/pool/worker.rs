@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Notify;
 
-use super::observe::{log_stderr, proc_cpu_ns};
+use super::observe::{log_stderr, worker_cpu_ns};
 use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
 use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
@@ -242,15 +242,6 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
     placement_gone(&shared, id).await;
     remove_slot(&shared, id, started, served, death);
-}
-
-/// CPU time the worker and what it forked have used so far.
-fn worker_cpu_ns(shared: &Shared, id: u64, pid: u32) -> Option<u64> {
-    shared
-        .placement
-        .as_ref()
-        .and_then(|p| p.worker_cpu_ns(id))
-        .or_else(|| proc_cpu_ns(pid))
 }
 
 /// Tidies a gone worker's cgroup; says whether the OOM killer ended it.
