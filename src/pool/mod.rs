@@ -13,6 +13,7 @@
 //! Where workers sit (cgroups) is behind [`Placement`], so the pool runs the same with or without
 //! cgroups and tests need no root.
 
+mod backoff;
 mod observe;
 mod placement;
 mod priority;

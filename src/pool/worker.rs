@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Notify;
 
+use super::backoff::{remove_slot, started_failed};
 use super::observe::{log_stderr, worker_cpu_ns};
 use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
@@ -24,12 +25,6 @@ const MAX_REPLY: usize = 8 << 20;
 
 /// A worker idle this long above the warm target retires, until the allocator learns better.
 pub(super) const IDLE_RETIRE: Duration = Duration::from_secs(30);
-
-/// A worker that dies sooner than this without serving a job counts as failing at start.
-const HEALTHY_AFTER: Duration = Duration::from_secs(2);
-
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// How a job on this worker ended.
 enum Ran {
@@ -213,9 +208,13 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 };
                 tracing::warn!(pool = %settings.name, worker = id, pid, reason = ?kind,
                     "{message}; replacing the worker");
-                finish_lost(
-                    &shared, queued, kind, message, checkpoint, wait_us, exec_us, cold,
-                );
+                let cost = Cost {
+                    wait_us,
+                    exec_us,
+                    cold,
+                    cpu_ns,
+                };
+                finish_lost(&shared, queued, kind, message, checkpoint, cost);
                 remove_slot(&shared, id, started, served, None);
                 return;
             }
@@ -475,17 +474,23 @@ fn answered(
     }
 }
 
+/// What a lost job cost before its worker was lost.
+struct Cost {
+    wait_us: u64,
+    exec_us: u64,
+    cold: bool,
+    /// CPU time the worker used on the job, read before it was killed.
+    cpu_ns: u64,
+}
+
 /// Answers or re-queues a job whose worker was lost.
-#[allow(clippy::too_many_arguments)]
 fn finish_lost(
     shared: &Shared,
     mut queued: Queued,
     kind: FailureKind,
     message: String,
     checkpoint: Option<Value>,
-    wait_us: u64,
-    exec_us: u64,
-    cold: bool,
+    cost: Cost,
 ) {
     let mut st = shared.state.lock().expect("pool state");
     match kind {
@@ -515,49 +520,12 @@ fn finish_lost(
     drop(st);
     queued.reply.send(JobOutcome {
         result: Err(super::JobFailure { kind, message }),
-        wait_us,
-        exec_us,
-        cold,
-        cpu_ns: 0,
+        wait_us: cost.wait_us,
+        exec_us: cost.exec_us,
+        cold: cost.cold,
+        cpu_ns: cost.cpu_ns,
         last_checkpoint: checkpoint,
     });
-}
-
-fn remove_slot(shared: &Shared, id: u64, started: Instant, served: u64, death: Option<String>) {
-    let mut st = shared.state.lock().expect("pool state");
-    st.workers.remove(&id);
-    if let Some(why) = death.filter(|_| !shared.shutting_down.load(Ordering::Relaxed)) {
-        st.stats.crashes += 1;
-        if served == 0 && started.elapsed() < HEALTHY_AFTER {
-            note_start_failure(&mut st, why);
-        }
-    }
-    drop(st);
-    shared.supervisor_wake.notify_one();
-}
-
-fn started_failed(shared: &Shared, why: String) {
-    let mut st = shared.state.lock().expect("pool state");
-    st.starting -= 1;
-    note_start_failure(&mut st, why);
-    drop(st);
-    shared.supervisor_wake.notify_one();
-}
-
-fn note_start_failure(st: &mut super::State, why: String) {
-    st.failures = st.failures.saturating_add(1);
-    let backoff = BACKOFF_START
-        .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
-        .min(BACKOFF_MAX);
-    if st.failures == 1 || st.failures.is_power_of_two() {
-        tracing::warn!(
-            failures = st.failures,
-            backoff_ms = backoff.as_millis() as u64,
-            "worker failed at start: {why}"
-        );
-    }
-    st.backoff_until = Some(Instant::now() + backoff);
-    st.stats.last_failure = Some(why);
 }
 
 fn source_text(e: &super::PoolError) -> String {

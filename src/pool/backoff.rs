@@ -1,0 +1,57 @@
+//! What the pool's state learns when a worker ends, or fails to start: a worker that keeps
+//! failing at start is started again only after a pause that doubles each time (up to
+//! [`BACKOFF_MAX`]), so it cannot cause a storm of restarts.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{Shared, State};
+
+/// A worker that dies sooner than this without serving a job counts as failing at start.
+const HEALTHY_AFTER: Duration = Duration::from_secs(2);
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub(super) fn remove_slot(
+    shared: &Shared,
+    id: u64,
+    started: Instant,
+    served: u64,
+    death: Option<String>,
+) {
+    let mut st = shared.state.lock().expect("pool state");
+    st.workers.remove(&id);
+    if let Some(why) = death.filter(|_| !shared.shutting_down.load(Ordering::Relaxed)) {
+        st.stats.crashes += 1;
+        if served == 0 && started.elapsed() < HEALTHY_AFTER {
+            note_start_failure(&mut st, why);
+        }
+    }
+    drop(st);
+    shared.supervisor_wake.notify_one();
+}
+
+pub(super) fn started_failed(shared: &Shared, why: String) {
+    let mut st = shared.state.lock().expect("pool state");
+    st.starting -= 1;
+    note_start_failure(&mut st, why);
+    drop(st);
+    shared.supervisor_wake.notify_one();
+}
+
+fn note_start_failure(st: &mut State, why: String) {
+    st.failures = st.failures.saturating_add(1);
+    let backoff = BACKOFF_START
+        .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
+        .min(BACKOFF_MAX);
+    if st.failures == 1 || st.failures.is_power_of_two() {
+        tracing::warn!(
+            failures = st.failures,
+            backoff_ms = backoff.as_millis() as u64,
+            "worker failed at start: {why}"
+        );
+    }
+    st.backoff_until = Some(Instant::now() + backoff);
+    st.stats.last_failure = Some(why);
+}
