@@ -168,7 +168,11 @@ pub fn render(stats: &Value) -> String {
         ("issued", "Speculative jobs issued."),
         ("used", "Speculative results used by a run."),
         ("wasted", "Speculative results never used."),
-        ("cancelled", "Speculative jobs dropped before they ran."),
+        (
+            "cancelled",
+            "Speculative jobs dropped before they ran, or taken back for a real request.",
+        ),
+        ("failed", "Speculative jobs that ended without a result."),
     ] {
         o.single(
             &format!("speculative_{k}_total"),

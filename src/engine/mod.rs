@@ -12,6 +12,7 @@
 mod control;
 mod predict;
 mod run;
+mod speculative;
 mod stats;
 mod tuning;
 
@@ -206,7 +207,7 @@ struct Engine {
     /// Stores whose failure was already logged.
     store_warned: std::collections::HashSet<&'static str>,
     predictor: Predictor,
-    speculative: predict::Speculative,
+    speculative: speculative::Speculative,
     spec: predict::SpeculationCounters,
     last_model_save: Instant,
     tuning: tuning::Tuning,

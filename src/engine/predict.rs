@@ -6,29 +6,16 @@
 //! or by joining it while in flight), and *wasted* when its session ends or expires first; a
 //! wasted result is dropped from the cache, and the CPU time it took is counted.
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Value, json};
 
 use super::run::now_ms;
+use super::speculative::SpeculativeRecord;
 use super::{Client, Engine, JobKey, Reply, json_map};
-use crate::pool::{JobOutcome, Priority};
+use crate::pool::{FailureKind, JobOutcome, Priority};
 use crate::predict::HotEntry;
 use crate::profile::Event;
 use crate::protocol::EventRequest;
 use crate::store::{CacheKey, canonical_json};
-
-/// A speculative job issued for a session, until it is used or its session goes.
-#[derive(Debug, Clone)]
-pub(super) struct SpeculativeRecord {
-    session: String,
-    process: String,
-    cpu_ns: u64,
-    finished: bool,
-    /// Its session went while it ran: already counted as wasted, its CPU time is added when it
-    /// finishes.
-    released: bool,
-}
 
 /// Counters of speculation, for `stats`.
 #[derive(Debug, Default)]
@@ -38,10 +25,10 @@ pub(super) struct SpeculationCounters {
     pub used: u64,
     pub wasted: u64,
     pub cancelled: u64,
+    /// Ended without a result: timed out, crashed, or the worker's own error.
+    pub failed: u64,
     pub cpu_ns_wasted: u64,
 }
-
-pub(super) type Speculative = HashMap<JobKey, SpeculativeRecord>;
 
 fn hot_json(hot: &[HotEntry]) -> Value {
     Value::Array(
@@ -145,11 +132,23 @@ impl Engine {
     /// that fell out of its hot path. `hot` is the session's hot path as the predictor just
     /// returned it.
     pub(super) fn speculate(&mut self, client: Client, session: &str, hot: &[HotEntry]) {
+        // The event or hint that led here may have pushed out the idlest session to make room:
+        // that session is gone as if it had ended.
+        for gone in self.predictor.take_evicted() {
+            self.release_session(&gone);
+            self.session_gone(&gone);
+        }
         if !self.config.predict.speculation {
             return;
         }
         for job in self.predictor.cancellable_from(session, hot) {
+            // Only this session's own guess, and only once: another session of the same user
+            // may have issued the same job.
             if let Some(key) = self.key_for(client.uid, &job.process, &job.inputs)
+                && self
+                    .speculative
+                    .get(&key)
+                    .is_some_and(|r| r.session == session && !r.released)
                 && let Some(inflight) = self.inflight.get(&key)
                 && inflight.speculative
                 && !inflight.started.load(std::sync::atomic::Ordering::Relaxed)
@@ -172,16 +171,20 @@ impl Engine {
             let Some(pool) = self.config.process(&job.process).map(|p| p.pool.clone()) else {
                 continue;
             };
-            self.speculative.insert(
-                key.clone(),
-                SpeculativeRecord {
-                    session: session.to_string(),
-                    process: job.process.clone(),
-                    cpu_ns: 0,
-                    finished: false,
-                    released: false,
-                },
-            );
+            let rec = SpeculativeRecord {
+                session: session.to_string(),
+                process: job.process.clone(),
+                cpu_ns: 0,
+                finished: false,
+                released: false,
+            };
+            // A finished guess whose result left the cache unused (its time to live ran out)
+            // is issued again: the first one was wasted.
+            if let Some(old) = self.speculative.insert(key.clone(), rec) {
+                self.spec.wasted += 1;
+                self.spec.cpu_ns_wasted += old.cpu_ns;
+                self.predictor.feedback(&old.process, false, old.cpu_ns);
+            }
             self.spec.issued += 1;
             self.start_job(
                 key,
@@ -237,37 +240,42 @@ impl Engine {
         }
     }
 
-    /// A speculative job finished: remember its cost until it is used or wasted.
+    /// A speculative job finished: remember its cost until it is used or wasted. One that
+    /// brought no result is counted now: cancelled (dropped before it started, or its worker
+    /// taken back for a real request) or failed, its CPU time wasted either way.
     pub(super) fn speculative_done(&mut self, key: &JobKey, outcome: &JobOutcome) {
-        if self.speculative.get(key).is_some_and(|r| r.released) {
+        let Some(rec) = self.speculative.get(key) else {
+            return;
+        };
+        if rec.released {
             let rec = self.speculative.remove(key).expect("looked up above");
             self.spec.cpu_ns_wasted += outcome.cpu_ns;
             self.predictor.wasted_cpu(&rec.process, outcome.cpu_ns);
             self.uncache(key);
             return;
         }
-        if let Some(rec) = self.speculative.get_mut(key) {
-            rec.cpu_ns = outcome.cpu_ns;
-            rec.finished = true;
-            if outcome.result.is_err() {
-                self.speculative.remove(key);
-            }
+        let Err(failure) = &outcome.result else {
+            self.speculative.finish(key, outcome.cpu_ns);
+            return;
+        };
+        let rec = self.speculative.remove(key).expect("looked up above");
+        if failure.kind == FailureKind::Cancelled {
+            self.spec.cancelled += 1;
+        } else {
+            self.spec.failed += 1;
         }
+        self.spec.cpu_ns_wasted += outcome.cpu_ns;
+        self.predictor.wasted_cpu(&rec.process, outcome.cpu_ns);
     }
 
     /// The session is gone: its unused speculative results are waste, dropped from the cache.
     fn release_session(&mut self, session: &str) -> u64 {
-        let mine: Vec<JobKey> = self
-            .speculative
-            .iter()
-            .filter(|(_, r)| r.session == session && !r.released)
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut wasted = 0;
-        for key in mine {
-            let Some(rec) = self.speculative.remove(&key) else {
+        for key in self.speculative.of_session(session) {
+            if self.speculative.get(&key).is_none_or(|r| r.released) {
                 continue;
-            };
+            }
+            let rec = self.speculative.remove(&key).expect("looked up above");
             if let Some(inflight) = self.inflight.get(&key)
                 && !inflight.started.load(std::sync::atomic::Ordering::Relaxed)
             {
@@ -312,6 +320,7 @@ impl Engine {
     pub(super) fn tick(&mut self) {
         for session in self.predictor.expire(now_ms()) {
             self.release_session(&session);
+            self.session_gone(&session);
         }
         if let Some(cache) = self.cache.as_mut() {
             cache.purge_expired(now_ms());
@@ -388,6 +397,7 @@ impl Engine {
             "used": s.used,
             "wasted": s.wasted,
             "cancelled": s.cancelled,
+            "failed": s.failed,
             "pending": self.speculative.len(),
             "cpu_s_wasted": s.cpu_ns_wasted as f64 / 1e9,
             "precision": if decided > 0 { s.used as f64 / decided as f64 } else { 0.0 },

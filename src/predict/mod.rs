@@ -119,6 +119,8 @@ pub struct Predictor {
     runs: RunModel,
     partition: Partitioner,
     hot_path_len: usize,
+    /// Sessions pushed out to make room for new ones, until the caller collects them.
+    evicted: Vec<String>,
 }
 
 fn half_life_ms(cfg: &Config) -> f64 {
@@ -141,6 +143,7 @@ impl Predictor {
                 cfg.predict.speculation,
             ),
             hot_path_len: cfg.predict.hot_path,
+            evicted: Vec::new(),
         };
         predictor.reconfigure(cfg);
         predictor
@@ -201,6 +204,7 @@ impl Predictor {
 
         if let Some(gone) = evicted {
             self.partition.end_session(&gone);
+            self.evicted.push(gone);
         }
         self.hot_path(&ev.session, self.hot_path_len)
     }
@@ -225,6 +229,7 @@ impl Predictor {
         }
         if let Some(gone) = evicted {
             self.partition.end_session(&gone);
+            self.evicted.push(gone);
         }
         self.hot_path(session, self.hot_path_len)
     }
@@ -327,6 +332,12 @@ impl Predictor {
     /// CPU time of a wasted speculative job, learned after its waste was counted.
     pub fn wasted_cpu(&mut self, process: &str, cpu_ns: u64) {
         self.partition.wasted_cpu(process, cpu_ns);
+    }
+
+    /// The sessions pushed out since the last call, to make room for new ones (at most
+    /// `[sessions] max` are kept): they are gone as if they had ended.
+    pub fn take_evicted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Ends a session: the model learns how it ended, the profile is freed and its speculative

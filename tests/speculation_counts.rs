@@ -1,0 +1,149 @@
+//! Black-box: every guess precogd issues is counted once, as used, wasted, cancelled or failed,
+//! or is still pending; so once all is quiet, issued = used + wasted + cancelled + failed +
+//! pending. Sessions pushed out to make room, guesses that time out, and sessions that share a
+//! guess's inputs are the cases that once broke the sum.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, have_python, skip_unless, worker};
+use serde_json::{Value, json};
+
+fn config(sessions_max: usize, workers: usize, timeout: &str) -> String {
+    format!(
+        r#"
+[sessions]
+max = {sessions_max}
+
+[[pool]]
+name = "shop"
+warm_min = 0
+
+[[pool]]
+name = "t"
+command = ["python3", "{echo}"]
+warm_min = {workers}
+workers_max = {workers}
+timeout = "{timeout}"
+
+[[process]]
+name = "quote"
+pool = "t"
+inputs = ["n", "cpu_ms", "sleep_ms"]
+idempotent = true
+"#,
+        echo = worker("echo.py")
+    )
+}
+
+fn speculation(d: &Daemon) -> Value {
+    d.call(json!({"op": "stats"}))["speculation"].clone()
+}
+
+/// Issued minus every outcome; 0 when each guess is counted exactly once.
+fn unaccounted(s: &Value) -> i64 {
+    let n = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("no {k} in {s}"));
+    n("issued") - n("used") - n("wasted") - n("cancelled") - n("failed") - n("pending")
+}
+
+/// Makes `quote` hot for session `s` with these inputs, so precogd guesses it.
+fn guess(d: &Daemon, s: &str, attrs: Value, p: f64) {
+    let r = d.call(json!({"op": "event", "session": s, "type": "page_view", "attrs": attrs}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = d.call(json!({"op": "hint", "session": s,
+        "predictions": [{"process": "quote", "p": p}]}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+}
+
+fn wait_until(what: &str, d: &Daemon, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = speculation(d);
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn guesses_of_sessions_pushed_out_to_make_room_are_counted_wasted() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config(5, 2, "10s"));
+    for i in 0..20 {
+        guess(
+            &d,
+            &format!("s{i}"),
+            json!({"n": i, "cpu_ms": 1, "sleep_ms": 0}),
+            0.95,
+        );
+        wait_until("the guess never finished", &d, |s| {
+            s["issued"] == json!(i + 1) && d.call(json!({"op": "stats"}))["inflight_jobs"] == 0
+        });
+    }
+    let s = speculation(&d);
+    // At most the five sessions kept still wait for their results; the other fifteen went.
+    assert!(s["pending"].as_u64() <= Some(5), "{s}");
+    assert!(s["wasted"].as_u64() >= Some(15), "{s}");
+    assert_eq!(unaccounted(&s), 0, "{s}");
+}
+
+#[test]
+fn a_guess_that_times_out_is_counted_failed_with_its_cpu_time() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config(100, 1, "1s"));
+    guess(
+        &d,
+        "slow",
+        json!({"n": 1, "cpu_ms": 3000, "sleep_ms": 0}),
+        0.95,
+    );
+    let s = wait_until("the guess never failed", &d, |s| s["failed"] == json!(1));
+    assert_eq!(unaccounted(&s), 0, "{s}");
+    // It burnt about a second before the timeout killed its worker.
+    assert!(s["cpu_s_wasted"].as_f64() > Some(0.5), "{s}");
+    assert_eq!(s["wasted"], json!(0), "{s}");
+}
+
+#[test]
+fn a_session_cancels_only_its_own_queued_guess_and_only_once() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config(100, 1, "10s"));
+    // The only worker is busy, so the next guesses wait in the queue.
+    guess(
+        &d,
+        "busy",
+        json!({"n": 1, "cpu_ms": 0, "sleep_ms": 1500}),
+        0.95,
+    );
+    wait_until("the first guess never started", &d, |_| {
+        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
+    });
+    let same = json!({"n": 2, "cpu_ms": 0, "sleep_ms": 0});
+    guess(&d, "a", same.clone(), 0.95);
+    // Same user, same inputs: the job is already on its way, so b issues nothing of its own.
+    guess(&d, "b", same, 0.95);
+    assert_eq!(speculation(&d)["issued"], json!(2));
+
+    // b loses interest: a's guess is not b's to cancel.
+    d.call(json!({"op": "hint", "session": "b", "predictions": [{"process": "quote", "p": 0.0}]}));
+    assert_eq!(speculation(&d)["cancelled"], json!(0));
+    // a loses interest: its queued guess is cancelled, once.
+    d.call(json!({"op": "hint", "session": "a", "predictions": [{"process": "quote", "p": 0.0}]}));
+    for s in ["a", "b", "busy"] {
+        d.call(json!({"op": "end", "session": s}));
+    }
+    let s = wait_until("jobs still in flight", &d, |_| {
+        d.call(json!({"op": "stats"}))["inflight_jobs"] == 0
+    });
+    assert_eq!(s["cancelled"], json!(1), "{s}");
+    assert_eq!(unaccounted(&s), 0, "{s}");
+}
