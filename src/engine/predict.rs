@@ -3,8 +3,11 @@
 //!
 //! A speculative job runs for the client user whose event triggered it, so its result lands in
 //! that user's part of the cache. It is *used* when a `run` is answered from it (from the cache
-//! or by joining it while in flight), and *wasted* when its session ends or expires first; a
-//! wasted result is dropped from the cache, and the CPU time it took is counted.
+//! or by joining it while in flight), and *wasted* when its session ends, expires or is pushed
+//! out first; a wasted result is dropped from the cache, and the CPU time it took is counted. A
+//! job that brings no result is *cancelled* (dropped before it started, or its worker taken back
+//! for a real request) or *failed*. Each job issued is counted once, in one of these or as
+//! pending.
 
 use serde_json::{Map, Value, json};
 
