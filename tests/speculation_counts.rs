@@ -147,3 +147,28 @@ fn a_session_cancels_only_its_own_queued_guess_and_only_once() {
     assert_eq!(s["cancelled"], json!(1), "{s}");
     assert_eq!(unaccounted(&s), 0, "{s}");
 }
+
+#[test]
+fn a_guess_whose_session_ended_can_still_serve_another_session() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config(100, 2, "10s"));
+    let inputs = json!({"n": 7, "cpu_ms": 300, "sleep_ms": 0});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| {
+        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
+    });
+    let r = d.call(json!({"op": "end", "session": "a"}));
+    assert_eq!(r["speculative_wasted"], json!(1), "{r}");
+    // Another session asks for the same result while the guess still runs: it joins it.
+    let r = d.call(json!({"op": "run", "session": "b", "process": "quote", "inputs": inputs}));
+    assert_eq!(r["served"], json!("inflight"), "{r}");
+    let s = wait_until("the guess's CPU time was never counted", &d, |s| {
+        s["cpu_s_wasted"].as_f64() > Some(0.25)
+    });
+    assert_eq!(unaccounted(&s), 0, "{s}");
+    // Its result was used, so it stays in the cache.
+    let r = d.call(json!({"op": "run", "session": "c", "process": "quote", "inputs": inputs}));
+    assert_eq!(r["served"], json!("cache"), "{r}");
+}

@@ -108,9 +108,11 @@ impl Engine {
     pub(super) fn claim_speculative(&mut self, key: &JobKey) {
         // A job whose session went was counted as wasted then; another session with the same
         // inputs may still use its result, which then stays in the cache.
-        if let Some(rec) = self.speculative.remove(key)
-            && !rec.released
-        {
+        if self.speculative.get(key).is_some_and(|r| r.released) {
+            self.speculative.keep_result(key);
+            return;
+        }
+        if let Some(rec) = self.speculative.remove(key) {
             self.spec.used += 1;
             self.predictor.feedback(&rec.process, true, rec.cpu_ns);
         }
@@ -180,6 +182,7 @@ impl Engine {
                 cpu_ns: 0,
                 finished: false,
                 released: false,
+                keep_result: false,
             };
             // A finished guess whose result left the cache unused (its time to live ran out)
             // is issued again: the first one was wasted.
@@ -254,7 +257,9 @@ impl Engine {
             let rec = self.speculative.remove(key).expect("looked up above");
             self.spec.cpu_ns_wasted += outcome.cpu_ns;
             self.predictor.wasted_cpu(&rec.process, outcome.cpu_ns);
-            self.uncache(key);
+            if !rec.keep_result {
+                self.uncache(key);
+            }
             return;
         }
         let Err(failure) = &outcome.result else {

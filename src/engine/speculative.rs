@@ -15,6 +15,8 @@ pub(super) struct SpeculativeRecord {
     /// Its session went while it ran: already counted as wasted, its CPU time is added when it
     /// finishes.
     pub released: bool,
+    /// A released job a `run` of another session joined: its result stays in the cache.
+    pub keep_result: bool,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +60,13 @@ impl Speculative {
         }
     }
 
+    /// Keeps a released job's result in the cache when it finishes.
+    pub fn keep_result(&mut self, key: &JobKey) {
+        if let Some(rec) = self.records.get_mut(key) {
+            rec.keep_result = true;
+        }
+    }
+
     /// The keys of the session's jobs, without a scan of everyone else's.
     pub fn of_session(&self, session: &str) -> Vec<JobKey> {
         self.by_session
@@ -90,6 +99,7 @@ mod tests {
             cpu_ns: 0,
             finished: false,
             released: false,
+            keep_result: false,
         }
     }
 
