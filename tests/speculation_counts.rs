@@ -172,3 +172,50 @@ fn a_guess_whose_session_ended_can_still_serve_another_session() {
     let r = d.call(json!({"op": "run", "session": "c", "process": "quote", "inputs": inputs}));
     assert_eq!(r["served"], json!("cache"), "{r}");
 }
+
+#[test]
+fn a_guess_whose_result_expired_unused_is_wasted_not_used() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let cfg = config(100, 1, "10s").replace("idempotent = true", "idempotent = true\nttl = \"1s\"");
+    let d = Daemon::start(&cfg);
+    let inputs = json!({"n": 3, "cpu_ms": 100, "sleep_ms": 0});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never finished", &d, |_| {
+        d.call(json!({"op": "stats"}))["inflight_jobs"] == 0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // The result is gone: the run computes it again, and the guess did not help.
+    let r = d.call(json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}));
+    assert_ne!(r["served"], json!("cache"), "{r}");
+    let s = speculation(&d);
+    assert_eq!((&s["used"], &s["wasted"]), (&json!(0), &json!(1)), "{s}");
+    assert!(s["cpu_s_wasted"].as_f64() > Some(0.05), "{s}");
+    assert_eq!(unaccounted(&s), 0, "{s}");
+}
+
+#[test]
+fn a_guess_a_run_joined_that_then_fails_is_failed_not_used() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config(100, 1, "1s"));
+    let inputs = json!({"n": 4, "cpu_ms": 3000, "sleep_ms": 0});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| {
+        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
+    });
+    let r = d.call(json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}));
+    assert_eq!(
+        r["ok"],
+        json!(false),
+        "the guess times out, and the run with it: {r}"
+    );
+    let s = wait_until("the failure was never counted", &d, |s| {
+        s["failed"] == json!(1)
+    });
+    assert_eq!(s["used"], json!(0), "{s}");
+    assert!(s["cpu_s_wasted"].as_f64() > Some(0.5), "{s}");
+    assert_eq!(unaccounted(&s), 0, "{s}");
+}

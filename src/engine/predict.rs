@@ -104,15 +104,31 @@ impl Engine {
         ))
     }
 
-    /// A `run` for this key arrived: a speculative job for it, finished or not, was used.
+    /// A `run` for this key arrived. A finished guess was used if its result is still in the
+    /// cache, and wasted if not (it expired or was pushed out); a running one is judged when it
+    /// finishes, since the run waits for it; one not yet started gives way to the run, and the
+    /// prediction counts as used.
     pub(super) fn claim_speculative(&mut self, key: &JobKey) {
-        // A job whose session went was counted as wasted then; another session with the same
-        // inputs may still use its result, which then stays in the cache.
-        if self.speculative.get(key).is_some_and(|r| r.released) {
-            self.speculative.keep_result(key);
+        let Some(rec) = self.speculative.get(key) else {
+            return;
+        };
+        let running = self
+            .inflight
+            .get(key)
+            .is_some_and(|i| i.started.load(std::sync::atomic::Ordering::Relaxed));
+        // A job whose session went was counted as wasted then; a run of another session with
+        // the same inputs may still use its result, which then stays in the cache.
+        if rec.released || (running && !rec.finished) {
+            self.speculative.join(key);
             return;
         }
-        if let Some(rec) = self.speculative.remove(key) {
+        let cached = rec.finished && self.is_cached(key);
+        let rec = self.speculative.remove(key).expect("looked up above");
+        if rec.finished && !cached {
+            self.spec.wasted += 1;
+            self.spec.cpu_ns_wasted += rec.cpu_ns;
+            self.predictor.feedback(&rec.process, false, rec.cpu_ns);
+        } else {
             self.spec.used += 1;
             self.predictor.feedback(&rec.process, true, rec.cpu_ns);
         }
@@ -182,7 +198,7 @@ impl Engine {
                 cpu_ns: 0,
                 finished: false,
                 released: false,
-                keep_result: false,
+                joined: false,
             };
             // A finished guess whose result left the cache unused (its time to live ran out)
             // is issued again: the first one was wasted.
@@ -257,13 +273,19 @@ impl Engine {
             let rec = self.speculative.remove(key).expect("looked up above");
             self.spec.cpu_ns_wasted += outcome.cpu_ns;
             self.predictor.wasted_cpu(&rec.process, outcome.cpu_ns);
-            if !rec.keep_result {
+            if !rec.joined {
                 self.uncache(key);
             }
             return;
         }
         let Err(failure) = &outcome.result else {
-            self.speculative.finish(key, outcome.cpu_ns);
+            if rec.joined {
+                let rec = self.speculative.remove(key).expect("looked up above");
+                self.spec.used += 1;
+                self.predictor.feedback(&rec.process, true, outcome.cpu_ns);
+            } else {
+                self.speculative.finish(key, outcome.cpu_ns);
+            }
             return;
         };
         let rec = self.speculative.remove(key).expect("looked up above");

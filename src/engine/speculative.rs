@@ -15,8 +15,9 @@ pub(super) struct SpeculativeRecord {
     /// Its session went while it ran: already counted as wasted, its CPU time is added when it
     /// finishes.
     pub released: bool,
-    /// A released job a `run` of another session joined: its result stays in the cache.
-    pub keep_result: bool,
+    /// A `run` waits for it: judged used when it brings a result (if it was released, its
+    /// result stays in the cache for that run's session).
+    pub joined: bool,
 }
 
 #[derive(Debug, Default)]
@@ -60,10 +61,10 @@ impl Speculative {
         }
     }
 
-    /// Keeps a released job's result in the cache when it finishes.
-    pub fn keep_result(&mut self, key: &JobKey) {
+    /// Notes that a `run` waits for the job.
+    pub fn join(&mut self, key: &JobKey) {
         if let Some(rec) = self.records.get_mut(key) {
-            rec.keep_result = true;
+            rec.joined = true;
         }
     }
 
@@ -99,7 +100,7 @@ mod tests {
             cpu_ns: 0,
             finished: false,
             released: false,
-            keep_result: false,
+            joined: false,
         }
     }
 
