@@ -106,8 +106,9 @@ fn a_guess_that_times_out_is_counted_failed_with_its_cpu_time() {
     );
     let s = wait_until("the guess never failed", &d, |s| s["failed"] == json!(1));
     assert_eq!(unaccounted(&s), 0, "{s}");
-    // It burnt about a second before the timeout killed its worker.
-    assert!(s["cpu_s_wasted"].as_f64() > Some(0.5), "{s}");
+    // What it burnt before the timeout killed its worker (up to a second; less when the
+    // machine is busy, since a guess only gets CPU time nobody else wants).
+    assert!(s["cpu_s_wasted"].as_f64() > Some(0.0), "{s}");
     assert_eq!(s["wasted"], json!(0), "{s}");
 }
 
@@ -216,6 +217,34 @@ fn a_guess_a_run_joined_that_then_fails_is_failed_not_used() {
         s["failed"] == json!(1)
     });
     assert_eq!(s["used"], json!(0), "{s}");
-    assert!(s["cpu_s_wasted"].as_f64() > Some(0.5), "{s}");
+    assert!(s["cpu_s_wasted"].as_f64() > Some(0.0), "{s}");
+    assert_eq!(unaccounted(&s), 0, "{s}");
+}
+
+#[test]
+fn a_guess_a_run_joined_is_used_even_if_its_session_ends_before_it_finishes() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config(100, 1, "10s"));
+    let inputs = json!({"n": 5, "cpu_ms": 0, "sleep_ms": 600});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| {
+        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
+    });
+    // The run joins the guess on a connection of its own; the session ends meanwhile.
+    let mut c = d.connect();
+    let run = std::thread::spawn(move || {
+        c.call(&json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let r = d.call(json!({"op": "end", "session": "a"}));
+    assert_eq!(r["speculative_wasted"], json!(0), "{r}");
+    let r = run.join().expect("the run's thread");
+    assert_eq!(r["served"], json!("inflight"), "{r}");
+    let s = wait_until("the guess was never judged", &d, |s| {
+        s["pending"] == json!(0)
+    });
+    assert_eq!((&s["used"], &s["wasted"]), (&json!(1), &json!(0)), "{s}");
     assert_eq!(unaccounted(&s), 0, "{s}");
 }

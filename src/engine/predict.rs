@@ -302,7 +302,13 @@ impl Engine {
     fn release_session(&mut self, session: &str) -> u64 {
         let mut wasted = 0;
         for key in self.speculative.of_session(session) {
-            if self.speculative.get(&key).is_none_or(|r| r.released) {
+            // A guess a run waits for is judged when it finishes, whether its session is there
+            // or not.
+            if self
+                .speculative
+                .get(&key)
+                .is_none_or(|r| r.released || r.joined)
+            {
                 continue;
             }
             let rec = self.speculative.remove(&key).expect("looked up above");
