@@ -385,3 +385,36 @@ inputs = ["sleep_ms"]
     }
     sender.join().unwrap().unwrap();
 }
+
+/// A worker's parent-death signal fires when the thread that forked it ends, not when the
+/// daemon does. Workers must therefore be forked by a thread that lives as long as precogd: a
+/// helper thread that retires after idling (about ten seconds) would take them with it.
+#[test]
+fn workers_outlive_the_thread_that_started_them() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    let run = |c: &mut common::Conn, n: u32| {
+        c.call(&json!({"op": "run", "session": format!("s{n}"),
+            "process": "validate_postal_code",
+            "inputs": {"country": "DE", "postal_code": format!("{:05}", 10115 + n)}}))
+    };
+    let r = run(&mut c, 0);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let before = d.workers();
+    assert!(!before.is_empty(), "no workers:\n{}", d.log());
+
+    std::thread::sleep(Duration::from_secs(13));
+    let r = run(&mut c, 1);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["served"], json!("warm"), "{r}");
+    let after = d.workers();
+    for pid in &before {
+        assert!(
+            after.contains(pid),
+            "worker {pid} is gone: {after:?}\n{}",
+            d.log()
+        );
+    }
+    let stats = c.call(&json!({"op": "stats"}));
+    assert_eq!(stats["pools"]["shop"]["crashes"], json!(0), "{stats}");
+}

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{OnceLock, mpsc};
 
 use tokio::process::{Child, Command};
 
@@ -49,19 +50,62 @@ pub fn resolve_command(program: &str) -> Result<PathBuf, PoolError> {
 }
 
 /// Everything the child needs between fork and exec, prepared in the parent.
-pub struct SpawnPlan<'a> {
-    pub program: &'a Path,
-    pub args: &'a [String],
-    pub cpus: Option<&'a [usize]>,
+pub struct SpawnPlan {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cpus: Option<Vec<usize>>,
     pub identity: Option<WorkerIdentity>,
     /// Moves the child into its cgroup; consumed by the spawn.
     pub cgroup_join: Option<JoinHandle>,
 }
 
-/// Starts the worker with piped stdin, stdout and stderr.
-pub fn spawn(plan: SpawnPlan<'_>) -> Result<Child, PoolError> {
-    let mut cmd = Command::new(plan.program);
-    cmd.args(plan.args)
+type ForkJob = Box<dyn FnOnce() + Send>;
+
+/// Starts the worker with piped stdin, stdout and stderr, on the thread kept for starting
+/// workers.
+///
+/// Starting blocks until the child has called exec, and joining a cgroup can hold the child
+/// for tens of milliseconds (the kernel waits out an RCU grace period to move a task), which
+/// on the daemon's one runtime thread would hold up every request. Nor can it run on a pool
+/// thread: the parent-death signal fires when the *thread* that forked the child exits, and
+/// pool threads exit after idling. The forking thread lives as long as the daemon.
+pub async fn spawn(plan: SpawnPlan) -> Result<Child, PoolError> {
+    static FORKER: OnceLock<mpsc::Sender<ForkJob>> = OnceLock::new();
+    let program = plan.program.clone();
+    let stopped = |what: &str| PoolError::Spawn {
+        program: program.clone(),
+        source: std::io::Error::other(format!("the thread that starts workers {what}")),
+    };
+    let forker = FORKER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<ForkJob>();
+        let started = std::thread::Builder::new()
+            .name("precog-fork".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!("cannot start the thread that starts workers: {e}");
+        }
+        tx
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: ForkJob = Box::new(move || {
+        // The child's pipes register with the daemon's runtime.
+        let _entered = runtime.enter();
+        let _ = tx.send(spawn_now(plan));
+    });
+    if forker.send(job).is_err() {
+        return Err(stopped("did not start"));
+    }
+    rx.await.map_err(|_| stopped("stopped"))?
+}
+
+fn spawn_now(plan: SpawnPlan) -> Result<Child, PoolError> {
+    let mut cmd = Command::new(&plan.program);
+    cmd.args(&plan.args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LANG", "C.UTF-8")
@@ -74,7 +118,7 @@ pub fn spawn(plan: SpawnPlan<'_>) -> Result<Child, PoolError> {
 
     // SAFETY: a zeroed cpu_set_t is the empty set, the documented starting point for CPU_SET.
     let mut cpu_set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let pin = match plan.cpus {
+    let pin = match plan.cpus.as_deref() {
         Some(cpus) if !cpus.is_empty() => {
             for &c in cpus {
                 // SAFETY: `c` is below 4096 (checked when the CPU list was parsed) and
@@ -128,7 +172,7 @@ pub fn spawn(plan: SpawnPlan<'_>) -> Result<Child, PoolError> {
     }
 
     cmd.spawn().map_err(|e| PoolError::Spawn {
-        program: plan.program.to_path_buf(),
+        program: plan.program.clone(),
         source: e,
     })
 }

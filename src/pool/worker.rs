@@ -56,14 +56,14 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         None => None,
     };
     let plan = SpawnPlan {
-        program: &settings.program,
-        args: &settings.args,
-        cpus: settings.cpus.as_deref(),
+        program: settings.program.clone(),
+        args: settings.args.clone(),
+        cpus: settings.cpus.clone(),
         identity: settings.identity,
         cgroup_join: join,
     };
     let mut cpu_class = CpuClass::Normal;
-    let mut child = match spawn(plan) {
+    let mut child = match spawn(plan).await {
         Ok(c) => c,
         Err(e) => {
             placement_gone(&shared, id).await;
