@@ -2,9 +2,9 @@
 //! off under the same load, and their ratio. Speculation must not slow real requests.
 //!
 //! Build the daemon first, then run: `cargo build --release --bins --example ondemand_bench &&
-//! target/release/examples/ondemand_bench [sessions] [clients] [rounds] [elastic|fixed]`. Each
-//! client walks through sessions: an event that makes inputs known, a hint that makes a CPU-heavy
-//! idempotent process hot (speculated when speculation is on, never asked for; its chance is
+//! target/release/examples/ondemand_bench [sessions] [clients] [rounds] [elastic|fixed]
+//! [guess_cpu_ms]`. Each client walks through sessions: an event that makes inputs known, a hint
+//! that makes a CPU-heavy idempotent process hot (speculated when speculation is on, never asked for; its chance is
 //! above any threshold that feedback can set, so it is issued in every round), a short think
 //! time, then a timed `run` of a light process that is never speculated. Each round says how many
 //! guesses it issued and how much CPU time precogd used; the summary says how many guesses ran
@@ -22,6 +22,10 @@
 //! allocator retires the third and starts it again when load returns, and a start's CPU shows in
 //! the slowest runs of both modes. `fixed` keeps three workers throughout, so what is left of the
 //! difference is speculation's own.
+//!
+//! Each guess burns `guess_cpu_ms` of CPU time (40 unless given). With 0, guesses cost their
+//! bookkeeping, the worker round trip and nothing else, which tells what precog's own handling
+//! of speculation costs real requests apart from the CPU time the guesses take.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -194,6 +198,7 @@ fn load(
     clients: usize,
     tag: &str,
     first_n: usize,
+    guess_cpu_ms: u64,
 ) -> anyhow::Result<Vec<Sample>> {
     let mut threads = Vec::new();
     for c in 0..clients {
@@ -208,7 +213,7 @@ fn load(
                     // Inputs unique per round: a guess cached in an earlier round would not run.
                     let n = first_n + i;
                     conn.call(&json!({"op": "event", "session": s, "type": "page_view",
-                    "attrs": {"n": n, "cpu_ms": 40}}))?;
+                    "attrs": {"n": n, "cpu_ms": guess_cpu_ms}}))?;
                     // Above any threshold feedback can reach: the guess is never used, and at a
                     // lower chance precog would stop issuing it after the first rounds.
                     conn.call(&json!({"op": "hint", "session": s,
@@ -329,8 +334,19 @@ fn main() -> anyhow::Result<()> {
         Some("fixed") => true,
         Some(other) => bail!("the pool is `elastic` or `fixed`, not `{other}`"),
     };
+    let guess_cpu_ms = match args.next() {
+        None => 40,
+        Some(a) => a
+            .parse::<u64>()
+            .ok()
+            .filter(|&ms| ms <= 10_000)
+            .with_context(|| format!("[guess_cpu_ms] must be 0 to 10000, not `{a}`"))?,
+    };
     if let Some(extra) = args.next() {
-        bail!("unexpected argument `{extra}`: [sessions] [clients] [rounds] [elastic|fixed]");
+        bail!(
+            "unexpected argument `{extra}`: \
+             [sessions] [clients] [rounds] [elastic|fixed] [guess_cpu_ms]"
+        );
     }
     let exe = std::env::current_exe()?;
     let precogd = exe
@@ -351,7 +367,7 @@ fn main() -> anyhow::Result<()> {
         Daemon::start(&precogd, &python, true, fixed)?,
     ];
     for d in &daemons {
-        load(&d.socket, 30, clients, "warmup", 0)?;
+        load(&d.socket, 30, clients, "warmup", 0, guess_cpu_ms)?;
     }
     for d in &daemons {
         wait_quiet(&d.socket)?;
@@ -369,7 +385,14 @@ fn main() -> anyhow::Result<()> {
         let first_n = 1_000_000 * (round + 1);
         let issued_before = pool_counter(&d.socket, "issued")?;
         let cpu_before = cpu_ms(d.child.id());
-        let samples = load(&d.socket, sessions, clients, &format!("r{round}"), first_n)?;
+        let samples = load(
+            &d.socket,
+            sessions,
+            clients,
+            &format!("r{round}"),
+            first_n,
+            guess_cpu_ms,
+        )?;
         wait_quiet(&d.socket)?;
         let issued = pool_counter(&d.socket, "issued")? - issued_before;
         let daemon_ms = cpu_ms(d.child.id()).saturating_sub(cpu_before);

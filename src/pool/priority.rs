@@ -4,11 +4,11 @@
 //! on-demand job, or as soon as a real request joins it. (Above the pool's cgroup the pool still
 //! competes with precogd and the app server at its full weight.)
 //!
-//! Switching the pool's cgroup and precog's subtree to the idle class too, while every busy
-//! worker below runs a guess, was built and measured with `ondemand_bench`: on-demand p99 with
-//! speculation got worse (on/off 1.19–1.25 against 1.07–1.10 with a fixed pool), and clearing
-//! `cpu.idle` resets the cgroup's `cpu.shares` / `cpu.weight` to the default, which would undo
-//! the allocator's weights. Only the worker's own leaf switches.
+//! Switching the pool's cgroup to the idle class too, while every busy worker below runs a
+//! guess, was built and measured twice with `ondemand_bench`. It made no difference that shows
+//! through the noise (elastic pool, 48 rounds: on/off 1.09, against 1.11 and 1.14 without it),
+//! and clearing `cpu.idle` resets the cgroup's `cpu.shares` / `cpu.weight` to the default,
+//! which would undo the allocator's weights. Only the worker's own leaf switches.
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
