@@ -41,6 +41,12 @@ pub(super) fn started_failed(shared: &Shared, why: String) {
 }
 
 fn note_start_failure(st: &mut State, why: String) {
+    // Starts that were under way together fail together: while a pause is in force, another
+    // failure belongs to the same episode and does not lengthen it.
+    if st.backoff_until.is_some_and(|until| until > Instant::now()) {
+        st.stats.last_failure = Some(why);
+        return;
+    }
     st.failures = st.failures.saturating_add(1);
     let backoff = BACKOFF_START
         .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
@@ -54,4 +60,36 @@ fn note_start_failure(st: &mut State, why: String) {
     }
     st.backoff_until = Some(Instant::now() + backoff);
     st.stats.last_failure = Some(why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_failing_together_count_as_one_failure() {
+        let mut st = State::default();
+        for _ in 0..32 {
+            note_start_failure(&mut st, "no such file".into());
+        }
+        assert_eq!(st.failures, 1);
+        let pause = st
+            .backoff_until
+            .unwrap()
+            .saturating_duration_since(Instant::now());
+        assert!(pause <= BACKOFF_START, "{pause:?}");
+
+        // Once the pause is over, the next failure doubles it.
+        st.backoff_until = Some(Instant::now());
+        note_start_failure(&mut st, "no such file".into());
+        assert_eq!(st.failures, 2);
+        let pause = st
+            .backoff_until
+            .unwrap()
+            .saturating_duration_since(Instant::now());
+        assert!(
+            pause > BACKOFF_START && pause <= 2 * BACKOFF_START,
+            "{pause:?}"
+        );
+    }
 }
