@@ -248,3 +248,44 @@ fn a_daemon_stopped_while_it_starts_leaves_no_cgroup() {
         assert!(!dir.exists(), "{} remains", dir.display());
     }
 }
+
+/// A daemon that fails at start (here, a pool's worker cannot be found) exits with the reason and
+/// removes the cgroups it made before it found out.
+#[test]
+fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let parent = common::cgroup_parent();
+    let config = dir.path().join("precogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
+             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n\
+             [[pool]]\nname = \"shop\"\nwarm_min = 1\n\
+             [[pool]]\nname = \"zz\"\ncommand = [\"no-such-precog-worker\"]\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("precogd.sock"))
+        .args(["--bus", "none"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "precogd started:\n{log}");
+    assert!(log.contains("no-such-precog-worker"), "{log}");
+    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path().join(&parent)))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}\n{log}");
+}

@@ -243,8 +243,26 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         tuning: Default::default(),
         later: Vec::new(),
     };
+    // Whatever can fail comes before any worker starts, and a failure removes the cgroups made
+    // so far: a daemon that cannot start leaves nothing behind.
+    let mut ready = Vec::new();
     for p in &config.pools {
-        engine.start_pool(p)?;
+        match engine.prepare_pool(p) {
+            Ok(pool) => ready.push(pool),
+            Err(e) => {
+                engine.placements.clear();
+                if let Some(cg) = engine.cgroups.take()
+                    && let Err(e) = cg.remove()
+                {
+                    tracing::warn!(error = %e, "cannot remove precog's cgroups");
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (settings, placement) in ready {
+        let name = settings.name.clone();
+        engine.pools.insert(name, Pool::start(settings, placement));
     }
     tokio::spawn(engine.run(rx, done_rx));
     let ticker = tx.clone();
@@ -454,7 +472,11 @@ impl Engine {
 
 impl Engine {
     /// Creates the pool's cgroup (when cgroups are in use) and starts its workers.
-    fn start_pool(&mut self, p: &crate::config::PoolConfig) -> Result<(), EngineError> {
+    /// A pool's settings and its cgroup, made but not yet started.
+    fn prepare_pool(
+        &mut self,
+        p: &crate::config::PoolConfig,
+    ) -> Result<(PoolSettings, Option<Arc<dyn Placement>>), EngineError> {
         let settings = pool_settings(&self.config, p)?;
         let mut placement: Option<Arc<dyn Placement>> = None;
         if let Some(cg) = &self.cgroups {
@@ -477,9 +499,7 @@ impl Engine {
                 }
             }
         }
-        self.pools
-            .insert(p.name.clone(), Pool::start(settings, placement));
-        Ok(())
+        Ok((settings, placement))
     }
 
     /// Applies the prediction policy in `config.predict` plus an operator threshold, which the
