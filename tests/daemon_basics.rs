@@ -418,3 +418,68 @@ fn workers_outlive_the_thread_that_started_them() {
     let stats = c.call(&json!({"op": "stats"}));
     assert_eq!(stats["pools"]["shop"]["crashes"], json!(0), "{stats}");
 }
+
+/// In a container precogd may be pid 1 itself; its workers must still start (a worker checks
+/// that the daemon that forked it is still its parent, not that its parent is other than 1).
+#[test]
+fn a_daemon_that_is_pid_1_starts_its_workers() {
+    let unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if skip_unless(
+        common::is_root() && unshare.is_ok_and(|s| s.success()),
+        "needs root and unshare(1) to start precogd in a pid namespace of its own",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("precogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
+             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n",
+            d = dir.path().display(),
+            parent = common::cgroup_parent(),
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("precogd.sock");
+    let mut outer = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", common::precogd()])
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--bus", "none"])
+        .stderr(std::fs::File::create(dir.path().join("precogd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("precogd.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answer = None;
+    while Instant::now() < deadline && answer.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        answer = common::Conn::open(&socket).ok().and_then(|mut c| {
+            c.try_call(
+                &json!({"op": "run", "session": "s", "process": "validate_postal_code",
+                "inputs": {"country": "DE", "postal_code": "10115"}}),
+            )
+        });
+    }
+    let stats = common::Conn::open(&socket).map(|mut c| c.call(&json!({"op": "stats"})));
+    // precogd is the only child of unshare; SIGTERM stops it as it would any daemon.
+    for pid in common::children_of(outer.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let status = outer.wait().unwrap();
+    let r = answer.unwrap_or_else(|| panic!("no answer:\n{}", log()));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", log());
+    assert_eq!(r["served"], json!("warm"), "{r}");
+    let stats = stats.unwrap();
+    assert_eq!(stats["pools"]["shop"]["crashes"], json!(0), "{stats}");
+    assert!(status.success(), "{status}:\n{}", log());
+}

@@ -14,6 +14,7 @@
 //! cgroups and tests need no root.
 
 mod backoff;
+mod forker;
 mod observe;
 mod placement;
 mod priority;

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{OnceLock, mpsc};
 
 use tokio::process::{Child, Command};
 
 use super::PoolError;
+use super::forker::{self, ForkJob};
 use crate::cgroup::JoinHandle;
 
 /// Who the worker runs as, resolved once in the parent (no lookups are allowed after fork).
@@ -59,48 +59,33 @@ pub struct SpawnPlan {
     pub cgroup_join: Option<JoinHandle>,
 }
 
-type ForkJob = Box<dyn FnOnce() + Send>;
-
-/// Starts the worker with piped stdin, stdout and stderr, on the thread kept for starting
-/// workers.
-///
-/// Starting blocks until the child has called exec, and joining a cgroup can hold the child
-/// for tens of milliseconds (the kernel waits out an RCU grace period to move a task), which
-/// on the daemon's one runtime thread would hold up every request. Nor can it run on a pool
-/// thread: the parent-death signal fires when the *thread* that forked the child exits, and
-/// pool threads exit after idling. The forking thread lives as long as the daemon.
-pub async fn spawn(plan: SpawnPlan) -> Result<Child, PoolError> {
-    static FORKER: OnceLock<mpsc::Sender<ForkJob>> = OnceLock::new();
+/// Starts the worker with piped stdin, stdout and stderr, on the thread that forks workers
+/// (see [`super::forker`]), in `pool`'s turn. A start still queued when `give_up` says so, or
+/// when nobody awaits it any more, is dropped with an error.
+pub async fn spawn(
+    pool: &str,
+    plan: SpawnPlan,
+    give_up: impl Fn() -> bool + Send + 'static,
+) -> Result<Child, PoolError> {
     let program = plan.program.clone();
-    let stopped = |what: &str| PoolError::Spawn {
+    let failed = |what: &str| PoolError::Spawn {
         program: program.clone(),
-        source: std::io::Error::other(format!("the thread that starts workers {what}")),
+        source: std::io::Error::other(what.to_string()),
     };
-    let forker = FORKER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<ForkJob>();
-        let started = std::thread::Builder::new()
-            .name("precog-fork".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            });
-        if let Err(e) = started {
-            tracing::error!("cannot start the thread that starts workers: {e}");
-        }
-        tx
-    });
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: ForkJob = Box::new(move || {
+        if tx.is_closed() || give_up() {
+            return;
+        }
         // The child's pipes register with the daemon's runtime.
         let _entered = runtime.enter();
         let _ = tx.send(spawn_now(plan));
     });
-    if forker.send(job).is_err() {
-        return Err(stopped("did not start"));
+    if !forker::submit(pool, job) {
+        return Err(failed("the thread that starts workers did not start"));
     }
-    rx.await.map_err(|_| stopped("stopped"))?
+    rx.await.map_err(|_| failed("the start was given up"))?
 }
 
 fn spawn_now(plan: SpawnPlan) -> Result<Child, PoolError> {
@@ -131,6 +116,9 @@ fn spawn_now(plan: SpawnPlan) -> Result<Child, PoolError> {
     };
     let join = plan.cgroup_join;
     let identity = plan.identity;
+    // The child checks its parent against this, not against 1: precogd may be pid 1 itself (in
+    // a container), and a subreaper may adopt the orphan.
+    let daemon = std::process::id() as libc::pid_t;
 
     // SAFETY: the closure runs in the child between fork and exec and only makes raw,
     // async-signal-safe system calls on values prepared above; it allocates nothing.
@@ -154,7 +142,7 @@ fn spawn_now(plan: SpawnPlan) -> Result<Child, PoolError> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::getppid() == 1 {
+            if libc::getppid() != daemon {
                 // The daemon died before the signal was armed.
                 libc::_exit(1);
             }

@@ -45,11 +45,19 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         (s, shared.state.lock().expect("pool state").generation)
     };
 
+    let stopping = || shared.shutting_down.load(Ordering::Relaxed);
+    if stopping() {
+        start_dropped(&shared);
+        return;
+    }
     let join = match shared.placement.clone() {
         Some(p) => match off_runtime(move || p.prepare_worker(id)).await {
             Ok(handle) => handle,
             Err(e) => {
-                started_failed(&shared, format!("cannot prepare the worker's cgroup: {e}"));
+                started_failed(
+                    &shared,
+                    format!("cannot prepare the worker's cgroup: {}", error_chain(&e)),
+                );
                 return;
             }
         },
@@ -63,11 +71,20 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         cgroup_join: join,
     };
     let mut cpu_class = CpuClass::Normal;
-    let mut child = match spawn(plan).await {
+    let give_up = {
+        let shared = shared.clone();
+        move || shared.shutting_down.load(Ordering::Relaxed)
+    };
+    let mut child = match spawn(&settings.name, plan, give_up).await {
         Ok(c) => c,
+        Err(_) if stopping() => {
+            placement_gone(&shared, id).await;
+            start_dropped(&shared);
+            return;
+        }
         Err(e) => {
             placement_gone(&shared, id).await;
-            started_failed(&shared, format!("{e}: {}", source_text(&e)));
+            started_failed(&shared, error_chain(&e));
             return;
         }
     };
@@ -121,7 +138,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 Ok(true) => cpu_class = wanted,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(pool = %settings.name, worker = id, pid,
-                    "{e}: {}", source_text(&e)),
+                    "{}", error_chain(&e)),
             }
         }
         // A real request that joins the guess while it runs makes it urgent.
@@ -528,10 +545,22 @@ fn finish_lost(
     });
 }
 
-fn source_text(e: &super::PoolError) -> String {
-    std::error::Error::source(e)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
+/// An error and its causes, as one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A start dropped because the pool is stopping: not a failure.
+fn start_dropped(shared: &Shared) {
+    shared.state.lock().expect("pool state").starting -= 1;
+    shared.supervisor_wake.notify_one();
 }
 
 /// SIGKILL to the worker's process group (it leads its own group).
