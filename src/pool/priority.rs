@@ -5,10 +5,14 @@
 //! competes with precogd and the app server at its full weight.)
 //!
 //! Switching the pool's cgroup to the idle class too, while every busy worker below runs a
-//! guess, was built and measured twice with `ondemand_bench`. It made no difference that shows
-//! through the noise (elastic pool, 48 rounds: on/off 1.09, against 1.11 and 1.14 without it),
-//! and clearing `cpu.idle` resets the cgroup's `cpu.shares` / `cpu.weight` to the default,
-//! which would undo the allocator's weights. Only the worker's own leaf switches.
+//! guess, was built and measured with `ondemand_bench` (elastic pool, 48 rounds). The pool alone
+//! made no difference that shows through the noise (on/off 1.09, against 1.11–1.14 without it):
+//! precogd and the app sit outside precog's cgroup, so they meet the guess at the level of
+//! precog's parent cgroup, which stays normal. The pool and its parent together made p99 three
+//! times worse (3.28), most likely because a group that idled comes back with the virtual
+//! runtime it ran up at idle weight, so the real job that ends the idle spell waits. Clearing
+//! `cpu.idle` also resets the cgroup's `cpu.shares` / `cpu.weight` to the default, which would
+//! undo the allocator's weights. Only the worker's own leaf switches.
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
