@@ -471,8 +471,7 @@ impl Engine {
 }
 
 impl Engine {
-    /// Creates the pool's cgroup (when cgroups are in use) and starts its workers.
-    /// A pool's settings and its cgroup, made but not yet started.
+    /// A pool's settings and its cgroup (when cgroups are in use), made but not yet started.
     fn prepare_pool(
         &mut self,
         p: &crate::config::PoolConfig,
