@@ -203,6 +203,33 @@ fn read_u64(p: &Path) -> u64 {
         .unwrap()
 }
 
+/// Writes a configuration with a cgroup parent of its own and `pools`; returns its path and the
+/// parent's name.
+fn own_config(dir: &Path, pools: &str) -> (std::path::PathBuf, String) {
+    let parent = common::cgroup_parent();
+    let config = dir.join("precogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
+             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n{pools}",
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    (config, parent)
+}
+
+/// The directories of cgroup `parent` that remain in any hierarchy.
+fn cgroups_left(parent: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path().join(parent)))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
 /// A SIGTERM while the pools are still warming up stops the daemon as gracefully as one later:
 /// its cgroups are gone when it exits.
 #[test]
@@ -211,19 +238,10 @@ fn a_daemon_stopped_while_it_starts_leaves_no_cgroup() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let parent = common::cgroup_parent();
-    let config = dir.path().join("precogd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
-             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n{}",
-            pool("warm_min = 2"),
-            d = dir.path().display(),
-        )
-        .replace("warm_min = 1\n", ""),
-    )
-    .unwrap();
+    let (config, parent) = own_config(
+        dir.path(),
+        &pool("warm_min = 2").replace("warm_min = 1\n", ""),
+    );
     let mut child = std::process::Command::new(common::precogd())
         .arg("--config")
         .arg(&config)
@@ -243,10 +261,8 @@ fn a_daemon_stopped_while_it_starts_leaves_no_cgroup() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "precogd ended with {status}");
-    for c in ["cpu", "cpuacct", "cpuset", "memory", "pids"] {
-        let dir = Path::new("/sys/fs/cgroup").join(c).join(&parent);
-        assert!(!dir.exists(), "{} remains", dir.display());
-    }
+    let left = cgroups_left(&parent);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// A daemon that fails at start (here, a pool's worker cannot be found) exits with the reason and
@@ -257,19 +273,11 @@ fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let parent = common::cgroup_parent();
-    let config = dir.path().join("precogd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
-             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n\
-             [[pool]]\nname = \"shop\"\nwarm_min = 1\n\
-             [[pool]]\nname = \"zz\"\ncommand = [\"no-such-precog-worker\"]\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
+    let (config, parent) = own_config(
+        dir.path(),
+        "[[pool]]\nname = \"shop\"\nwarm_min = 1\n\
+         [[pool]]\nname = \"zz\"\ncommand = [\"no-such-precog-worker\"]\n",
+    );
     let out = std::process::Command::new(common::precogd())
         .arg("--config")
         .arg(&config)
@@ -281,11 +289,6 @@ fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "precogd started:\n{log}");
     assert!(log.contains("no-such-precog-worker"), "{log}");
-    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
-        .unwrap()
-        .filter_map(|e| Some(e.ok()?.path().join(&parent)))
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
+    let left = cgroups_left(&parent);
     assert!(left.is_empty(), "left behind: {left:?}\n{log}");
 }
