@@ -456,17 +456,16 @@ fn a_daemon_that_is_pid_1_starts_its_workers() {
         .spawn()
         .unwrap();
     let log = || std::fs::read_to_string(dir.path().join("precogd.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(20);
     let mut answer = None;
-    while Instant::now() < deadline && answer.is_none() {
-        std::thread::sleep(Duration::from_millis(50));
+    common::wait_until(Duration::from_secs(20), || {
         answer = common::Conn::open(&socket).ok().and_then(|mut c| {
             c.try_call(
                 &json!({"op": "run", "session": "s", "process": "validate_postal_code",
                 "inputs": {"country": "DE", "postal_code": "10115"}}),
             )
         });
-    }
+        answer.is_some()
+    });
     let stats = common::Conn::open(&socket).map(|mut c| c.call(&json!({"op": "stats"})));
     // precogd is the only child of unshare; SIGTERM stops it as it would any daemon.
     for pid in common::children_of(outer.id()) {

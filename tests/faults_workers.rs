@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, children_of, have_python, is_root, skip_unless, worker};
+use common::{Daemon, children_of, have_python, is_root, skip_unless, wait_until, worker};
 use serde_json::{Value, json};
 
 fn pool(name: &str, command: &str, extra: &str) -> String {
@@ -33,17 +33,6 @@ fn alive(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
         .is_some_and(|zombie| !zombie)
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
 }
 
 fn cmdline(pid: u32) -> String {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Daemon, have_python, skip_unless, worker};
 use serde_json::{Value, json};
@@ -57,15 +57,13 @@ fn guess(d: &Daemon, s: &str, attrs: Value, p: f64) {
 }
 
 fn wait_until(what: &str, d: &Daemon, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = speculation(d);
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut s = Value::Null;
+    let held = common::wait_until(Duration::from_secs(20), || {
+        s = speculation(d);
+        done(&s)
+    });
+    assert!(held, "{what}: {s}");
+    s
 }
 
 #[test]

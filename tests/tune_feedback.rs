@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Daemon, have_python, skip_unless, worker};
 use serde_json::{Value, json};
@@ -47,11 +47,15 @@ fn hot_session(d: &Daemon, s: &str, n: usize) {
     let r = d.call(json!({"op": "hint", "session": s,
         "predictions": [{"process": "quote", "p": 0.95}]}));
     assert_eq!(r["ok"], json!(true), "{r}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.call(json!({"op": "stats"}))["inflight_jobs"] != json!(0) {
-        assert!(Instant::now() < deadline, "speculative job did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !busy(d)),
+        "speculative job did not finish"
+    );
+}
+
+/// Whether any job (a guess included) is in flight.
+fn busy(d: &Daemon) -> bool {
+    d.call(json!({"op": "stats"}))["inflight_jobs"] != json!(0)
 }
 
 #[test]
@@ -116,11 +120,10 @@ fn a_wasted_guess_counts_its_own_cpu_time_even_when_its_session_ends_first() {
     assert_eq!(r["ok"], json!(true), "{r}");
     d.call(json!({"op": "hint", "session": "done",
         "predictions": [{"process": "quote", "p": 0.95}]}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.call(json!({"op": "stats"}))["inflight_jobs"] != json!(0) {
-        assert!(Instant::now() < deadline, "speculative job did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !busy(&d)),
+        "speculative job did not finish"
+    );
     d.call(json!({"op": "end", "session": "done"}));
     let first = wasted_ms(&d);
     assert!(
@@ -135,22 +138,17 @@ fn a_wasted_guess_counts_its_own_cpu_time_even_when_its_session_ends_first() {
     );
     d.call(json!({"op": "hint", "session": "gone",
         "predictions": [{"process": "quote", "p": 0.95}]}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.call(json!({"op": "stats"}))["inflight_jobs"] == json!(0) {
-        assert!(Instant::now() < deadline, "speculative job did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(
+        common::wait_until(Duration::from_secs(10), || busy(&d)),
+        "speculative job did not start"
+    );
     let r = d.call(json!({"op": "end", "session": "gone"}));
     assert_eq!(r["speculative_wasted"], json!(1), "{r}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wasted_ms(&d) < first + 190.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the guess's CPU time was never counted: {}",
-            speculation(&d)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        common::wait_until(Duration::from_secs(10), || wasted_ms(&d) >= first + 190.0),
+        "the guess's CPU time was never counted: {}",
+        speculation(&d)
+    );
     let s = speculation(&d);
     assert_eq!(s["wasted"], json!(2), "{s}");
     assert_eq!(s["pending"], json!(0), "{s}");

@@ -45,6 +45,18 @@ pub fn skip_unless(cond: bool, reason: &str) -> bool {
     !cond
 }
 
+/// Polls `cond` every 5 ms until it holds or `limit` has passed; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique cgroup parent name for one daemon of one test run.
