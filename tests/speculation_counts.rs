@@ -246,3 +246,26 @@ fn a_guess_a_run_joined_is_used_even_if_its_session_ends_before_it_finishes() {
     assert_eq!((&s["used"], &s["wasted"]), (&json!(1), &json!(0)), "{s}");
     assert_eq!(unaccounted(&s), 0, "{s}");
 }
+
+#[test]
+fn a_run_that_joins_a_guess_has_its_whole_timeout_from_when_it_joined() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // The guess takes 1.5 s against a timeout of 1 s, and the run joins it after 0.8 s: the
+    // run may take until 1.8 s, so the job finishes in time for it.
+    let d = Daemon::start(&config(100, 1, "1s"));
+    let inputs = json!({"n": 6, "cpu_ms": 0, "sleep_ms": 1500});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| {
+        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let r = d.call(json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}));
+    assert_eq!(r["served"], json!("inflight"), "{r}");
+    let s = wait_until("the guess was never judged", &d, |s| {
+        s["pending"] == json!(0)
+    });
+    assert_eq!((&s["used"], &s["failed"]), (&json!(1), &json!(0)), "{s}");
+    assert_eq!(unaccounted(&s), 0, "{s}");
+}

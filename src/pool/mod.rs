@@ -15,6 +15,7 @@
 
 mod backoff;
 mod forker;
+mod job;
 mod observe;
 mod placement;
 mod priority;

@@ -5,38 +5,22 @@
 //! lost that way is queued again once, from its last checkpoint; a second loss fails it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::Child;
 use tokio::sync::Notify;
 
 use super::backoff::{remove_slot, started_failed};
+use super::job::{Joinable, Pipes, Ran, run_job};
 use super::observe::{log_stderr, worker_cpu_ns};
 use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
 use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
-use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
-
-/// Largest line a worker may write; a longer one breaks the protocol.
-const MAX_REPLY: usize = 8 << 20;
 
 /// A worker idle this long above the warm target retires, until the allocator learns better.
 pub(super) const IDLE_RETIRE: Duration = Duration::from_secs(30);
-
-/// How a job on this worker ended.
-enum Ran {
-    Answered(JobOutcome),
-    /// The worker cannot be used again; the job may be retried.
-    Lost {
-        kind: FailureKind,
-        message: String,
-        checkpoint: Option<Value>,
-        exec_us: u64,
-    },
-}
 
 /// Starts worker `id` and runs jobs on it until it retires or is lost.
 pub(super) async fn run(shared: Arc<Shared>, id: u64) {
@@ -90,8 +74,8 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     };
 
     let pid = child.id().unwrap_or(0);
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(log_stderr(settings.name.clone(), pid, stderr));
     }
@@ -113,11 +97,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
     tracing::debug!(pool = %settings.name, worker = id, pid, "worker started");
 
-    let mut replies = Replies {
-        stdout,
-        framer: Framer::new(MAX_REPLY),
-        buf: vec![0u8; 8 * 1024],
-    };
+    let mut pipes = Pipes::new(stdin, stdout);
     let mut served = 0u64;
     let mut last_cpu = 0u64;
     let mut death: Option<String> = None;
@@ -141,15 +121,6 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                     "{}", error_chain(&e)),
             }
         }
-        // A real request that joins the guess while it runs makes it urgent.
-        let promoter = (cpu_class == CpuClass::Idle).then(|| {
-            let urgent = queued.job.urgent.clone();
-            let placement = shared.placement.clone();
-            tokio::spawn(async move {
-                urgent.notified().await;
-                apply_cpu_class(placement.as_deref(), id, pid, CpuClass::Normal)
-            })
-        });
         if served == 0 {
             // The first job's CPU time starts here, not with the worker's own start-up.
             last_cpu = worker_cpu_ns(&shared, id, pid).unwrap_or(0);
@@ -159,27 +130,45 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         let timeout = shared.settings.lock().expect("pool settings").timeout;
         let job_id = super::NEXT_JOB.fetch_add(1, Ordering::Relaxed);
 
+        // A real request that joins a guess while it runs makes the job real from then on.
+        let mut back_to_normal = false;
+        let mut promote = || {
+            if cpu_class == CpuClass::Idle {
+                let placement = shared.placement.as_deref();
+                match apply_cpu_class(placement, id, pid, CpuClass::Normal) {
+                    Ok(changed) => back_to_normal = changed,
+                    Err(e) => tracing::warn!(pool = %settings.name, worker = id, pid,
+                        "{}", error_chain(&e)),
+                }
+            }
+            if let Some(w) = shared
+                .state
+                .lock()
+                .expect("pool state")
+                .workers
+                .get_mut(&id)
+            {
+                w.busy = Some(Priority::OnDemand);
+            }
+        };
+        let joinable = (queued.job.priority == Priority::Speculative).then(|| Joinable {
+            joined: &queued.job.urgent,
+            promote: &mut promote,
+        });
         let ran = run_job(
             &queued,
             job_id,
             timeout,
-            &mut stdin,
-            &mut replies,
+            &mut pipes,
             &take_back,
             &shared.shutting_down,
+            joinable,
         )
         .await;
         served += 1;
-        if let Some(promoter) = promoter {
-            if promoter.is_finished() {
-                if let Ok(Ok(true)) = promoter.await {
-                    cpu_class = CpuClass::Normal;
-                }
-            } else {
-                promoter.abort();
-            }
+        if back_to_normal {
+            cpu_class = CpuClass::Normal;
         }
-
         let cpu_now = worker_cpu_ns(&shared, id, pid).unwrap_or(last_cpu);
         let cpu_ns = cpu_now.saturating_sub(last_cpu);
         last_cpu = cpu_now;
@@ -249,7 +238,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
 
     // Orderly end: close stdin so a well-behaved worker exits, then make sure it did.
-    drop(stdin);
+    drop(pipes);
     let graceful = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
     if graceful.is_err() {
         terminate(pid, &mut child).await;
@@ -350,144 +339,6 @@ async fn next_job(
         if shared.state.lock().expect("pool state").workers.len() <= 1 {
             idle_since = Instant::now();
         }
-    }
-}
-
-/// The worker's stdout, cut into reply lines.
-struct Replies {
-    stdout: BufReader<ChildStdout>,
-    framer: Framer,
-    /// Replies are mostly small and the framer gathers long ones, so a small buffer does.
-    buf: Vec<u8>,
-}
-
-async fn run_job(
-    queued: &Queued,
-    job_id: u64,
-    timeout: Duration,
-    stdin: &mut ChildStdin,
-    replies: &mut Replies,
-    take_back: &Notify,
-    shutting_down: &AtomicBool,
-) -> Ran {
-    let Replies {
-        stdout,
-        framer,
-        buf,
-    } = replies;
-    let job = &queued.job;
-    let line = encode_job(
-        job_id,
-        &job.process,
-        &job.inputs,
-        job.state.as_ref(),
-        job.phase,
-    );
-    let start = Instant::now();
-    let mut checkpoint: Option<Value> = None;
-    let lost = |kind, message: String, checkpoint: Option<Value>| Ran::Lost {
-        kind,
-        message,
-        checkpoint,
-        exec_us: start.elapsed().as_micros() as u64,
-    };
-
-    if let Err(e) = stdin.write_all(&line).await {
-        return lost(
-            FailureKind::Crashed,
-            format!("worker closed its input: {e}"),
-            None,
-        );
-    }
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        while let Some(next) = framer.next_line() {
-            let Ok(line) = next else {
-                return lost(
-                    FailureKind::Protocol,
-                    format!("worker wrote a line over {MAX_REPLY} bytes"),
-                    checkpoint,
-                );
-            };
-            match decode_worker_reply(&line) {
-                Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
-                Ok(reply) if reply.job != Some(job_id) => {
-                    tracing::debug!(job = job_id, got = ?reply.job,
-                        "discarded a reply for another job");
-                }
-                Ok(reply) => match reply.kind {
-                    WorkerReplyKind::Checkpoint(state) => {
-                        if let Some(tell) = &job.checkpoints {
-                            tell(state.clone());
-                        }
-                        checkpoint = Some(state);
-                    }
-                    WorkerReplyKind::Result(value) => {
-                        return Ran::Answered(answered(Ok(value), start, checkpoint));
-                    }
-                    WorkerReplyKind::Error(message) => {
-                        let failure = super::JobFailure {
-                            kind: FailureKind::WorkerError,
-                            message,
-                        };
-                        return Ran::Answered(answered(Err(failure), start, checkpoint));
-                    }
-                },
-            }
-        }
-
-        let read = tokio::select! {
-            r = stdout.read(buf) => r,
-            _ = tokio::time::sleep_until(deadline) => {
-                let ms = timeout.as_millis();
-                return lost(FailureKind::Timeout, format!("job ran past its {ms} ms timeout"),
-                    checkpoint);
-            }
-            _ = take_back.notified() => {
-                if shutting_down.load(Ordering::Relaxed) {
-                    return lost(FailureKind::ShuttingDown, "the pool stopped".into(),
-                        checkpoint);
-                }
-                if job.priority == Priority::OnDemand {
-                    // Meant for the guess this worker held before, which ended first.
-                    continue;
-                }
-                return lost(FailureKind::Cancelled,
-                    "worker taken back for an on-demand request".into(), checkpoint);
-            }
-        };
-        match read {
-            Ok(0) => {
-                return lost(
-                    FailureKind::Crashed,
-                    "worker exited during the job".into(),
-                    checkpoint,
-                );
-            }
-            Ok(n) => framer.push(&buf[..n]),
-            Err(e) => {
-                return lost(
-                    FailureKind::Crashed,
-                    format!("cannot read from worker: {e}"),
-                    checkpoint,
-                );
-            }
-        }
-    }
-}
-
-fn answered(
-    result: Result<Value, super::JobFailure>,
-    start: Instant,
-    last_checkpoint: Option<Value>,
-) -> JobOutcome {
-    JobOutcome {
-        result,
-        wait_us: 0,
-        exec_us: start.elapsed().as_micros() as u64,
-        cold: false,
-        cpu_ns: 0,
-        last_checkpoint,
     }
 }
 
