@@ -63,6 +63,12 @@ pub enum Command {
         state: Value,
     },
     Tick,
+    /// New limits reached a pool's cgroup, or were refused.
+    LimitsWritten {
+        pool: String,
+        limits: PoolLimits,
+        result: Result<(), String>,
+    },
     Reload {
         config: Box<Config>,
         reply: oneshot::Sender<Result<(), String>>,
@@ -328,6 +334,11 @@ impl Engine {
                 Command::JobDone { key, seq, outcome } => self.job_done(key, seq, outcome),
                 Command::Checkpoint { key, state } => self.save_state(&key, &state),
                 Command::Tick => self.tick(),
+                Command::LimitsWritten {
+                    pool,
+                    limits,
+                    result,
+                } => self.limits_written(pool, limits, result),
                 Command::Reload { config, reply } => {
                     let _ = reply.send(self.reload(*config));
                 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use super::run::now_ms;
-use super::{Engine, EngineEvent, JobKey};
+use super::{Command, Engine, EngineEvent, JobKey};
 use crate::alloc::{self, Budget, IdleGaps, KeepAliveBounds, PoolDemand, PoolPlan, WarmWindow};
 use crate::cgroup::PoolLimits;
 use crate::config::{ByteSize, PoolConfig};
@@ -56,6 +56,8 @@ struct PoolTuning {
     finished: BTreeSet<String>,
     /// Limits last written to the cgroup.
     applied: PoolLimits,
+    /// A write of new limits is on its way; the next waits for it.
+    writing: bool,
     plan: Option<PoolPlan>,
     window: Option<WarmWindow>,
 }
@@ -100,6 +102,7 @@ impl PoolTuning {
             last_cpu: None,
             finished: BTreeSet::new(),
             applied: limits,
+            writing: false,
             plan: None,
             window: None,
         }
@@ -360,27 +363,52 @@ impl Engine {
                 next.cpu_weight = Some(plan.cpu_weight);
             }
         }
-        if next == t.applied {
+        if next == t.applied || t.writing {
             return;
         }
-        match pl.pool().set_limits(&next) {
-            Ok(()) => {
-                if next.memory_reserve != t.applied.memory_reserve
-                    || next.cpu_weight != t.applied.cpu_weight
-                {
-                    tracing::info!(
-                        pool,
-                        old_reserve = t.applied.memory_reserve,
-                        new_reserve = next.memory_reserve,
-                        old_weight = t.applied.cpu_weight,
-                        new_weight = next.cpu_weight,
-                        "reservation follows the warm workers"
-                    );
-                }
-                t.applied = next;
-            }
-            Err(e) => tracing::warn!(pool, error = %e, "cannot apply tuned limits"),
+        t.writing = true;
+        let to_engine = self.done_tx.clone();
+        let pool = pool.to_string();
+        // Off the runtime: lowering a memory limit makes the kernel reclaim in the writer.
+        tokio::task::spawn_blocking(move || {
+            let result = pl.pool().set_limits(&next).map_err(|e| e.to_string());
+            let _ = to_engine.send(Command::LimitsWritten {
+                pool,
+                limits: next,
+                result,
+            });
+        });
+    }
+
+    /// A write of new limits ended; limits wanted meanwhile are written next.
+    pub(super) fn limits_written(
+        &mut self,
+        pool: String,
+        limits: PoolLimits,
+        result: Result<(), String>,
+    ) {
+        let Some(t) = self.tuning.pools.get_mut(&pool) else {
+            return;
+        };
+        t.writing = false;
+        if let Err(error) = result {
+            tracing::warn!(pool, %error, "cannot apply tuned limits");
+            return;
         }
+        if limits.memory_reserve != t.applied.memory_reserve
+            || limits.cpu_weight != t.applied.cpu_weight
+        {
+            tracing::info!(
+                pool,
+                old_reserve = t.applied.memory_reserve,
+                new_reserve = limits.memory_reserve,
+                old_weight = t.applied.cpu_weight,
+                new_weight = limits.cpu_weight,
+                "reservation follows the warm workers"
+            );
+        }
+        t.applied = limits;
+        self.apply_quota(&pool);
     }
 
     fn announce(&self, pool: &str, c: &QuotaChange) {
