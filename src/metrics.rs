@@ -257,6 +257,30 @@ pub fn render(stats: &Value) -> String {
             "Speculative jobs waiting.",
         ),
         (
+            "pool_workers_started_total",
+            "spawned",
+            "counter",
+            "Workers started.",
+        ),
+        (
+            "pool_worker_start_failures_total",
+            "start_failures",
+            "counter",
+            "Workers that could not start or died at start.",
+        ),
+        (
+            "pool_worker_crashes_total",
+            "crashes",
+            "counter",
+            "Workers that exited or were lost outside a shutdown.",
+        ),
+        (
+            "pool_timeouts_total",
+            "timeouts",
+            "counter",
+            "Jobs that ran past the pool's timeout.",
+        ),
+        (
             "pool_cold_starts_total",
             "cold_starts",
             "counter",

@@ -265,6 +265,39 @@ fn a_worker_crashing_at_start_fails_requests_fast_with_growing_backoff_and_low_c
     assert!(spawned < 20, "{spawned} workers started in ~6 s: {stats}");
 }
 
+#[test]
+fn a_worker_that_cannot_be_executed_is_counted_and_named_in_stats_and_metrics() {
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool("missing", "[\"/nonexistent/precog-worker\"]", ""),
+        process("lost", "missing", "x")
+    );
+    let d = Daemon::start(&config);
+    let r = d.call(json!({"op": "run", "session": "m", "process": "lost", "inputs": {"x": 1}}));
+    assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
+    let mut stats = Value::Null;
+    let counted = wait_until(Duration::from_secs(10), || {
+        stats = d.call(json!({"op": "stats"}));
+        stats["pools"]["missing"]["start_failures"].as_u64() >= Some(1)
+    });
+    assert!(counted, "no failed start counted: {stats}");
+    let p = &stats["pools"]["missing"];
+    assert_eq!(p["spawned"], json!(0), "{p}");
+    let why = p["last_failure"].as_str().unwrap_or_default();
+    assert!(why.contains("/nonexistent/precog-worker"), "{p}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_precogctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["stats", "--prometheus"])
+        .output()
+        .expect("run precogctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let metric = "precog_pool_worker_start_failures_total{pool=\"missing\"} ";
+    let line = text.lines().find(|l| l.starts_with(metric));
+    assert!(line.is_some_and(|l| !l.ends_with(" 0")), "{text}");
+}
+
 fn find_key(v: &Value, key: &str) -> Option<u64> {
     match v {
         Value::Object(m) => m

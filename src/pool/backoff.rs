@@ -41,6 +41,7 @@ pub(super) fn started_failed(shared: &Shared, why: String) {
 }
 
 fn note_start_failure(st: &mut State, why: String) {
+    st.stats.start_failures += 1;
     // Starts that were under way together fail together: while a pause is in force, another
     // failure belongs to the same episode and does not lengthen it.
     if st.backoff_until.is_some_and(|until| until > Instant::now()) {

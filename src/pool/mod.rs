@@ -211,6 +211,8 @@ pub struct PoolStats {
     pub queued_on_demand: usize,
     pub queued_speculative: usize,
     pub spawned: u64,
+    /// Workers that could not start, or died before serving a job soon after starting.
+    pub start_failures: u64,
     pub cold_starts: u64,
     pub jobs_ok: u64,
     pub jobs_failed: u64,

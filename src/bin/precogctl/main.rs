@@ -297,7 +297,7 @@ fn print_stats(s: &Value) {
         for (name, p) in pools {
             println!(
                 "pool {name}: workers {} (busy {}, warm target {}, max {})  jobs ok {} failed {}  \
-                 cold starts {}  timeouts {}  crashes {}  oom {}",
+                 cold starts {}  timeouts {}  crashes {}  failed starts {}  oom {}",
                 p["workers"],
                 p["busy"],
                 p["target_warm"],
@@ -307,6 +307,7 @@ fn print_stats(s: &Value) {
                 p["cold_starts"],
                 p["timeouts"],
                 p["crashes"],
+                p["start_failures"],
                 p["oom_kills"]
             );
         }
