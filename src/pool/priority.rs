@@ -15,7 +15,10 @@
 //! undo the allocator's weights. Only the worker's own leaf switches. A slice of its own for a
 //! guessing worker's threads (`sched_setattr`'s `sched_runtime`, Linux 6.12), tried at 0.1 ms
 //! and at 100 ms, did not help either (fixed pool, 8 rounds: 1.32 and 1.27, against 1.06 over 16
-//! rounds without).
+//! rounds without). A short slice for precogd's own thread (0.1 ms), so that it preempts a
+//! guess at once on Linux's EEVDF scheduler, did not change the ratio either (elastic, 48
+//! rounds: 1.21 against 1.24 the same hour; on alternating runs the p99 of both modes moved
+//! within their noise).
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
