@@ -55,13 +55,18 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         cgroup_join: join,
     };
     let mut cpu_class = CpuClass::Normal;
-    let give_up = {
+    // A start still queued when the pool stops, or when a reload changed the command it would
+    // run, is not made.
+    let outdated = {
         let shared = shared.clone();
-        move || shared.shutting_down.load(Ordering::Relaxed)
+        move || {
+            shared.shutting_down.load(Ordering::Relaxed)
+                || shared.state.lock().expect("pool state").generation != generation
+        }
     };
-    let mut child = match spawn(&settings.name, plan, give_up).await {
+    let mut child = match spawn(&settings.name, plan, outdated.clone()).await {
         Ok(c) => c,
-        Err(_) if stopping() => {
+        Err(_) if outdated() => {
             placement_gone(&shared, id).await;
             start_dropped(&shared);
             return;
