@@ -248,24 +248,125 @@ fn a_guess_a_run_joined_is_used_even_if_its_session_ends_before_it_finishes() {
 }
 
 #[test]
-fn a_run_that_joins_a_guess_has_its_whole_timeout_from_when_it_joined() {
+fn each_run_that_joins_a_guess_has_its_whole_timeout_from_when_it_joined() {
     if skip_unless(have_python(), "python3 is not installed") {
         return;
     }
-    // The guess takes 1.5 s against a timeout of 1 s, and the run joins it after 0.8 s: the
-    // run may take until 1.8 s, so the job finishes in time for it.
+    // The guess takes 2.2 s against a timeout of 1 s. One run joins after 0.8 s, another after
+    // 1.6 s: the job may go on until 2.6 s, so it finishes in time for both.
     let d = Daemon::start(&config(100, 1, "1s"));
-    let inputs = json!({"n": 6, "cpu_ms": 0, "sleep_ms": 1500});
+    let inputs = json!({"n": 6, "cpu_ms": 0, "sleep_ms": 2200});
     guess(&d, "a", inputs.clone(), 0.95);
     wait_until("the guess never started", &d, |_| {
         d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
     });
-    std::thread::sleep(Duration::from_millis(800));
-    let r = d.call(json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}));
-    assert_eq!(r["served"], json!("inflight"), "{r}");
+    let join = |session: &str, after_ms: u64| {
+        let mut c = d.connect();
+        let req = json!({"op": "run", "session": session, "process": "quote",
+            "inputs": inputs.clone()});
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(after_ms));
+            c.call(&req)
+        })
+    };
+    let (first, second) = (join("a", 800), join("b", 1600));
+    for run in [first, second] {
+        let r = run.join().expect("the run's thread");
+        assert_eq!(r["ok"], json!(true), "{r}");
+        let served = r["served"].as_str().unwrap_or_default();
+        // The second run may come after the guess finished on a slow machine.
+        assert!(served == "inflight" || served == "cache", "{r}");
+    }
     let s = wait_until("the guess was never judged", &d, |s| {
         s["pending"] == json!(0)
     });
     assert_eq!((&s["used"], &s["failed"]), (&json!(1), &json!(0)), "{s}");
     assert_eq!(unaccounted(&s), 0, "{s}");
+}
+
+/// The system call a process is blocked in (`read` is 0), from `/proc/<pid>/syscall`.
+fn blocked_in(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let config = format!(
+        r#"
+[[pool]]
+name = "shop"
+warm_min = 0
+
+[[pool]]
+name = "t"
+command = ["python3", "{}"]
+warm_min = 2
+workers_max = 2
+timeout = "10s"
+
+[[process]]
+name = "quote"
+pool = "t"
+inputs = ["n", "steps", "step_ms"]
+idempotent = true
+"#,
+        worker("checkpointer.py")
+    );
+    let d = Daemon::start(&config);
+    let busy = || d.call(json!({"op": "stats"}))["pools"]["t"]["busy"].clone();
+    // Ten steps of 200 ms, with a checkpoint after each.
+    let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| busy() == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = d.connect();
+    let joined = std::thread::spawn(move || {
+        c.call(&json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The worker that is not waiting to read a job holds the guess: it dies after checkpoints.
+    let workers = common::children_of(d.pid());
+    let holder = workers.iter().copied().find(|&w| blocked_in(w) != Some(0));
+    let holder = holder.unwrap_or_else(|| panic!("no busy worker among {workers:?}"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+
+    // The job resumes on the other worker. A real run takes the replacement, and another real
+    // run then finds no free worker: the resumed job must not be taken back for it.
+    wait_until("the job never resumed", &d, |_| {
+        let pool = d.call(json!({"op": "stats"}))["pools"]["t"].clone();
+        pool["crashes"] == 1 && pool["busy"] == 1
+    });
+    let mut c = d.connect();
+    let filler = std::thread::spawn(move || {
+        c.call(&json!({"op": "run", "session": "r1", "process": "quote",
+            "inputs": {"n": 2, "steps": 3, "step_ms": 300}}))
+    });
+    wait_until("the pool never filled", &d, |_| busy() == 2);
+    // Guesses are taken back only once they have run for a while (50 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let r = d.call(json!({"op": "run", "session": "r2", "process": "quote",
+        "inputs": {"n": 3, "steps": 1, "step_ms": 50}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+
+    let r = joined.join().expect("the joined run's thread");
+    assert_eq!(r["served"], json!("inflight"), "{r}");
+    assert_eq!(r["result"]["done"], json!(10), "{r}");
+    assert!(r["result"]["resumed_from"].as_u64() > Some(0), "{r}");
+    let r = filler.join().expect("the filler's thread");
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let stats = d.call(json!({"op": "stats"}));
+    assert_eq!(stats["pools"]["t"]["preempted"], json!(0), "{stats}");
+    let s = wait_until("the guess was never judged", &d, |s| {
+        s["pending"] == json!(0)
+    });
+    assert_eq!((&s["used"], &s["cancelled"]), (&json!(1), &json!(0)), "{s}");
 }

@@ -307,7 +307,11 @@ impl Engine {
             && let Some(pool) = self.config.process(&key.process).map(|p| p.pool.clone())
         {
             let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
-            let waiters = std::mem::take(&mut inflight.waiters);
+            // They wait for a job of their own now, and are answered as such.
+            let mut waiters = std::mem::take(&mut inflight.waiters);
+            for w in &mut waiters {
+                w.joined = false;
+            }
             self.later.push(finished(outcome));
             self.start_job(key, inputs, &pool, Priority::OnDemand, None, waiters);
             return;

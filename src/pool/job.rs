@@ -49,14 +49,16 @@ impl Pipes {
 
 /// A guess that real requests may join while it runs.
 pub(super) struct Joinable<'a> {
-    /// Signalled when the first real request joins.
+    /// Signalled each time a real request joins.
     pub(super) joined: &'a Notify,
-    /// Makes the job real on its worker: its CPU class, and no more taking the worker back.
+    /// Makes the job real on its worker, at the first join: its CPU class, and no more taking
+    /// the worker back.
     pub(super) promote: &'a mut (dyn FnMut() + Send),
 }
 
-/// Runs one job. A guess that a real request joins gets a full timeout from that moment: the
-/// request must not inherit the time the guess spent waiting for spare CPU in the idle class.
+/// Runs one job. Each real request that joins a guess gets a full timeout from that moment: it
+/// must not inherit the time the guess spent waiting for spare CPU in the idle class, nor the
+/// time since an earlier request joined.
 pub(super) async fn run_job(
     queued: &Queued,
     job_id: u64,
@@ -156,7 +158,7 @@ pub(super) async fn run_job(
                     "worker taken back for an on-demand request".into(), checkpoint);
             }
             _ = async { joined.expect("guarded").notified().await }, if joined.is_some() => {
-                if let Some(j) = joinable.take() {
+                if !real && let Some(j) = joinable.as_mut() {
                     (j.promote)();
                 }
                 real = true;

@@ -137,7 +137,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
 
         // A real request that joins a guess while it runs makes the job real from then on.
         let mut back_to_normal = false;
+        let mut joined = false;
         let mut promote = || {
+            joined = true;
             if cpu_class == CpuClass::Idle {
                 let placement = shared.placement.as_deref();
                 match apply_cpu_class(placement, id, pid, CpuClass::Normal) {
@@ -219,6 +221,11 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 };
                 tracing::warn!(pool = %settings.name, worker = id, pid, reason = ?kind,
                     "{message}; replacing the worker");
+                let mut queued = queued;
+                if joined {
+                    // A guess that real requests joined is retried as the real thing.
+                    queued.job.priority = Priority::OnDemand;
+                }
                 let cost = Cost {
                     wait_us,
                     exec_us,
@@ -383,7 +390,11 @@ fn finish_lost(
     if retry {
         queued.retried = true;
         queued.job.state = checkpoint;
-        st.on_demand.push_front(queued);
+        // A guess goes back among the guesses, at their head: it must not pass real requests.
+        match queued.job.priority {
+            Priority::OnDemand => st.on_demand.push_front(queued),
+            Priority::Speculative => st.speculative.push_front(queued),
+        }
         drop(st);
         shared.job_ready.notify_one();
         shared.supervisor_wake.notify_one();
