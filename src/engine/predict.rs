@@ -434,7 +434,7 @@ impl Engine {
             "wasted": s.wasted,
             "cancelled": s.cancelled,
             "failed": s.failed,
-            "pending": self.speculative.len(),
+            "pending": self.speculative.pending(),
             "cpu_s_wasted": s.cpu_ns_wasted as f64 / 1e9,
             "precision": if decided > 0 { s.used as f64 / decided as f64 } else { 0.0 },
             "threshold": p.threshold,

@@ -76,8 +76,10 @@ impl Speculative {
             .unwrap_or_default()
     }
 
-    pub fn len(&self) -> usize {
-        self.records.len()
+    /// Jobs not judged yet. A job whose session went is kept until it finishes, for its CPU
+    /// time, but it was already counted as wasted.
+    pub fn pending(&self) -> usize {
+        self.records.values().filter(|r| !r.released).count()
     }
 }
 
@@ -120,6 +122,16 @@ mod tests {
         assert_eq!(book.of_session("b").len(), 2);
         book.remove(&key(1));
         assert!(book.of_session("a").is_empty());
-        assert_eq!(book.len(), 2);
+        assert_eq!(book.pending(), 2);
+        // A job whose session went was judged then: it is kept, but no longer pending.
+        let gone = book.remove(&key(3)).expect("recorded");
+        book.insert(
+            key(3),
+            SpeculativeRecord {
+                released: true,
+                ..gone
+            },
+        );
+        assert_eq!(book.pending(), 1);
     }
 }
