@@ -26,6 +26,8 @@ use crate::tune::{JobSample, Knob, PoolObservation, PoolTuner, ProcessBook, Quot
 const DEMAND_WINDOW_MS: u64 = 15_000;
 /// The least time between two plans triggered by events.
 const REPLAN_EVERY: Duration = Duration::from_millis(50);
+/// How long after a refused write of limits they are tried again.
+const WRITE_RETRY: Duration = Duration::from_secs(10);
 /// What a warm worker saves until a cold start was measured, in milliseconds.
 const DEFAULT_SAVED_MS: f64 = 100.0;
 /// The weight of the newest measurement in the moving averages.
@@ -58,6 +60,8 @@ struct PoolTuning {
     applied: PoolLimits,
     /// A write of new limits is on its way; the next waits for it.
     writing: bool,
+    /// A write was refused: the limits are tried again from this time on.
+    retry_at: Option<Instant>,
     plan: Option<PoolPlan>,
     window: Option<WarmWindow>,
 }
@@ -103,6 +107,7 @@ impl PoolTuning {
             finished: BTreeSet::new(),
             applied: limits,
             writing: false,
+            retry_at: None,
             plan: None,
             window: None,
         }
@@ -256,7 +261,11 @@ impl Engine {
                 continue;
             }
             let changes = t.tuner.observe(obs);
-            if !changes.is_empty() {
+            let retry = t.retry_at.is_some_and(|at| at <= Instant::now());
+            if retry {
+                t.retry_at = None;
+            }
+            if !changes.is_empty() || retry {
                 self.apply_quota(&name);
             }
             for c in changes {
@@ -392,7 +401,9 @@ impl Engine {
         };
         t.writing = false;
         if let Err(error) = result {
-            tracing::warn!(pool, %error, "cannot apply tuned limits");
+            tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(),
+                "cannot apply tuned limits");
+            t.retry_at = Some(Instant::now() + WRITE_RETRY);
             return;
         }
         if limits.memory_reserve != t.applied.memory_reserve
@@ -408,6 +419,7 @@ impl Engine {
             );
         }
         t.applied = limits;
+        t.retry_at = None;
         self.apply_quota(&pool);
     }
 
