@@ -284,18 +284,15 @@ fn each_run_that_joins_a_guess_has_its_whole_timeout_from_when_it_joined() {
     assert_eq!(unaccounted(&s), 0, "{s}");
 }
 
-/// The system call a process is blocked in (`read` is 0), from `/proc/<pid>/syscall`.
+/// The system call a process is blocked in, by its x86-64 number, from `/proc/<pid>/syscall`.
 fn blocked_in(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
 
-#[test]
-fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
-    if skip_unless(have_python(), "python3 is not installed") {
-        return;
-    }
-    let config = format!(
+/// Two workers that take `steps` steps of `step_ms` each, with a checkpoint after each step.
+fn checkpointing_config() -> String {
+    format!(
         r#"
 [[pool]]
 name = "shop"
@@ -315,8 +312,35 @@ inputs = ["n", "steps", "step_ms"]
 idempotent = true
 "#,
         worker("checkpointer.py")
-    );
-    let d = Daemon::start(&config);
+    )
+}
+
+/// The one worker in a step of a job: asleep in `nanosleep`, `clock_nanosleep`, `select`,
+/// `pselect6` or `poll` (what Python's `time.sleep` uses, by version). Idle workers wait in
+/// `read`, and a worker still starting up is in none of these.
+fn busy_worker(d: &Daemon) -> u32 {
+    const SLEEPS: [u64; 5] = [35, 230, 23, 270, 7];
+    let mut busy = Vec::new();
+    let one = common::wait_until(Duration::from_secs(10), || {
+        busy = common::children_of(d.pid());
+        busy.retain(|&w| blocked_in(w).is_some_and(|call| SLEEPS.contains(&call)));
+        busy.len() == 1
+    });
+    assert!(one, "not one worker in a job's step: {busy:?}");
+    busy[0]
+}
+
+fn kill(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the worker");
+}
+
+#[test]
+fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&checkpointing_config());
     let busy = || d.call(json!({"op": "stats"}))["pools"]["t"]["busy"].clone();
     // Ten steps of 200 ms, with a checkpoint after each.
     let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
@@ -330,14 +354,7 @@ idempotent = true
     std::thread::sleep(Duration::from_millis(300));
 
     // The worker that is not waiting to read a job holds the guess: it dies after checkpoints.
-    let workers = common::children_of(d.pid());
-    let holder = workers.iter().copied().find(|&w| blocked_in(w) != Some(0));
-    let holder = holder.unwrap_or_else(|| panic!("no busy worker among {workers:?}"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(holder as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the worker");
+    kill(busy_worker(&d));
 
     // The job resumes on the other worker. A real run takes the replacement, and another real
     // run then finds no free worker: the resumed job must not be taken back for it.
@@ -369,4 +386,44 @@ idempotent = true
         s["pending"] == json!(0)
     });
     assert_eq!((&s["used"], &s["cancelled"]), (&json!(1), &json!(0)), "{s}");
+}
+
+#[test]
+fn a_run_for_a_guess_waiting_to_be_retried_runs_at_once_instead_of_waiting_behind_guesses() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&checkpointing_config());
+    let pool = || d.call(json!({"op": "stats"}))["pools"]["t"].clone();
+    let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| pool()["busy"] == 1);
+    let guessing = busy_worker(&d);
+    // A long real job takes the other worker.
+    let mut c = d.connect();
+    let long = std::thread::spawn(move || {
+        let r = c.call(&json!({"op": "run", "session": "r", "process": "quote",
+            "inputs": {"n": 2, "steps": 4, "step_ms": 600}}));
+        (r, std::time::Instant::now())
+    });
+    wait_until("the long job never started", &d, |_| pool()["busy"] == 2);
+    wait_until("the guess never saved a checkpoint", &d, |_| {
+        d.call(json!({"op": "stats"}))["states"]["entries"].as_u64() >= Some(1)
+    });
+    // The guess's worker dies after checkpoints. The job waits among the guesses to be tried
+    // again, and guesses leave one worker idle, so it cannot run while the long job does.
+    kill(guessing);
+    wait_until("the worker was never replaced", &d, |_| {
+        let p = pool();
+        p["crashes"] == 1 && p["workers"] == 2
+    });
+    // A run for the guess's inputs takes the free worker at once and resumes from the
+    // checkpoint; it does not wait for the long job to end.
+    let r = d.call(json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}));
+    let answered = std::time::Instant::now();
+    assert_eq!(r["result"]["done"], json!(10), "{r}");
+    assert!(r["result"]["resumed_from"].as_u64() > Some(0), "{r}");
+    let (long, long_done) = long.join().expect("the long job's thread");
+    assert_eq!(long["ok"], json!(true), "{long}");
+    assert!(answered < long_done, "the run waited for the long job: {r}");
 }

@@ -391,9 +391,13 @@ fn finish_lost(
         queued.retried = true;
         queued.job.state = checkpoint;
         // A guess goes back among the guesses, at their head: it must not pass real requests.
+        // Until it starts again, a run for it replaces it instead of waiting behind guesses.
         match queued.job.priority {
             Priority::OnDemand => st.on_demand.push_front(queued),
-            Priority::Speculative => st.speculative.push_front(queued),
+            Priority::Speculative => {
+                queued.job.started.store(false, Ordering::Relaxed);
+                st.speculative.push_front(queued);
+            }
         }
         drop(st);
         shared.job_ready.notify_one();
