@@ -291,7 +291,7 @@ fn blocked_in(pid: u32) -> Option<u64> {
 }
 
 /// Two workers that take `steps` steps of `step_ms` each, with a checkpoint after each step.
-fn checkpointing_config() -> String {
+fn checkpointing_config(timeout: &str) -> String {
     format!(
         r#"
 [[pool]]
@@ -303,7 +303,7 @@ name = "t"
 command = ["python3", "{}"]
 warm_min = 2
 workers_max = 2
-timeout = "10s"
+timeout = "{}"
 
 [[process]]
 name = "quote"
@@ -311,7 +311,8 @@ pool = "t"
 inputs = ["n", "steps", "step_ms"]
 idempotent = true
 "#,
-        worker("checkpointer.py")
+        worker("checkpointer.py"),
+        timeout
     )
 }
 
@@ -340,7 +341,7 @@ fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
     if skip_unless(have_python(), "python3 is not installed") {
         return;
     }
-    let d = Daemon::start(&checkpointing_config());
+    let d = Daemon::start(&checkpointing_config("10s"));
     let busy = || d.call(json!({"op": "stats"}))["pools"]["t"]["busy"].clone();
     // Ten steps of 200 ms, with a checkpoint after each.
     let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
@@ -393,7 +394,7 @@ fn a_run_for_a_guess_waiting_to_be_retried_runs_at_once_instead_of_waiting_behin
     if skip_unless(have_python(), "python3 is not installed") {
         return;
     }
-    let d = Daemon::start(&checkpointing_config());
+    let d = Daemon::start(&checkpointing_config("10s"));
     let pool = || d.call(json!({"op": "stats"}))["pools"]["t"].clone();
     let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
     guess(&d, "a", inputs.clone(), 0.95);
@@ -426,4 +427,45 @@ fn a_run_for_a_guess_waiting_to_be_retried_runs_at_once_instead_of_waiting_behin
     let (long, long_done) = long.join().expect("the long job's thread");
     assert_eq!(long["ok"], json!(true), "{long}");
     assert!(answered < long_done, "the run waited for the long job: {r}");
+}
+
+#[test]
+fn a_run_that_joins_a_retried_guess_has_its_whole_timeout_too() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&checkpointing_config("1s"));
+    let pool = || d.call(json!({"op": "stats"}))["pools"]["t"].clone();
+    // Sixteen steps of 100 ms against a timeout of 1 s.
+    let inputs = json!({"n": 1, "steps": 16, "step_ms": 100});
+    guess(&d, "a", inputs.clone(), 0.95);
+    wait_until("the guess never started", &d, |_| pool()["busy"] == 1);
+    let guessing = busy_worker(&d);
+    let join = |session: &str| {
+        let mut c = d.connect();
+        let req = json!({"op": "run", "session": session, "process": "quote",
+            "inputs": inputs.clone()});
+        std::thread::spawn(move || c.call(&req))
+    };
+    let first = join("a");
+    wait_until("the guess never saved a checkpoint", &d, |_| {
+        d.call(json!({"op": "stats"}))["states"]["entries"].as_u64() >= Some(1)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The worker dies; the job resumes as real work with about 1.2 s of steps left, more than
+    // the timeout. A second run joins half a second in, and has a whole timeout from then.
+    kill(guessing);
+    wait_until("the job never resumed", &d, |_| {
+        let p = pool();
+        p["crashes"] == 1 && p["busy"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let second = join("b").join().expect("the second run's thread");
+    assert_eq!(second["result"]["done"], json!(16), "{second}");
+    assert!(
+        second["result"]["resumed_from"].as_u64() > Some(0),
+        "{second}"
+    );
+    let first = first.join().expect("the first run's thread");
+    assert_eq!(first["result"]["done"], json!(16), "{first}");
 }

@@ -30,7 +30,7 @@ pub(super) struct Inflight {
     prepare: bool,
     pub(super) cancelled: Arc<AtomicBool>,
     pub(super) started: Arc<AtomicBool>,
-    urgent: Arc<tokio::sync::Notify>,
+    joins: Arc<crate::pool::Joins>,
 }
 
 pub(super) struct Waiter {
@@ -98,7 +98,7 @@ impl Engine {
         if let Some(inflight) = self.inflight.get_mut(&key) {
             if !inflight.speculative || inflight.started.load(Ordering::Relaxed) {
                 if inflight.speculative {
-                    inflight.urgent.notify_one();
+                    inflight.joins.join();
                 }
                 inflight.waiters.push(Waiter {
                     reply,
@@ -236,7 +236,7 @@ impl Engine {
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
-        let urgent = Arc::new(tokio::sync::Notify::new());
+        let joins = Arc::new(crate::pool::Joins::default());
         self.next_seq += 1;
         let seq = self.next_seq;
         let to_engine = self.done_tx.clone();
@@ -264,7 +264,7 @@ impl Engine {
                 checkpoints: Some(checkpoints),
                 cancelled: cancelled.clone(),
                 started: started.clone(),
-                urgent: urgent.clone(),
+                joins: joins.clone(),
             },
             deliver,
         );
@@ -277,7 +277,7 @@ impl Engine {
                 prepare: phase.is_some(),
                 cancelled,
                 started,
-                urgent,
+                joins,
             },
         );
     }

@@ -47,11 +47,32 @@ impl Pipes {
     }
 }
 
-/// A guess that real requests may join while it runs.
+/// Real requests joining a job that started as a guess. The engine tells of each join; the
+/// worker running the job restarts its deadline for each, and the pool retries a joined job
+/// that lost its worker as on-demand work.
+#[derive(Debug, Default)]
+pub struct Joins {
+    any: AtomicBool,
+    signal: Notify,
+}
+
+impl Joins {
+    /// A real request now waits for the job.
+    pub fn join(&self) {
+        self.any.store(true, Ordering::Relaxed);
+        self.signal.notify_one();
+    }
+
+    /// Whether a real request waits for the job.
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+}
+
+/// A job that real requests may join while it runs.
 pub(super) struct Joinable<'a> {
-    /// Signalled each time a real request joins.
-    pub(super) joined: &'a Notify,
-    /// Makes the job real on its worker, at the first join: its CPU class, and no more taking
+    pub(super) joins: &'a Joins,
+    /// Makes a guess real on its worker, at the first join: its CPU class, and no more taking
     /// the worker back.
     pub(super) promote: &'a mut (dyn FnMut() + Send),
 }
@@ -66,7 +87,7 @@ pub(super) async fn run_job(
     pipes: &mut Pipes,
     take_back: &Notify,
     shutting_down: &AtomicBool,
-    mut joinable: Option<Joinable<'_>>,
+    joinable: Joinable<'_>,
 ) -> Ran {
     let Pipes {
         stdin,
@@ -136,7 +157,6 @@ pub(super) async fn run_job(
             }
         }
 
-        let joined = joinable.as_ref().map(|j| j.joined);
         let read = tokio::select! {
             r = stdout.read(buf) => r,
             _ = tokio::time::sleep_until(deadline) => {
@@ -157,12 +177,13 @@ pub(super) async fn run_job(
                 return lost(FailureKind::Cancelled,
                     "worker taken back for an on-demand request".into(), checkpoint);
             }
-            _ = async { joined.expect("guarded").notified().await }, if joined.is_some() => {
-                if !real && let Some(j) = joinable.as_mut() {
-                    (j.promote)();
+            _ = joinable.joins.signal.notified() => {
+                if !real {
+                    (joinable.promote)();
                 }
                 real = true;
                 deadline = tokio::time::Instant::now() + timeout;
+                tracing::debug!(job = job_id, "a request joined; the job's deadline restarts");
                 continue;
             }
         };

@@ -16,6 +16,7 @@
 mod backoff;
 mod forker;
 mod job;
+pub use job::Joins;
 mod observe;
 mod placement;
 mod priority;
@@ -130,9 +131,8 @@ pub struct Job {
     pub cancelled: Arc<AtomicBool>,
     /// Set by the worker that takes the job.
     pub started: Arc<AtomicBool>,
-    /// Notified when a real request starts waiting for this speculative job: from then on it is
-    /// on-demand work and its worker leaves the idle CPU class.
-    pub urgent: Arc<tokio::sync::Notify>,
+    /// Real requests waiting for this speculative job: from the first on it is on-demand work.
+    pub joins: Arc<Joins>,
 }
 
 /// Why a job produced no result.

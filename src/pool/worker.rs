@@ -135,11 +135,10 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         let timeout = shared.settings.lock().expect("pool settings").timeout;
         let job_id = super::NEXT_JOB.fetch_add(1, Ordering::Relaxed);
 
-        // A real request that joins a guess while it runs makes the job real from then on.
+        // A real request that joins a guess while it runs makes the job real from then on (and
+        // each one that joins gets a whole timeout, see `run_job`).
         let mut back_to_normal = false;
-        let mut joined = false;
         let mut promote = || {
-            joined = true;
             if cpu_class == CpuClass::Idle {
                 let placement = shared.placement.as_deref();
                 match apply_cpu_class(placement, id, pid, CpuClass::Normal) {
@@ -158,10 +157,10 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 w.busy = Some(Priority::OnDemand);
             }
         };
-        let joinable = (queued.job.priority == Priority::Speculative).then(|| Joinable {
-            joined: &queued.job.urgent,
+        let joinable = Joinable {
+            joins: &queued.job.joins,
             promote: &mut promote,
-        });
+        };
         let ran = run_job(
             &queued,
             job_id,
@@ -222,8 +221,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 tracing::warn!(pool = %settings.name, worker = id, pid, reason = ?kind,
                     "{message}; replacing the worker");
                 let mut queued = queued;
-                if joined {
-                    // A guess that real requests joined is retried as the real thing.
+                if queued.job.joins.any() {
+                    // A guess that real requests joined is retried as the real thing, also
+                    // when they joined after the worker was lost.
                     queued.job.priority = Priority::OnDemand;
                 }
                 let cost = Cost {
