@@ -16,7 +16,6 @@
 mod backoff;
 mod forker;
 mod job;
-pub use job::Joins;
 mod observe;
 mod placement;
 mod priority;
@@ -35,6 +34,7 @@ use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
+pub use job::Joins;
 pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command};
 
