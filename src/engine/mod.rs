@@ -256,12 +256,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         match engine.prepare_pool(p) {
             Ok(pool) => ready.push(pool),
             Err(e) => {
-                engine.placements.clear();
-                if let Some(cg) = engine.cgroups.take()
-                    && let Err(e) = cg.remove()
-                {
-                    tracing::warn!(error = %e, "cannot remove precog's cgroups");
-                }
+                engine.remove_cgroups();
                 return Err(e);
             }
         }
@@ -384,12 +379,7 @@ impl Engine {
                     }
                     self.save_model();
                     self.sync_stores();
-                    self.placements.clear();
-                    if let Some(cg) = self.cgroups.take()
-                        && let Err(e) = cg.remove()
-                    {
-                        tracing::warn!(error = %e, "cannot remove precog's cgroups");
-                    }
+                    self.remove_cgroups();
                     let _ = done.send(());
                     return;
                 }
@@ -482,6 +472,16 @@ impl Engine {
 }
 
 impl Engine {
+    /// Removes precog's cgroups, with every pool's, once their workers are gone.
+    fn remove_cgroups(&mut self) {
+        self.placements.clear();
+        if let Some(cg) = self.cgroups.take()
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!(error = %e, "cannot remove precog's cgroups");
+        }
+    }
+
     /// A pool's settings and its cgroup (when cgroups are in use), made but not yet started.
     fn prepare_pool(
         &mut self,
