@@ -37,6 +37,11 @@ idempotent = true
     )
 }
 
+/// The test pool's figures from `stats`.
+fn pool(d: &Daemon) -> Value {
+    d.call(json!({"op": "stats"}))["pools"]["t"].clone()
+}
+
 fn speculation(d: &Daemon) -> Value {
     d.call(json!({"op": "stats"}))["speculation"].clone()
 }
@@ -124,7 +129,7 @@ fn a_session_cancels_only_its_own_queued_guess_and_only_once() {
         0.95,
     );
     wait_until("the first guess never started", &d, |_| {
-        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
+        pool(&d)["busy"] == 1
     });
     let same = json!({"n": 2, "cpu_ms": 0, "sleep_ms": 0});
     guess(&d, "a", same.clone(), 0.95);
@@ -155,9 +160,7 @@ fn a_guess_whose_session_ended_can_still_serve_another_session() {
     let d = Daemon::start(&config(100, 2, "10s"));
     let inputs = json!({"n": 7, "cpu_ms": 300, "sleep_ms": 0});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| {
-        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
-    });
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     let r = d.call(json!({"op": "end", "session": "a"}));
     assert_eq!(r["speculative_wasted"], json!(1), "{r}");
     // Another session asks for the same result while the guess still runs: it joins it.
@@ -202,9 +205,7 @@ fn a_guess_a_run_joined_that_then_fails_is_failed_not_used() {
     let d = Daemon::start(&config(100, 1, "1s"));
     let inputs = json!({"n": 4, "cpu_ms": 3000, "sleep_ms": 0});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| {
-        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
-    });
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     let r = d.call(json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}));
     assert_eq!(
         r["ok"],
@@ -227,9 +228,7 @@ fn a_guess_a_run_joined_is_used_even_if_its_session_ends_before_it_finishes() {
     let d = Daemon::start(&config(100, 1, "10s"));
     let inputs = json!({"n": 5, "cpu_ms": 0, "sleep_ms": 600});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| {
-        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
-    });
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     // The run joins the guess on a connection of its own; the session ends meanwhile.
     let mut c = d.connect();
     let run = std::thread::spawn(move || {
@@ -257,9 +256,7 @@ fn each_run_that_joins_a_guess_has_its_whole_timeout_from_when_it_joined() {
     let d = Daemon::start(&config(100, 1, "1s"));
     let inputs = json!({"n": 6, "cpu_ms": 0, "sleep_ms": 2200});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| {
-        d.call(json!({"op": "stats"}))["pools"]["t"]["busy"] == 1
-    });
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     let join = |session: &str, after_ms: u64| {
         let mut c = d.connect();
         let req = json!({"op": "run", "session": session, "process": "quote",
@@ -342,11 +339,10 @@ fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
         return;
     }
     let d = Daemon::start(&checkpointing_config("10s"));
-    let busy = || d.call(json!({"op": "stats"}))["pools"]["t"]["busy"].clone();
     // Ten steps of 200 ms, with a checkpoint after each.
     let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| busy() == 1);
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     std::thread::sleep(Duration::from_millis(500));
     let mut c = d.connect();
     let joined = std::thread::spawn(move || {
@@ -360,15 +356,15 @@ fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
     // The job resumes on the other worker. A real run takes the replacement, and another real
     // run then finds no free worker: the resumed job must not be taken back for it.
     wait_until("the job never resumed", &d, |_| {
-        let pool = d.call(json!({"op": "stats"}))["pools"]["t"].clone();
-        pool["crashes"] == 1 && pool["busy"] == 1
+        let p = pool(&d);
+        p["crashes"] == 1 && p["busy"] == 1
     });
     let mut c = d.connect();
     let filler = std::thread::spawn(move || {
         c.call(&json!({"op": "run", "session": "r1", "process": "quote",
             "inputs": {"n": 2, "steps": 3, "step_ms": 300}}))
     });
-    wait_until("the pool never filled", &d, |_| busy() == 2);
+    wait_until("the pool never filled", &d, |_| pool(&d)["busy"] == 2);
     // Guesses are taken back only once they have run for a while (50 ms).
     std::thread::sleep(Duration::from_millis(300));
     let r = d.call(json!({"op": "run", "session": "r2", "process": "quote",
@@ -395,10 +391,9 @@ fn a_run_for_a_guess_waiting_to_be_retried_runs_at_once_instead_of_waiting_behin
         return;
     }
     let d = Daemon::start(&checkpointing_config("10s"));
-    let pool = || d.call(json!({"op": "stats"}))["pools"]["t"].clone();
     let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| pool()["busy"] == 1);
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     let guessing = busy_worker(&d);
     // A long real job takes the other worker.
     let mut c = d.connect();
@@ -407,7 +402,7 @@ fn a_run_for_a_guess_waiting_to_be_retried_runs_at_once_instead_of_waiting_behin
             "inputs": {"n": 2, "steps": 4, "step_ms": 600}}));
         (r, std::time::Instant::now())
     });
-    wait_until("the long job never started", &d, |_| pool()["busy"] == 2);
+    wait_until("the long job never started", &d, |_| pool(&d)["busy"] == 2);
     wait_until("the guess never saved a checkpoint", &d, |_| {
         d.call(json!({"op": "stats"}))["states"]["entries"].as_u64() >= Some(1)
     });
@@ -415,7 +410,7 @@ fn a_run_for_a_guess_waiting_to_be_retried_runs_at_once_instead_of_waiting_behin
     // again, and guesses leave one worker idle, so it cannot run while the long job does.
     kill(guessing);
     wait_until("the worker was never replaced", &d, |_| {
-        let p = pool();
+        let p = pool(&d);
         p["crashes"] == 1 && p["workers"] == 2
     });
     // A run for the guess's inputs takes the free worker at once and resumes from the
@@ -435,11 +430,10 @@ fn a_run_that_joins_a_retried_guess_has_its_whole_timeout_too() {
         return;
     }
     let d = Daemon::start(&checkpointing_config("1s"));
-    let pool = || d.call(json!({"op": "stats"}))["pools"]["t"].clone();
     // Sixteen steps of 100 ms against a timeout of 1 s.
     let inputs = json!({"n": 1, "steps": 16, "step_ms": 100});
     guess(&d, "a", inputs.clone(), 0.95);
-    wait_until("the guess never started", &d, |_| pool()["busy"] == 1);
+    wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
     let guessing = busy_worker(&d);
     let join = |session: &str| {
         let mut c = d.connect();
@@ -456,7 +450,7 @@ fn a_run_that_joins_a_retried_guess_has_its_whole_timeout_too() {
     // the timeout. A second run joins half a second in, and has a whole timeout from then.
     kill(guessing);
     wait_until("the job never resumed", &d, |_| {
-        let p = pool();
+        let p = pool(&d);
         p["crashes"] == 1 && p["busy"] == 1
     });
     std::thread::sleep(Duration::from_millis(500));
