@@ -94,3 +94,38 @@ fn a_guess_runs_idle_until_a_real_request_joins_it() {
         assert_eq!(r["result"]["idle"], json!(false), "{r}");
     }
 }
+
+#[test]
+fn a_real_request_takes_back_the_worker_of_a_long_guess_when_the_pool_is_full() {
+    if common::skip_unless(common::have_python(), "python3 is not installed") {
+        return;
+    }
+    let one_worker = config().replace(
+        "warm_min = 3\nworkers_max = 3",
+        "warm_min = 1\nworkers_max = 1",
+    );
+    let d = Daemon::start(&one_worker);
+    let mut c = d.connect();
+
+    let guess = json!({"n": 10, "cpu_ms": 10000, "report_policy": false});
+    make_hot(&mut c, "guessing", &guess);
+    wait_state(&mut c, "guessing", "running");
+    // Past the take-back grace a guess gets so a short one can finish.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let t = Instant::now();
+    let r = c.call(&json!({"op": "run", "session": "buyer", "process": "spin",
+        "inputs": {"n": 11, "cpu_ms": 1, "report_policy": false}}));
+    let took = t.elapsed();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the run waited {took:?}, as if behind the 10 s guess: {r}"
+    );
+
+    let stats = c.call(&json!({"op": "stats"}));
+    assert_eq!(stats["pools"]["t"]["preempted"], json!(1), "{stats}");
+    assert_eq!(stats["speculation"]["cancelled"], json!(1), "{stats}");
+    // The guess is gone: a run for its inputs is a run of its own.
+    assert_eq!(stats["pools"]["t"]["busy"], json!(0), "{stats}");
+}

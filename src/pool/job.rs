@@ -170,8 +170,7 @@ pub(super) async fn run_job(
                         checkpoint);
                 }
                 if real {
-                    // Meant for a guess this worker held before, or for this one before a real
-                    // request joined it.
+                    // Sent just before a real request joined this guess.
                     continue;
                 }
                 return lost(FailureKind::Cancelled,

@@ -20,6 +20,7 @@ mod observe;
 mod placement;
 mod priority;
 mod spawn;
+mod supervise;
 mod worker;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -234,9 +235,18 @@ struct Queued {
 }
 
 struct WorkerSlot {
-    busy: Option<Priority>,
-    /// When the current job started.
-    busy_since: Option<Instant>,
+    /// The job the worker runs, if any.
+    busy: Option<Busy>,
+}
+
+/// What a busy worker is doing.
+struct Busy {
+    priority: Priority,
+    since: Instant,
+    /// Real requests that joined the job: a guess with any is real work.
+    joins: Arc<Joins>,
+    /// Ends the job early (taken back for a real request, or the pool stopping). One per job,
+    /// so a signal meant for a job that has just ended never reaches the worker's next one.
     take_back: Arc<Notify>,
 }
 
@@ -265,9 +275,6 @@ struct Shared {
     keep_alive_ms: AtomicU64,
 }
 
-/// A speculative job running longer than this is taken back for a real request.
-const TAKE_BACK_AFTER: Duration = Duration::from_millis(50);
-
 /// Job numbers are unique across all pools for the daemon's lifetime.
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
@@ -294,7 +301,7 @@ impl Pool {
             next_worker: AtomicU64::new(1),
             keep_alive_ms: AtomicU64::new(worker::IDLE_RETIRE.as_millis() as u64),
         });
-        tokio::spawn(supervise(shared.clone()));
+        tokio::spawn(supervise::supervise(shared.clone()));
         Pool { shared }
     }
 
@@ -309,12 +316,10 @@ impl Pool {
 
     /// Queues a job; `deliver` gets its outcome. Never blocks.
     pub fn submit(&self, job: Job, deliver: Deliver) {
-        let queue_max = self
-            .shared
-            .settings
-            .lock()
-            .expect("pool settings")
-            .queue_max;
+        let (queue_max, workers_max) = {
+            let s = self.shared.settings.lock().expect("pool settings");
+            (s.queue_max, s.workers_max)
+        };
         let mut st = self.shared.state.lock().expect("pool state");
 
         if self.shared.shutting_down.load(Ordering::Relaxed) {
@@ -355,7 +360,7 @@ impl Pool {
                     return;
                 }
                 st.on_demand.push_back(queued);
-                self.take_back_speculative_worker(&mut st);
+                supervise::take_back_guess(&mut st, workers_max);
             }
             Priority::Speculative => {
                 if st.speculative.len() >= queue_max {
@@ -373,30 +378,6 @@ impl Pool {
         self.shared.job_ready.notify_one();
         if idle == 0 {
             self.shared.supervisor_wake.notify_one();
-        }
-    }
-
-    /// When a real request would wait because every worker is busy and the pool cannot grow,
-    /// queued guesses already wait behind it; a worker is taken back (killed and replaced) only
-    /// from a speculative job that has run longer than [`TAKE_BACK_AFTER`]. Killing a short job
-    /// would cost the replacement's cold start, far more than letting it finish.
-    fn take_back_speculative_worker(&self, st: &mut State) {
-        let max = self
-            .shared
-            .settings
-            .lock()
-            .expect("pool settings")
-            .workers_max;
-        let idle = st.workers.values().any(|w| w.busy.is_none());
-        if idle || st.workers.len() + st.starting < max {
-            return;
-        }
-        if let Some(w) = st.workers.values().find(|w| {
-            w.busy == Some(Priority::Speculative)
-                && w.busy_since.is_some_and(|t| t.elapsed() >= TAKE_BACK_AFTER)
-        }) {
-            w.take_back.notify_one();
-            st.stats.preempted += 1;
         }
     }
 
@@ -500,8 +481,8 @@ impl Pool {
             }
             if Instant::now() >= deadline {
                 let st = self.shared.state.lock().expect("pool state");
-                for w in st.workers.values() {
-                    w.take_back.notify_one();
+                for b in st.workers.values().filter_map(|w| w.busy.as_ref()) {
+                    b.take_back.notify_one();
                 }
             }
             self.shared.job_ready.notify_waiters();
@@ -510,59 +491,6 @@ impl Pool {
                 return;
             }
         }
-    }
-}
-
-/// Keeps the pool at its target size and restarts failed workers with backoff.
-async fn supervise(shared: Arc<Shared>) {
-    loop {
-        if shared.shutting_down.load(Ordering::Relaxed) {
-            return;
-        }
-        let to_start = {
-            let max = shared.settings.lock().expect("pool settings").workers_max;
-            let mut st = shared.state.lock().expect("pool state");
-            let now = Instant::now();
-            let backing_off = st.backoff_until.is_some_and(|u| u > now);
-            let idle = st.workers.values().filter(|w| w.busy.is_none()).count();
-            let waiting = st.on_demand.len() + st.speculative.len();
-            let live = st.workers.len() + st.starting;
-            let wanted = st
-                .target_warm
-                .max(live + waiting.saturating_sub(idle + st.starting));
-            let n = if backing_off {
-                if live == 0 {
-                    fail_waiting(&mut st);
-                }
-                0
-            } else {
-                wanted.min(max).saturating_sub(live)
-            };
-            st.starting += n;
-            n
-        };
-        for _ in 0..to_start {
-            let id = shared.next_worker.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(worker::run(shared.clone(), id));
-        }
-        let _ = tokio::time::timeout(
-            Duration::from_millis(100),
-            shared.supervisor_wake.notified(),
-        )
-        .await;
-    }
-}
-
-/// With no worker alive and starts backing off, waiting requests are answered at once.
-fn fail_waiting(st: &mut State) {
-    let why = st.stats.last_failure.clone().unwrap_or_default();
-    let mut waiting: Vec<Queued> = st.on_demand.drain(..).collect();
-    waiting.extend(st.speculative.drain(..));
-    for q in waiting {
-        q.reply.send(JobOutcome::failed(
-            FailureKind::Unavailable,
-            format!("pool has no live worker ({why})"),
-        ));
     }
 }
 

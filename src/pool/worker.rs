@@ -17,7 +17,7 @@ use super::job::{Joinable, Pipes, Ran, run_job};
 use super::observe::{log_stderr, worker_cpu_ns};
 use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
-use super::{FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
+use super::{Busy, FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
 
 /// A worker idle this long above the warm target retires, until the allocator learns better.
 pub(super) const IDLE_RETIRE: Duration = Duration::from_secs(30);
@@ -85,20 +85,12 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         tokio::spawn(log_stderr(settings.name.clone(), pid, stderr));
     }
 
-    let take_back = Arc::new(Notify::new());
     let started = Instant::now();
     {
         let mut st = shared.state.lock().expect("pool state");
         st.starting -= 1;
         st.stats.spawned += 1;
-        st.workers.insert(
-            id,
-            WorkerSlot {
-                busy: None,
-                busy_since: None,
-                take_back: take_back.clone(),
-            },
-        );
+        st.workers.insert(id, WorkerSlot { busy: None });
     }
     tracing::debug!(pool = %settings.name, worker = id, pid, "worker started");
 
@@ -108,7 +100,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     let mut death: Option<String> = None;
 
     loop {
-        let Some(queued) = next_job(&shared, id, generation, &take_back, &mut child).await else {
+        let Some((queued, take_back)) = next_job(&shared, id, generation, &mut child).await else {
             break;
         };
         // A guess runs in the idle class so real work on the same CPUs always goes first; the
@@ -147,14 +139,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                         "{}", error_chain(&e)),
                 }
             }
-            if let Some(w) = shared
-                .state
-                .lock()
-                .expect("pool state")
-                .workers
-                .get_mut(&id)
-            {
-                w.busy = Some(Priority::OnDemand);
+            let mut st = shared.state.lock().expect("pool state");
+            if let Some(busy) = st.workers.get_mut(&id).and_then(|w| w.busy.as_mut()) {
+                busy.priority = Priority::OnDemand;
             }
         };
         let joinable = Joinable {
@@ -187,7 +174,6 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 let mut st = shared.state.lock().expect("pool state");
                 if let Some(w) = st.workers.get_mut(&id) {
                     w.busy = None;
-                    w.busy_since = None;
                 }
                 if outcome.result.is_ok() {
                     st.stats.jobs_ok += 1;
@@ -283,9 +269,8 @@ async fn next_job(
     shared: &Arc<Shared>,
     id: u64,
     generation: u64,
-    take_back: &Notify,
     child: &mut Child,
-) -> Option<Queued> {
+) -> Option<(Queued, Arc<Notify>)> {
     let mut idle_since = Instant::now();
     loop {
         let ready = shared.job_ready.notified();
@@ -309,7 +294,11 @@ async fn next_job(
             let guessing = st
                 .workers
                 .values()
-                .filter(|slot| slot.busy == Some(Priority::Speculative))
+                .filter(|slot| {
+                    slot.busy
+                        .as_ref()
+                        .is_some_and(|b| b.priority == Priority::Speculative)
+                })
                 .count();
             let may_speculate =
                 (idle_others > 0 || st.workers.len() <= 1) && guessing < (workers_max / 2).max(1);
@@ -325,12 +314,17 @@ async fn next_job(
                         .send(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
                     continue;
                 }
+                let take_back = Arc::new(Notify::new());
                 if let Some(w) = st.workers.get_mut(&id) {
-                    w.busy = Some(q.job.priority);
-                    w.busy_since = Some(Instant::now());
+                    w.busy = Some(Busy {
+                        priority: q.job.priority,
+                        since: Instant::now(),
+                        joins: q.job.joins.clone(),
+                        take_back: take_back.clone(),
+                    });
                 }
                 q.job.started.store(true, Ordering::Relaxed);
-                return Some(q);
+                return Some((q, take_back));
             }
             let surplus = st.workers.len() > st.target_warm;
             let keep_alive = Duration::from_millis(shared.keep_alive_ms.load(Ordering::Relaxed));
@@ -340,11 +334,6 @@ async fn next_job(
         }
         tokio::select! {
             _ = &mut ready => {}
-            _ = take_back.notified() => {
-                if shared.shutting_down.load(Ordering::Relaxed) {
-                    return None;
-                }
-            }
             _ = child.wait() => return None,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
