@@ -292,3 +292,77 @@ fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
     let left = cgroups_left(&parent);
     assert!(left.is_empty(), "left behind: {left:?}\n{log}");
 }
+
+#[test]
+fn a_reload_fences_a_new_pool_writes_changed_limits_and_a_refused_one_changes_nothing() {
+    if !cgroups_usable()
+        || skip_unless(
+            Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists(),
+            "reads cgroup v1 files",
+        )
+    {
+        return;
+    }
+    let mut d = Daemon::start(&pool("pids_max = 20"));
+    let sighup = |d: &Daemon| {
+        let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    };
+    let pids_max = |d: &Daemon, pool: &str| {
+        std::fs::read_to_string(v1_dir("pids", d, &format!("{pool}/pids.max")))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let first = std::fs::read_to_string(&d.config).unwrap();
+
+    // A new pool, and a tighter limit for the old one.
+    let added = format!(
+        "{}\n[[pool]]\nname = \"added\"\ncommand = [\"python3\", \"{echo}\"]\nwarm_min = 1\n\
+         pids_max = 9\n\n[[process]]\nname = \"added_echo\"\npool = \"added\"\ninputs = [\"x\"]\n",
+        first.replace("pids_max = 20", "pids_max = 11"),
+        echo = worker("echo.py")
+    );
+    std::fs::write(&d.config, &added).unwrap();
+    sighup(&d);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || pids_max(&d, "t") == "11"),
+        "the changed limit was not written: pids.max {}",
+        pids_max(&d, "t")
+    );
+    let r = d.call(json!({"op": "run", "session": "s", "process": "added_echo",
+        "inputs": {"x": 1}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let pid = r["result"]["pid"]
+        .as_u64()
+        .expect("echo.py reports its pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let fenced = format!("pids:/{}/added/", d.cgroup_parent);
+    assert!(
+        cgroups.contains(&fenced),
+        "worker {pid} not in {fenced}: {cgroups}"
+    );
+    assert_eq!(pids_max(&d, "added"), "9");
+
+    // Refused (a pool whose worker does not exist): the running configuration stays whole.
+    let refused = format!(
+        "{}\n[[pool]]\nname = \"late\"\ncommand = [\"python3\", \"{echo}\"]\nwarm_min = 1\n\n\
+         [[pool]]\nname = \"broken\"\ncommand = [\"no-such-precog-worker\"]\n",
+        added.replace("pids_max = 11", "pids_max = 5"),
+        echo = worker("echo.py")
+    );
+    std::fs::write(&d.config, refused).unwrap();
+    sighup(&d);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || d
+            .log()
+            .contains("configuration not reloaded")),
+        "the bad configuration was not refused: {}",
+        d.log()
+    );
+    let stats = d.call(json!({"op": "stats"}));
+    assert!(stats["pools"].get("late").is_none(), "{stats}");
+    assert_eq!(pids_max(&d, "t"), "11");
+    assert!(!v1_dir("pids", &d, "late").exists());
+    assert!(d.stop(), "precogd did not stop cleanly");
+}

@@ -10,6 +10,7 @@
 //! The socket server and the D-Bus interface only forward.
 
 mod control;
+mod pools;
 mod predict;
 mod run;
 mod speculative;
@@ -25,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cgroup::{Cgroups, PoolLimits};
 use crate::config::Config;
-use crate::pool::{CgroupPlacement, JobOutcome, Placement, Pool, PoolError, PoolSettings};
+use crate::pool::{CgroupPlacement, JobOutcome, Pool, PoolError};
 use crate::predict::Predictor;
 use crate::protocol::{ErrorCode, ErrorReply, Op, PROTOCOL_VERSION};
 use crate::store::{ResultCache, StateStore};
@@ -280,29 +281,6 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
     Ok(EngineHandle { tx, events })
 }
 
-fn pool_settings(cfg: &Config, p: &crate::config::PoolConfig) -> Result<PoolSettings, EngineError> {
-    let err = |source| EngineError::Pool {
-        pool: p.name.clone(),
-        source,
-    };
-    let program = crate::pool::resolve_command(&p.command[0]).map_err(err)?;
-    let identity = match (&cfg.daemon.worker_user, nix::unistd::geteuid().is_root()) {
-        (Some(user), true) => Some(crate::pool::lookup_user(user).map_err(err)?),
-        _ => None,
-    };
-    Ok(PoolSettings {
-        name: p.name.clone(),
-        program,
-        args: p.command[1..].to_vec(),
-        cpus: p.cpus.as_ref().map(|c| c.0.clone()),
-        timeout: p.timeout.0,
-        warm_min: p.warm_min,
-        workers_max: p.workers_max,
-        queue_max: cfg.daemon.queue_max,
-        identity,
-    })
-}
-
 impl Engine {
     async fn run(
         mut self,
@@ -434,41 +412,6 @@ impl Engine {
         }
         let _ = reply.send(answer);
     }
-
-    fn reload(&mut self, config: Config) -> Result<(), String> {
-        for p in &config.pools {
-            let settings = pool_settings(&config, p).map_err(|e| {
-                let source = std::error::Error::source(&e).map(|s| s.to_string());
-                format!("{e}: {}", source.unwrap_or_default())
-            })?;
-            match self.pools.get(&p.name) {
-                Some(pool) => pool.reconfigure(settings),
-                None => {
-                    self.pools
-                        .insert(p.name.clone(), Pool::start(settings, None));
-                }
-            }
-        }
-        let gone: Vec<String> = self
-            .pools
-            .keys()
-            .filter(|n| config.pool(n).is_none())
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(pool) = self.pools.remove(&name) {
-                let placement = self.placements.remove(&name);
-                tokio::spawn(async move {
-                    pool.shutdown(Duration::from_secs(5)).await;
-                    drop(placement);
-                });
-            }
-        }
-        self.predictor.reconfigure(&config);
-        self.config = config;
-        tracing::info!(pools = self.pools.len(), "configuration reloaded");
-        Ok(())
-    }
 }
 
 impl Engine {
@@ -480,36 +423,6 @@ impl Engine {
         {
             tracing::warn!(error = %e, "cannot remove precog's cgroups");
         }
-    }
-
-    /// A pool's settings and its cgroup (when cgroups are in use), made but not yet started.
-    fn prepare_pool(
-        &mut self,
-        p: &crate::config::PoolConfig,
-    ) -> Result<(PoolSettings, Option<Arc<dyn Placement>>), EngineError> {
-        let settings = pool_settings(&self.config, p)?;
-        let mut placement: Option<Arc<dyn Placement>> = None;
-        if let Some(cg) = &self.cgroups {
-            match cg.create_pool(&p.name, &PoolLimits::from_config(p)) {
-                Ok(pool_cg) => {
-                    let pl = Arc::new(CgroupPlacement::new(pool_cg));
-                    self.placements.insert(p.name.clone(), pl.clone());
-                    placement = Some(pl);
-                }
-                // A container or host without the controller: the pool still serves, unfenced.
-                Err(e @ crate::cgroup::CgroupError::MissingController { .. }) => {
-                    tracing::warn!(pool = %p.name, error = %e,
-                        "pool runs without a cgroup; its CPU and memory limits are not enforced");
-                }
-                Err(source) => {
-                    return Err(EngineError::Cgroup {
-                        pool: p.name.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok((settings, placement))
     }
 
     /// Applies the prediction policy in `config.predict` plus an operator threshold, which the

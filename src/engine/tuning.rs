@@ -56,6 +56,8 @@ struct PoolTuning {
     last_cpu: Option<(u64, Instant)>,
     /// Processes that finished jobs since the last tick, for memory attribution.
     finished: BTreeSet<String>,
+    /// Limits the configuration sets, which the tuner and the allocator adjust.
+    configured: PoolLimits,
     /// Limits last written to the cgroup.
     applied: PoolLimits,
     /// A write of new limits is on its way; the next waits for it.
@@ -105,6 +107,7 @@ impl PoolTuning {
             busy_recent: 0.0,
             last_cpu: None,
             finished: BTreeSet::new(),
+            configured: limits.clone(),
             applied: limits,
             writing: false,
             retry_at: None,
@@ -354,6 +357,37 @@ impl Engine {
         }
     }
 
+    /// Pool `old`'s configured limits were changed (by a reload or `set-pool`) to `new`'s: they
+    /// are written to its cgroup now, and a quota or memory limit set by hand is where the tuner
+    /// goes on from (above the floor a past OOM kill set, still).
+    pub(super) fn limits_reconfigured(
+        &mut self,
+        old: &PoolConfig,
+        new: &PoolConfig,
+        budget: &crate::config::BudgetConfig,
+    ) {
+        let limits = PoolLimits::from_config(new);
+        let t = self
+            .tuning
+            .pools
+            .entry(new.name.clone())
+            .or_insert_with(|| PoolTuning::new(old, budget));
+        if limits == t.configured {
+            return;
+        }
+        if limits.cpu_quota_pct != t.configured.cpu_quota_pct {
+            t.tuner.cpu_quota = limits.cpu_quota_pct;
+        }
+        if limits.memory_max != t.configured.memory_max {
+            t.tuner.memory_max = limits.memory_max;
+        }
+        t.tuner.bounds = bounds_of(new, budget);
+        tracing::info!(pool = %new.name, old = ?t.configured, new = ?limits,
+            "configured limits changed; writing them to the pool's cgroup");
+        t.configured = limits;
+        self.apply_quota(&new.name);
+    }
+
     /// Writes the tuner's limits and the allocator's reservation to the pool's cgroup.
     fn apply_quota(&mut self, pool: &str) {
         let Some(pl) = self.placements.get(pool).cloned() else {
@@ -362,7 +396,7 @@ impl Engine {
         let Some(t) = self.tuning.pools.get_mut(pool) else {
             return;
         };
-        let mut next = t.applied.clone();
+        let mut next = t.configured.clone();
         next.cpu_quota_pct = t.tuner.cpu_quota.or(next.cpu_quota_pct);
         next.memory_max = t.tuner.memory_max.or(next.memory_max);
         if let (Some(plan), Some(_)) = (&t.plan, next.memory_reserve) {

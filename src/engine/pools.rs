@@ -1,0 +1,137 @@
+//! The engine's pools: built from the configuration at start, with their cgroups, and brought
+//! in line with a new configuration on reload (a `SIGHUP`, the control interface's `Reload`, or
+//! `set-pool`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Engine, EngineError};
+use crate::cgroup::PoolLimits;
+use crate::config::{Config, PoolConfig};
+use crate::pool::{CgroupPlacement, Placement, Pool, PoolSettings};
+
+/// A pool's settings from the configuration: its worker command resolved, its worker user
+/// looked up.
+pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings, EngineError> {
+    let err = |source| EngineError::Pool {
+        pool: p.name.clone(),
+        source,
+    };
+    let program = crate::pool::resolve_command(&p.command[0]).map_err(err)?;
+    let identity = match (&cfg.daemon.worker_user, nix::unistd::geteuid().is_root()) {
+        (Some(user), true) => Some(crate::pool::lookup_user(user).map_err(err)?),
+        _ => None,
+    };
+    Ok(PoolSettings {
+        name: p.name.clone(),
+        program,
+        args: p.command[1..].to_vec(),
+        cpus: p.cpus.as_ref().map(|c| c.0.clone()),
+        timeout: p.timeout.0,
+        warm_min: p.warm_min,
+        workers_max: p.workers_max,
+        queue_max: cfg.daemon.queue_max,
+        identity,
+    })
+}
+
+impl Engine {
+    /// A pool's settings and its cgroup (when cgroups are in use), made but not yet started.
+    pub(super) fn prepare_pool(
+        &mut self,
+        p: &PoolConfig,
+    ) -> Result<(PoolSettings, Option<Arc<dyn Placement>>), EngineError> {
+        let settings = pool_settings(&self.config, p)?;
+        Ok((settings, self.pool_cgroup(p)?))
+    }
+
+    /// The pool's cgroup, made with its configured limits, when cgroups are in use.
+    fn pool_cgroup(&mut self, p: &PoolConfig) -> Result<Option<Arc<dyn Placement>>, EngineError> {
+        let mut placement: Option<Arc<dyn Placement>> = None;
+        if let Some(cg) = &self.cgroups {
+            match cg.create_pool(&p.name, &PoolLimits::from_config(p)) {
+                Ok(pool_cg) => {
+                    let pl = Arc::new(CgroupPlacement::new(pool_cg));
+                    self.placements.insert(p.name.clone(), pl.clone());
+                    placement = Some(pl);
+                }
+                // A container or host without the controller: the pool still serves, unfenced.
+                Err(e @ crate::cgroup::CgroupError::MissingController { .. }) => {
+                    tracing::warn!(pool = %p.name, error = %e,
+                        "pool runs without a cgroup; its CPU and memory limits are not enforced");
+                }
+                Err(source) => {
+                    return Err(EngineError::Cgroup {
+                        pool: p.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(placement)
+    }
+
+    pub(super) fn reload(&mut self, config: Config) -> Result<(), String> {
+        let describe = |e: EngineError| {
+            let source = std::error::Error::source(&e).map(|s| s.to_string());
+            format!("{e}: {}", source.unwrap_or_default())
+        };
+        // All that can fail comes first, so a refused configuration changes nothing.
+        let mut settings = Vec::with_capacity(config.pools.len());
+        for p in &config.pools {
+            settings.push(pool_settings(&config, p).map_err(describe)?);
+        }
+        let mut added = HashMap::new();
+        for p in &config.pools {
+            if self.pools.contains_key(&p.name) {
+                continue;
+            }
+            match self.pool_cgroup(p) {
+                Ok(placement) => {
+                    added.insert(p.name.clone(), placement);
+                }
+                Err(e) => {
+                    for name in added.keys() {
+                        self.placements.remove(name);
+                    }
+                    return Err(describe(e));
+                }
+            }
+        }
+        for (p, settings) in config.pools.iter().zip(settings) {
+            match self.pools.get(&p.name) {
+                Some(pool) => {
+                    pool.reconfigure(settings);
+                    if let Some(old) = self.config.pool(&p.name).cloned() {
+                        self.limits_reconfigured(&old, p, &config.budget);
+                    }
+                }
+                None => {
+                    let placement = added.remove(&p.name).flatten();
+                    self.pools
+                        .insert(p.name.clone(), Pool::start(settings, placement));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .pools
+            .keys()
+            .filter(|n| config.pool(n).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(pool) = self.pools.remove(&name) {
+                let placement = self.placements.remove(&name);
+                tokio::spawn(async move {
+                    pool.shutdown(Duration::from_secs(5)).await;
+                    drop(placement);
+                });
+            }
+        }
+        self.predictor.reconfigure(&config);
+        self.config = config;
+        tracing::info!(pools = self.pools.len(), "configuration reloaded");
+        Ok(())
+    }
+}
