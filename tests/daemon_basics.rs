@@ -305,6 +305,25 @@ fn check_config_reports_file_line_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: daemon.queue_max"), "{err}");
 
+    // A worker that cannot be found would be refused at start and at reload: so here too.
+    std::fs::write(
+        &path,
+        "[[pool]]\nname = \"gone\"\ncommand = [\"no-such-precog-worker\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pool `gone`") && err.contains("no-such-precog-worker"),
+        "{err}"
+    );
+
     std::fs::write(&path, "[sessions]\nmax = 10\n").unwrap();
     let out = std::process::Command::new(common::precogd())
         .arg("--config")

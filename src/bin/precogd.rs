@@ -40,6 +40,21 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.check_config {
+        // What a start or a reload would refuse: a worker command that cannot be found.
+        let missing: Vec<String> = config
+            .pools
+            .iter()
+            .filter_map(|p| {
+                let e = precog::pool::resolve_command(&p.command[0]).err()?;
+                Some(format!("pool `{}`: {e}", p.name))
+            })
+            .collect();
+        if !missing.is_empty() {
+            for m in &missing {
+                eprintln!("precogd: {m}");
+            }
+            return ExitCode::FAILURE;
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
