@@ -1,9 +1,12 @@
 //! Black-box tests of the daemon under connection pressure: ten thousand idle clients, and a
-//! daemon out of file descriptors. New clients get an answer or a clear `overloaded`, the
-//! daemon does not spin, and it recovers when the pressure goes.
+//! daemon out of file descriptors, on its socket and on its `/metrics` listener. New clients get
+//! an answer or a clear `overloaded`, the daemon does not spin, and it recovers when the
+//! pressure goes.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -112,13 +115,11 @@ fn ten_thousand_idle_connections_never_hang_a_new_client() {
     assert!(served, "not served again after the idle clients left");
 }
 
-#[test]
-fn out_of_descriptors_the_daemon_does_not_spin_and_recovers() {
-    let d = Daemon::start("");
-    let pid = d.pid();
+/// Lowers precogd's descriptor limit to 16 above what it holds; false if prlimit is refused.
+fn squeeze_descriptors(pid: u32) -> bool {
     let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
+        .map(|dir| dir.count() as u64)
+        .unwrap_or(0);
     let limit = open_fds + 16;
     let rlim = libc::rlimit {
         rlim_cur: limit,
@@ -133,7 +134,14 @@ fn out_of_descriptors_the_daemon_does_not_spin_and_recovers() {
             std::ptr::null_mut(),
         )
     };
-    if rc != 0 {
+    open_fds > 0 && rc == 0
+}
+
+#[test]
+fn out_of_descriptors_the_daemon_does_not_spin_and_recovers() {
+    let d = Daemon::start("");
+    let pid = d.pid();
+    if !squeeze_descriptors(pid) {
         println!("SKIPPED: cannot lower precogd's RLIMIT_NOFILE with prlimit");
         return;
     }
@@ -142,7 +150,7 @@ fn out_of_descriptors_the_daemon_does_not_spin_and_recovers() {
     std::thread::sleep(Duration::from_millis(500));
     let cpu = cpu_seconds_over(pid, Duration::from_secs(3));
     println!(
-        "precogd at {limit} descriptors with {} clients: {cpu:.2} s CPU in 3 s",
+        "precogd out of descriptors with {} clients: {cpu:.2} s CPU in 3 s",
         held.len()
     );
     assert!(cpu < 0.6, "precogd spun: {cpu:.2} s CPU in 3 s");
@@ -163,6 +171,73 @@ fn out_of_descriptors_the_daemon_does_not_spin_and_recovers() {
     let log = d.log();
     let warned = log.matches("cannot accept a connection").count();
     assert!(warned == 1, "{warned} accept warnings:\n{}", tail(&log));
+}
+
+/// One `GET /metrics` on a new connection; the status line, or `None` if it failed or took over
+/// two seconds.
+fn metrics_status(port: u16) -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.lines().next().map(str::to_string)
+}
+
+#[test]
+fn out_of_descriptors_the_metrics_listener_does_not_spin_and_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let d = Daemon::start_with(&format!("metrics_listen = \"127.0.0.1:{port}\""), "");
+    assert_eq!(metrics_status(port).as_deref(), Some("HTTP/1.1 200 OK"));
+    let pid = d.pid();
+    if !squeeze_descriptors(pid) {
+        println!("SKIPPED: cannot lower precogd's RLIMIT_NOFILE with prlimit");
+        return;
+    }
+
+    // Socket clients take the last descriptors; scrapers then wait in the listener's backlog,
+    // which keeps it readable while every accept fails.
+    let held = open_idle(&d.socket, 200, Duration::from_secs(20));
+    let scrapers: Vec<TcpStream> = (0..5)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(!scrapers.is_empty(), "no scraper reached the backlog");
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = cpu_seconds_over(pid, Duration::from_secs(3));
+    println!(
+        "precogd out of descriptors with {} scrapers waiting: {cpu:.2} s CPU in 3 s",
+        scrapers.len()
+    );
+    assert!(cpu < 0.6, "precogd spun: {cpu:.2} s CPU in 3 s");
+
+    drop(scrapers);
+    drop(held);
+    let started = Instant::now();
+    let mut served = false;
+    while !served && started.elapsed() < Duration::from_secs(10) {
+        served = metrics_status(port).as_deref() == Some("HTTP/1.1 200 OK");
+    }
+    println!(
+        "/metrics answered {:?} after the clients left",
+        started.elapsed()
+    );
+    assert!(served, "/metrics did not recover:\n{}", tail(&d.log()));
+
+    let log = d.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("cannot accept a connection") && l.contains("metrics"))
+        .count();
+    assert!(
+        warned == 1,
+        "{warned} metrics accept warnings:\n{}",
+        tail(&log)
+    );
 }
 
 fn tail(log: &str) -> String {

@@ -370,9 +370,14 @@ async fn serve_metrics(listener: tokio::net::TcpListener, engine: EngineHandle) 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let slots = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut accept_pause = server::AcceptPause::new("metrics");
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                accept_pause.after_failure(&e).await;
+                continue;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;

@@ -6,13 +6,16 @@
 //! `overloaded` and closed. At most [`PIPELINE_DEPTH`] requests of one connection are in flight;
 //! past that the connection is not read until replies drain, which is the backpressure.
 
+mod accept;
 pub mod systemd;
+
+pub use accept::AcceptPause;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -21,9 +24,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::engine::{Client, EngineHandle, Reply};
 use crate::protocol::{ErrorCode, ErrorReply, Framer, decode_request, encode_error, encode_ok};
-
-/// How often a run of failing accepts is logged.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Requests of one connection that may await their replies at once.
 pub const PIPELINE_DEPTH: usize = 256;
@@ -195,10 +195,7 @@ pub async fn serve(
 ) {
     let limit = settings.borrow().max_connections;
     let slots = Arc::new(Semaphore::new(limit));
-    // Accept failures come in runs (out of descriptors until clients leave, flapping at the
-    // limit): said at most once a minute, with how many there were.
-    let mut accept_warned: Option<Instant> = None;
-    let mut failed_accepts = 0u64;
+    let mut accept_pause = AcceptPause::new("socket");
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -207,19 +204,7 @@ pub async fn serve(
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                failed_accepts += 1;
-                if accept_warned.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
-                    tracing::warn!(
-                        error = %e,
-                        failed_accepts,
-                        "cannot accept a connection; pausing accepts (raise LimitNOFILE if \
-                         this is out of descriptors)"
-                    );
-                    accept_warned = Some(Instant::now());
-                    failed_accepts = 0;
-                }
-                // Out of descriptors or memory: wait instead of spinning on accept.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                accept_pause.after_failure(&e).await;
                 continue;
             }
         };
