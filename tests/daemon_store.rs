@@ -1,5 +1,6 @@
 //! Black-box tests of the daemon's result cache and partial states: served from the cache after
-//! a crash, damaged files set aside at start, a full cache disk, resuming from checkpoints.
+//! a crash, damaged files set aside at start, a full cache disk, a cache that cannot be opened
+//! at all, resuming from checkpoints.
 
 mod common;
 
@@ -129,6 +130,48 @@ fn a_full_cache_disk_does_not_stop_the_daemon() {
     assert!(d.log().contains("without a result cache"), "{}", d.log());
     drop(d);
     let _ = std::process::Command::new("umount").arg(&mnt).status();
+}
+
+#[test]
+fn stats_say_the_cache_is_off_and_why_when_it_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("cache");
+    std::fs::write(
+        &not_a_dir,
+        b"a regular file where the cache directory should be",
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!("cache_dir = \"{}\"", not_a_dir.display()), "");
+    assert_eq!(postal(&d, "3011 AA")["ok"], json!(true));
+
+    let stats = d.call(json!({"op": "stats"}));
+    let cache = &stats["cache"];
+    assert_eq!(cache["open"], json!(false), "{stats}");
+    assert_eq!(cache["disabled"], json!(true), "{stats}");
+    let reason = cache["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("could not be opened"), "{stats}");
+    assert!(
+        d.log().contains("running without a result cache"),
+        "{}",
+        d.log()
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_precogctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("stats")
+        .output()
+        .expect("run precogctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cache: off: the result cache could not be opened"),
+        "{text}"
+    );
 }
 
 #[test]

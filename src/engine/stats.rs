@@ -90,7 +90,10 @@ impl Engine {
             "inflight_jobs": self.inflight.len(),
             "policy": self.policy_view(),
             "pools": pools,
-            "cache": self.cache.as_ref().map(|c| store_json(&c.stats())),
+            "cache": match &self.cache {
+                Some(cache) => store_json(&cache.stats()),
+                None => cache_off_json(),
+            },
             "sessions": {"active": self.predictor.session_count()},
             "speculation": self.speculation_json(),
             "alloc": self.alloc_json(),
@@ -102,6 +105,7 @@ impl Engine {
 
 fn store_json(s: &crate::store::StoreStats) -> Value {
     json!({
+        "open": true,
         "entries": s.entries,
         "bytes": s.bytes_used,
         "capacity": s.capacity,
@@ -112,6 +116,18 @@ fn store_json(s: &crate::store::StoreStats) -> Value {
         "damaged_dropped": s.damaged_dropped,
         "write_errors": s.write_errors,
         "disabled": s.disabled,
+    })
+}
+
+/// The `cache` object of a daemon running without its result cache. precogd runs without one
+/// only when the cache could not be opened at start; the error is in the log from then.
+// TODO: carry the open error itself into `reason`; the engine is not given it yet.
+fn cache_off_json() -> Value {
+    json!({
+        "open": false,
+        "disabled": true,
+        "reason": "the result cache could not be opened when precogd started (its log says \
+                   why); no result is cached until a restart opens it",
     })
 }
 

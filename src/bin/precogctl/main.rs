@@ -289,6 +289,7 @@ fn print_stats(s: &Value) {
         s["run_latency_us"]["p50"],
         s["run_latency_us"]["p99"]
     );
+    println!("{}", cache_line(&s["cache"]));
     if let Some(errors) = s["errors"].as_object().filter(|e| !e.is_empty()) {
         let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("errors: {}", list.join("  "));
@@ -312,4 +313,29 @@ fn print_stats(s: &Value) {
             );
         }
     }
+}
+
+/// The result cache's line of `stats`: its figures, or that it is off and why.
+fn cache_line(cache: &Value) -> String {
+    if cache["open"] == Value::Bool(false) {
+        let reason = cache["reason"].as_str().unwrap_or("no reason given");
+        return format!("cache: off: {reason}");
+    }
+    if cache.is_null() {
+        return "cache: not reported by this precogd".into();
+    }
+    format!(
+        "cache: {} entries, {} of {} bytes  hits {}  misses {}  evicted {}{}",
+        cache["entries"],
+        cache["bytes"],
+        cache["capacity"],
+        cache["hits"],
+        cache["misses"],
+        cache["evicted"],
+        if cache["disabled"] == Value::Bool(true) {
+            "  (disabled after a write error)"
+        } else {
+            ""
+        }
+    )
 }
