@@ -339,10 +339,16 @@ fn precogctl_speaks_the_bus_and_falls_back_to_the_socket() {
     };
     let addr = bus.address.as_str();
 
-    let (ok, out, err) = precogctl(&daemon, &["--json", "status", "--bus", addr]);
-    assert!(ok, "{err}");
-    assert!(err.is_empty(), "no fallback expected: {err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["pools"], 1);
+    // --bus goes before the subcommand or after it.
+    for args in [
+        ["--json", "status", "--bus", addr],
+        ["--bus", addr, "--json", "status"],
+    ] {
+        let (ok, out, err) = precogctl(&daemon, &args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(err.is_empty(), "no fallback expected: {err}");
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["pools"], 1);
+    }
 
     let (ok, out, err) = precogctl(&daemon, &["set-pool", "shop", "warm_min=2", "--bus", addr]);
     assert!(ok, "{err}");

@@ -10,15 +10,6 @@ use zbus::proxy::CacheProperties;
 
 use crate::client::Client;
 
-/// The bus option every D-Bus command takes.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BusArgs {
-    /// D-Bus bus where precogd publishes org.precog.Precog1: system, session, none (use the
-    /// socket) or a D-Bus address.
-    #[arg(long, value_name = "BUS", default_value = "system", env = "PRECOG_BUS")]
-    pub bus: Bus,
-}
-
 /// A runtime for the async D-Bus client: precogctl is otherwise synchronous, and zbus must not
 /// block a tokio worker thread.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
 use client::{Client, default_socket};
+use precog::control::Bus;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +43,17 @@ struct Cli {
     /// Print the daemon's JSON replies instead of readable text.
     #[arg(long, global = true)]
     json: bool,
+
+    /// D-Bus bus where precogd publishes org.precog.Precog1, for the commands that use it:
+    /// system, session, none (use the socket) or a D-Bus address.
+    #[arg(
+        long,
+        global = true,
+        value_name = "BUS",
+        default_value = "system",
+        env = "PRECOG_BUS"
+    )]
+    bus: Bus,
 
     #[command(subcommand)]
     command: Cmd,
@@ -97,17 +109,17 @@ enum Cmd {
     #[command(hide = true)]
     Load(load::LoadArgs),
     /// Summarise precogd's health (D-Bus, or the socket when the bus is out of reach).
-    Status(dbus_client::BusArgs),
+    Status,
     /// Show the worker pools with their limits (D-Bus, or the socket's live figures).
-    Pools(dbus_client::BusArgs),
+    Pools,
     /// Change a pool's limits (root, over D-Bus).
     SetPool(ops::SetPoolArgs),
     /// Change the prediction policy (root, over D-Bus).
     Policy(ops::PolicyArgs),
     /// Reload precogd's configuration, as SIGHUP does (root, over D-Bus).
-    Reload(dbus_client::BusArgs),
+    Reload,
     /// Drop every cached result (root, over D-Bus).
-    Flush(dbus_client::BusArgs),
+    Flush,
     /// Live view of pools, hit ratio and speculation; `q` or Ctrl-C quits.
     Top(top::TopArgs),
     /// Replay real shop sessions through precog and measure what the app sees.
@@ -232,13 +244,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_stats(&reply);
             }
         }
-        Cmd::Status(bus) => ops::status(&bus, &socket, cli.json)?,
-        Cmd::Pools(bus) => ops::pools(&bus, &socket, cli.json)?,
-        Cmd::SetPool(args) => ops::set_pool(&args, cli.json)?,
-        Cmd::Policy(args) => ops::policy(&args)?,
-        Cmd::Reload(bus) => ops::reload(&bus)?,
-        Cmd::Flush(bus) => ops::flush(&bus)?,
-        Cmd::Top(args) => top::run(&args, &socket)?,
+        Cmd::Status => ops::status(&cli.bus, &socket, cli.json)?,
+        Cmd::Pools => ops::pools(&cli.bus, &socket, cli.json)?,
+        Cmd::SetPool(args) => ops::set_pool(&args, &cli.bus, cli.json)?,
+        Cmd::Policy(args) => ops::policy(&args, &cli.bus)?,
+        Cmd::Reload => ops::reload(&cli.bus)?,
+        Cmd::Flush => ops::flush(&cli.bus)?,
+        Cmd::Top(args) => top::run(&args, &cli.bus, &socket)?,
         Cmd::Generate(args) => generate::run(&args)?,
         Cmd::Replay(args) => {
             cleanup::install()?;
@@ -338,4 +350,58 @@ fn cache_line(cache: &Value) -> String {
             ""
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bus_socket_and_json_options_go_before_or_after_the_subcommand() {
+        let before = [
+            "precogctl",
+            "--bus",
+            "none",
+            "--socket",
+            "/s",
+            "--json",
+            "status",
+        ];
+        let after = [
+            "precogctl",
+            "status",
+            "--bus",
+            "none",
+            "--socket",
+            "/s",
+            "--json",
+        ];
+        for argv in [before, after] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert!(matches!(cli.command, Cmd::Status), "{argv:?}");
+            assert_eq!(cli.bus, Bus::None, "{argv:?}");
+            assert_eq!(cli.socket.as_deref(), Some(std::path::Path::new("/s")));
+            assert!(cli.json, "{argv:?}");
+        }
+
+        let top = Cli::try_parse_from(["precogctl", "--bus", "session", "top", "--count", "1"])
+            .expect("top parses with --bus first");
+        assert_eq!(top.bus, Bus::Session);
+        let set_pool = Cli::try_parse_from([
+            "precogctl",
+            "set-pool",
+            "shop",
+            "warm_min=2",
+            "--bus",
+            "session",
+        ])
+        .expect("set-pool parses with --bus last");
+        assert_eq!(set_pool.bus, Bus::Session);
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use precog::control::view;
+use precog::control::{Bus, view};
 use serde_json::Value;
 use zbus::zvariant;
 
-use crate::dbus_client::{BusArgs, Source, proxy, runtime};
+use crate::dbus_client::{Source, proxy, runtime};
 
 #[derive(clap::Args, Debug)]
 pub struct SetPoolArgs {
@@ -21,8 +21,6 @@ pub struct SetPoolArgs {
     /// cpu_quota=150% cpu_weight=100 memory_max=256M memory_reserve=64M pids_max=64.
     #[arg(value_name = "KEY=VALUE", required = true)]
     pub changes: Vec<String>,
-    #[command(flatten)]
-    pub bus: BusArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -30,18 +28,16 @@ pub struct PolicyArgs {
     /// Policy values: hot_path=5 threshold=0.4 speculation=true|false.
     #[arg(value_name = "KEY=VALUE", required = true)]
     pub changes: Vec<String>,
-    #[command(flatten)]
-    pub bus: BusArgs,
 }
 
-pub fn status(bus: &BusArgs, socket: &Path, json: bool) -> anyhow::Result<()> {
+pub fn status(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
     let summary: Value = runtime()?.block_on(async {
-        match proxy(&bus.bus).await {
+        match proxy(bus).await {
             Ok(p) => match p.status().await {
                 Ok(text) => return serde_json::from_str(&text).context("status is not JSON"),
                 Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
             },
-            Err(_) if matches!(bus.bus, precog::control::Bus::None) => {}
+            Err(_) if matches!(bus, Bus::None) => {}
             Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
         }
         let mut source = Source::Socket(crate::client::Client::connect(socket)?);
@@ -79,14 +75,14 @@ fn percent(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0) * 100.0
 }
 
-pub fn pools(bus: &BusArgs, socket: &Path, json: bool) -> anyhow::Result<()> {
+pub fn pools(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
     let pools: Value = runtime()?.block_on(async {
-        match proxy(&bus.bus).await {
+        match proxy(bus).await {
             Ok(p) => match p.pools().await {
                 Ok(text) => return serde_json::from_str(&text).context("pools are not JSON"),
                 Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
             },
-            Err(_) if matches!(bus.bus, precog::control::Bus::None) => {}
+            Err(_) if matches!(bus, Bus::None) => {}
             Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
         }
         // The socket's stats carry the live figures only; limits need the bus.
@@ -167,10 +163,10 @@ fn policy_value(text: &str) -> zvariant::Value<'_> {
     }
 }
 
-pub fn set_pool(args: &SetPoolArgs, json: bool) -> anyhow::Result<()> {
+pub fn set_pool(args: &SetPoolArgs, bus: &Bus, json: bool) -> anyhow::Result<()> {
     let changes: HashMap<&str, &str> = pairs(&args.changes)?.into_iter().collect();
     let pool: Value = runtime()?.block_on(async {
-        let text = proxy(&args.bus.bus)
+        let text = proxy(bus)
             .await?
             .set_pool_limits(&args.pool, changes)
             .await
@@ -185,13 +181,13 @@ pub fn set_pool(args: &SetPoolArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
+pub fn policy(args: &PolicyArgs, bus: &Bus) -> anyhow::Result<()> {
     let changes: HashMap<&str, zvariant::Value<'_>> = pairs(&args.changes)?
         .into_iter()
         .map(|(k, v)| (k, policy_value(v)))
         .collect();
     let policy = runtime()?.block_on(async {
-        proxy(&args.bus.bus)
+        proxy(bus)
             .await?
             .set_policy(changes)
             .await
@@ -201,21 +197,15 @@ pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn reload(bus: &BusArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        proxy(&bus.bus)
-            .await?
-            .reload()
-            .await
-            .context("reload failed")
-    })?;
+pub fn reload(bus: &Bus) -> anyhow::Result<()> {
+    runtime()?.block_on(async { proxy(bus).await?.reload().await.context("reload failed") })?;
     println!("configuration reloaded");
     Ok(())
 }
 
-pub fn flush(bus: &BusArgs) -> anyhow::Result<()> {
+pub fn flush(bus: &Bus) -> anyhow::Result<()> {
     let flushed = runtime()?.block_on(async {
-        proxy(&bus.bus)
+        proxy(bus)
             .await?
             .flush_cache()
             .await

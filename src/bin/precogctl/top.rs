@@ -16,10 +16,10 @@ use anyhow::Context;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::termios::{LocalFlags, SetArg, Termios, tcgetattr, tcsetattr};
-use precog::control::view;
+use precog::control::{Bus, view};
 use serde_json::Value;
 
-use crate::dbus_client::{BusArgs, Source, runtime};
+use crate::dbus_client::{Source, runtime};
 
 const REFRESH: Duration = Duration::from_secs(1);
 /// Hot processes shown when the stats carry per-process figures.
@@ -30,8 +30,6 @@ pub struct TopArgs {
     /// Stop after this many refreshes.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    #[command(flatten)]
-    pub bus: BusArgs,
 }
 
 /// Set by SIGTERM or SIGHUP so that the loop ends and the terminal is restored.
@@ -41,9 +39,9 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-pub fn run(args: &TopArgs, socket: &Path) -> anyhow::Result<()> {
+pub fn run(args: &TopArgs, bus: &Bus, socket: &Path) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let mut source = rt.block_on(Source::open(&args.bus.bus, socket))?;
+    let mut source = rt.block_on(Source::open(bus, socket))?;
     let interactive = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     let _terminal = if interactive {
         Some(RawTerminal::enter()?)
