@@ -272,3 +272,33 @@ fn a_scrambled_index_loses_entries_but_never_serves_wrong_bytes() {
         assert_eq!(got, None, "key {n} served another key's value");
     }
 }
+
+#[test]
+fn a_symlink_planted_for_the_lock_file_is_refused_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    fs::write(&target, b"not precog's").unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("results.lock")).unwrap();
+
+    let Err(e) = ResultCache::open(dir.path(), CAPACITY) else {
+        panic!("a symlinked lock file was followed");
+    };
+    let text = e.with_causes();
+    let os_cause = std::io::Error::from_raw_os_error(libc::ELOOP).to_string();
+    assert!(
+        text.contains("results.lock") && text.ends_with(&os_cause),
+        "{text}"
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"not precog's");
+}
+
+#[test]
+fn a_symlink_planted_for_the_store_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    fs::write(&target, b"not precog's").unwrap();
+    std::os::unix::fs::symlink(&target, cache_file(dir.path())).unwrap();
+
+    assert!(ResultCache::open(dir.path(), CAPACITY).is_err());
+    assert_eq!(fs::read(&target).unwrap(), b"not precog's");
+}

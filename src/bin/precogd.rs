@@ -189,7 +189,7 @@ fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<Stat
         }
         Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(error = %e, "running without a result cache");
+            tracing::warn!(error = %e.with_causes(), "running without a result cache");
             None
         }
     };
@@ -201,7 +201,7 @@ fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<Stat
         }
         Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(error = %e, "running without a partial-state store");
+            tracing::warn!(error = %e.with_causes(), "running without a partial-state store");
             None
         }
     };

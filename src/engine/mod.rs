@@ -463,12 +463,12 @@ impl Engine {
         if let Some(c) = self.cache.as_mut()
             && let Err(e) = c.sync()
         {
-            tracing::warn!(error = %e, "cannot write the result cache to disk");
+            tracing::warn!(error = %e.with_causes(), "cannot write the result cache to disk");
         }
         if let Some(s) = self.states.as_mut()
             && let Err(e) = s.sync()
         {
-            tracing::warn!(error = %e, "cannot write the partial states to disk");
+            tracing::warn!(error = %e.with_causes(), "cannot write the partial states to disk");
         }
     }
 }

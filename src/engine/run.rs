@@ -531,7 +531,8 @@ impl Engine {
     /// A store error is said once per store; the store keeps serving what it has.
     pub(super) fn store_error(&mut self, which: &'static str, e: &crate::store::StoreError) {
         if self.store_warned.insert(which) {
-            tracing::warn!(store = which, error = %e, "storing stopped; precog keeps serving");
+            let error = e.with_causes();
+            tracing::warn!(store = which, %error, "storing stopped; precog keeps serving");
         }
     }
 }

@@ -4,6 +4,7 @@
 //! The data file is reserved whole with `fallocate` before it is mapped, and never shrunk while
 //! mapped, so a full disk is an error here rather than a SIGBUS on a later write. A file that
 //! does not pass the header check is renamed aside, never deleted, so an operator can look at it.
+//! Every file here is opened with `O_NOFOLLOW`, so a symlink planted in the directory is refused.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
@@ -48,7 +49,12 @@ impl StoreFile {
         let mut set_aside = Vec::new();
 
         let mut found = None;
-        match OpenOptions::new().read(true).write(true).open(&path) {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(file) => match check_existing(&file, &path, kind, layout)? {
                 Ok(seed) => found = Some((file, seed)),
                 Err(reason) => set_aside.push(move_aside(&path, reason)?),
@@ -126,6 +132,7 @@ fn lock_store(path: &Path) -> Result<Flock<File>, StoreError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|source| StoreError::Io {
             op: "open lock file",
@@ -206,6 +213,7 @@ fn create(path: &Path, kind: StoreKind, layout: &Layout) -> Result<(File, u64), 
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(|e| io_err("create", &tmp, e))?;
 

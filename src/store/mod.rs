@@ -92,3 +92,17 @@ pub enum StoreError {
     #[error("entry of {bytes} bytes is over the {limit}-byte limit; it was not stored")]
     TooLarge { bytes: u64, limit: u64 },
 }
+
+impl StoreError {
+    /// The error with its causes (the OS error, for I/O) on one line, for a log line.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+}
