@@ -108,6 +108,22 @@ impl Engine {
         self.stats.clone()
     }
 
+    /// False once the file has shrunk under the mapping: from then on nothing is read from or
+    /// written to it. Said once, at error level, when first noticed.
+    fn usable(&mut self) -> bool {
+        if self.stats.file_changed || !self.file.changed_under() {
+            return !self.stats.file_changed;
+        }
+        tracing::error!(file = %self.file.path().display(),
+            "the store file was changed under precogd (truncated?); the store is off until \
+             precogd restarts, which sets the file aside");
+        self.stats.file_changed = true;
+        self.stats.disabled = true;
+        self.stats.entries = 0;
+        self.stats.bytes_used = 0;
+        false
+    }
+
     pub fn max_record(&self) -> usize {
         self.max_record
     }
@@ -115,6 +131,10 @@ impl Engine {
     /// The value stored under `key` if it is whole and fresh; a damaged or stale record is
     /// dropped from the index on the way.
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        if !self.usable() {
+            self.stats.misses += 1;
+            return None;
+        }
         let hash = key_hash(self.file.hash_seed, key);
         let mut found = Found::Missing;
         for (slot, loc) in self.slots().chain(hash) {
@@ -136,6 +156,11 @@ impl Engine {
             break;
         }
 
+        if !self.usable() {
+            // The file shrank during the lookup: what was read may be zeros, so none of it counts.
+            self.stats.misses += 1;
+            return None;
+        }
         match found {
             Found::Fresh(slot, loc, value) => {
                 if !loc.referenced {
@@ -169,7 +194,7 @@ impl Engine {
         now_ms: u64,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        if self.stats.disabled {
+        if !self.usable() || self.stats.disabled {
             return Ok(());
         }
         let len = record_len(key.len(), value.len());
@@ -193,6 +218,9 @@ impl Engine {
     }
 
     pub fn remove(&mut self, key: &[u8]) {
+        if !self.usable() {
+            return;
+        }
         let hash = key_hash(self.file.hash_seed, key);
         let target = self.slots().chain(hash).find(|(_, loc)| {
             // A damaged record under this hash goes too: it can serve nobody.
@@ -206,6 +234,9 @@ impl Engine {
 
     /// Drops every entry. The index goes first so no slot ever points at a reused segment.
     pub fn clear(&mut self) -> Result<(), StoreError> {
+        if !self.usable() {
+            return Ok(());
+        }
         let index = self.layout.index_at as usize..self.layout.data_at as usize;
         self.file.map[index].fill(0);
         fence(Ordering::Release);
@@ -221,6 +252,9 @@ impl Engine {
 
     /// Empties every segment whose records have all expired; returns the entries dropped.
     pub fn purge_expired(&mut self, now_ms: u64) -> u64 {
+        if !self.usable() {
+            return 0;
+        }
         let before = self.stats.expired;
         for segment in 0..self.segments.len() {
             let meta = self.segments[segment];
@@ -232,6 +266,9 @@ impl Engine {
     }
 
     pub fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.usable() {
+            return Ok(());
+        }
         match self.file.flush() {
             Ok(()) => Ok(()),
             Err(e) => self.fail_write(e),
@@ -493,6 +530,10 @@ enum Found {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // A file that shrank is set aside at the next open; it is not to be marked closed.
+        if self.file.changed_under() {
+            return;
+        }
         self.file.map[CLOSED_AT..CLOSED_AT + 8].copy_from_slice(&CLOSED_MARK.to_le_bytes());
     }
 }

@@ -17,6 +17,7 @@ use memmap2::{MmapMut, MmapOptions};
 use nix::fcntl::{FallocateFlags, Flock, FlockArg, fallocate};
 
 use crate::store::StoreError;
+use crate::store::bus_fault::Guard;
 use crate::store::layout::{HEADER_LEN, Layout, StoreKind, check_header, encode_header};
 
 /// A file moved out of the way at open because it could not be used.
@@ -26,8 +27,10 @@ pub struct SetAside {
     pub reason: String,
 }
 
-/// The mapped data file. Unmapped when dropped (by `MmapMut`), before the file and lock close.
+/// The mapped data file. Its bus-fault guard goes first when dropped, then the mapping (by
+/// `MmapMut`), then the file and lock close.
 pub struct StoreFile {
+    guard: Guard,
     pub map: MmapMut,
     pub hash_seed: u64,
     path: PathBuf,
@@ -77,8 +80,9 @@ impl StoreFile {
         reserve(&file, &path, layout.capacity)?;
 
         // SAFETY: the file is ours alone: it sits in a 0700 directory and we hold its exclusive
-        // lock, so no other process maps, truncates or writes it while the mapping lives; its
-        // length is at least `capacity`, which is all we map, and it is never shrunk.
+        // lock, so no other precogd maps or writes it while the mapping lives; its length is at
+        // least `capacity`, which is all we map, and we never shrink it. Should someone with the
+        // rights truncate it anyway, the guard registered below turns the faults into zero pages.
         let map = unsafe {
             MmapOptions::new()
                 .len(layout.capacity as usize)
@@ -90,7 +94,15 @@ impl StoreFile {
             source,
         })?;
 
+        let guard = Guard::register(map.as_ptr() as usize, map.len()).map_err(|source| {
+            StoreError::Guard {
+                path: path.clone(),
+                source,
+            }
+        })?;
+
         let store = StoreFile {
+            guard,
             map,
             hash_seed,
             path,
@@ -102,6 +114,11 @@ impl StoreFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file shrank under the mapping: its pages past the new end now read zeros.
+    pub fn changed_under(&self) -> bool {
+        self.guard.damaged()
     }
 
     /// Writes dirty pages back and waits for them.

@@ -24,10 +24,17 @@
 //! is returned, the store is marked `disabled` (puts are then ignored, gets still served) and
 //! later errors are only counted, so the daemon logs it once.
 //!
+//! A file truncated while mapped (by someone with the rights to do it) would make the next touch
+//! of a page past its new end a SIGBUS. The mapping is guarded against that (`bus_fault`): the
+//! faulting page reads zeros, which no record or index slot accepts, and the store turns itself
+//! off at its next operation (`file_changed`), so the daemon runs on without it until a restart
+//! sets the file aside.
+//!
 //! The daemon owns each store from one task; the stores take `&mut self` and do no locking.
 //! `sync` waits for the write-back (about half a second for a freshly filled 1 GiB cache on
 //! this kind of machine), so the daemon calls it from a blocking thread or at stop.
 
+mod bus_fault;
 mod cache;
 mod engine;
 mod files;
@@ -63,8 +70,12 @@ pub struct StoreStats {
     pub removed: u64,
     pub damaged_dropped: u64,
     pub write_errors: u64,
-    /// Set after a write error: puts are ignored, gets still served.
+    /// Set after a write error (puts are ignored, gets still served) or when the file changed
+    /// under the mapping.
     pub disabled: bool,
+    /// Set when the file shrank while mapped: nothing is read from it or written to it again
+    /// until the daemon restarts.
+    pub file_changed: bool,
 }
 
 #[derive(Debug, Error)]
@@ -82,6 +93,12 @@ pub enum StoreError {
         bytes: u64,
         #[source]
         source: io::Error,
+    },
+    #[error("cannot guard the mapping of {path} against the file shrinking")]
+    Guard {
+        path: PathBuf,
+        #[source]
+        source: bus_fault::GuardError,
     },
     #[error("{path} is locked by another process; stop the other precogd or use another directory")]
     Locked { path: PathBuf },

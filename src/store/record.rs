@@ -153,6 +153,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn zeroed_bytes_are_never_a_record() {
+        assert_eq!(decode_record(&[0u8; 256]), Err(DecodeError::BadMagic));
+        let mut bytes = encoded(b"key", b"value");
+        // A page boundary inside the value: the tail reads zeros, so the checksum fails.
+        bytes[36..40].fill(0);
+        assert_eq!(decode_record(&bytes), Err(DecodeError::BadChecksum));
+    }
+
     fn encoded(key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut buf = vec![0xAA; record_len(key.len(), value.len()) + 5];
         let n = encode_record(&mut buf, key, value, 1_000, 50);
