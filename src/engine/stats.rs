@@ -116,6 +116,7 @@ fn store_json(s: &crate::store::StoreStats) -> Value {
         "damaged_dropped": s.damaged_dropped,
         "write_errors": s.write_errors,
         "disabled": s.disabled,
+        "disabled_reason": disabled_reason(s),
     })
 }
 
@@ -129,6 +130,17 @@ fn cache_off_json() -> Value {
         "reason": "the result cache could not be opened when precogd started (its log says \
                    why); no result is cached until a restart opens it",
     })
+}
+
+/// Why a store stopped storing, for an operator reading `stats`.
+fn disabled_reason(s: &crate::store::StoreStats) -> Option<&'static str> {
+    if s.file_changed {
+        Some("file changed under precogd")
+    } else if s.disabled {
+        Some("write error")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
