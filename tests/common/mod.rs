@@ -59,10 +59,13 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
-/// A unique cgroup parent name for one daemon of one test run.
+/// A unique cgroup parent name for one daemon of one test run. `PRECOG_TEST_CGROUP_PREFIX`
+/// replaces the `precog-test` prefix, to keep one run's cgroups apart from another's.
 pub fn cgroup_parent() -> String {
+    let prefix =
+        std::env::var("PRECOG_TEST_CGROUP_PREFIX").unwrap_or_else(|_| "precog-test".into());
     format!(
-        "precog-test-{}-{}",
+        "{prefix}-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
@@ -83,9 +86,16 @@ impl Daemon {
         Daemon::start_with("", extra)
     }
 
-    /// Like [`Daemon::start`], with `daemon_keys` added to the `[daemon]` table.
+    /// Like [`Daemon::start`], with `daemon_keys` added to the `[daemon]` table. The daemon's
+    /// directory (socket, stores, log) is made under `PRECOG_TEST_DIR` when that is set.
     pub fn start_with(daemon_keys: &str, extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = match std::env::var_os("PRECOG_TEST_DIR") {
+            Some(root) => {
+                std::fs::create_dir_all(&root).expect("create PRECOG_TEST_DIR");
+                tempfile::tempdir_in(root).expect("temp dir")
+            }
+            None => tempfile::tempdir().expect("temp dir"),
+        };
         let socket = dir.path().join("precogd.sock");
         let config = dir.path().join("precogd.toml");
         let parent = cgroup_parent();
