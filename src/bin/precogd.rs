@@ -174,7 +174,9 @@ fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
 
 /// Opens the result cache and the partial-state store. A store held by another precogd is an
 /// error; any other failure (a full disk, say) is said once and precog runs without that store.
-fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<StateStore>)> {
+fn open_stores(
+    cfg: &Config,
+) -> anyhow::Result<(Result<ResultCache, String>, Result<StateStore, String>)> {
     fn report(which: &str, set_aside: &[SetAside]) {
         for s in set_aside {
             tracing::warn!(store = which, file = %s.path.display(), reason = %s.reason,
@@ -185,24 +187,24 @@ fn open_stores(cfg: &Config) -> anyhow::Result<(Option<ResultCache>, Option<Stat
     let cache = match ResultCache::open(&d.cache_dir, d.cache_size.0) {
         Ok((c, aside)) => {
             report("result cache", &aside);
-            Some(c)
+            Ok(c)
         }
         Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %e.with_causes(), "running without a result cache");
-            None
+            Err(e.with_causes())
         }
     };
     let state_capacity = (d.cache_size.0 / 8).max(4 << 20);
     let states = match StateStore::open(&d.state_dir, state_capacity, d.state_max.0 as usize) {
         Ok((s, aside)) => {
             report("partial-state store", &aside);
-            Some(s)
+            Ok(s)
         }
         Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %e.with_causes(), "running without a partial-state store");
-            None
+            Err(e.with_causes())
         }
     };
     Ok((cache, states))

@@ -189,10 +189,10 @@ impl EngineHandle {
 pub struct EngineParts {
     /// The cgroup subtree for the pools; `None` runs workers without cgroups.
     pub cgroups: Option<Cgroups>,
-    /// The result cache; `None` runs without one.
-    pub cache: Option<ResultCache>,
-    /// Partial states of interrupted jobs; `None` runs without.
-    pub states: Option<StateStore>,
+    /// The result cache, or why it could not be opened (precog then runs without one).
+    pub cache: Result<ResultCache, String>,
+    /// Partial states of interrupted jobs, or why they could not be opened (likewise).
+    pub states: Result<StateStore, String>,
     /// The predictor, with what it learned in earlier runs already loaded.
     pub predictor: Predictor,
 }
@@ -211,6 +211,9 @@ struct Engine {
     placements: HashMap<String, Arc<CgroupPlacement>>,
     cache: Option<ResultCache>,
     states: Option<StateStore>,
+    /// Why a store is off since start, for `stats`.
+    cache_off: Option<String>,
+    states_off: Option<String>,
     /// Stores whose failure was already logged.
     store_warned: std::collections::HashSet<&'static str>,
     predictor: Predictor,
@@ -239,8 +242,10 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         events: events.clone(),
         cgroups: parts.cgroups,
         placements: HashMap::new(),
-        cache: parts.cache,
-        states: parts.states,
+        cache_off: parts.cache.as_ref().err().cloned(),
+        states_off: parts.states.as_ref().err().cloned(),
+        cache: parts.cache.ok(),
+        states: parts.states.ok(),
         store_warned: Default::default(),
         predictor: parts.predictor,
         speculative: Default::default(),

@@ -92,13 +92,16 @@ impl Engine {
             "pools": pools,
             "cache": match &self.cache {
                 Some(cache) => store_json(&cache.stats()),
-                None => cache_off_json(),
+                None => store_off_json(self.cache_off.as_deref()),
             },
             "sessions": {"active": self.predictor.session_count()},
             "speculation": self.speculation_json(),
             "alloc": self.alloc_json(),
             "tune": self.tune_json(),
-            "states": self.states.as_ref().map(|c| store_json(&c.stats())),
+            "states": match &self.states {
+                Some(states) => store_json(&states.stats()),
+                None => store_off_json(self.states_off.as_deref()),
+            },
         }))
     }
 }
@@ -120,15 +123,16 @@ fn store_json(s: &crate::store::StoreStats) -> Value {
     })
 }
 
-/// The `cache` object of a daemon running without its result cache. precogd runs without one
-/// only when the cache could not be opened at start; the error is in the log from then.
-// TODO: carry the open error itself into `reason`; the engine is not given it yet.
-fn cache_off_json() -> Value {
+/// A store precogd runs without: it could not be opened at start (`why`), and nothing is kept
+/// in it until a restart opens it.
+fn store_off_json(why: Option<&str>) -> Value {
     json!({
         "open": false,
         "disabled": true,
-        "reason": "the result cache could not be opened when precogd started (its log says \
-                   why); no result is cached until a restart opens it",
+        "disabled_reason": format!(
+            "not opened at start: {}",
+            why.unwrap_or("no store configured")
+        ),
     })
 }
 

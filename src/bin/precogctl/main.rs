@@ -330,7 +330,9 @@ fn print_stats(s: &Value) {
 /// The result cache's line of `stats`: its figures, or that it is off and why.
 fn cache_line(cache: &Value) -> String {
     if cache["open"] == Value::Bool(false) {
-        let reason = cache["reason"].as_str().unwrap_or("no reason given");
+        let reason = cache["disabled_reason"]
+            .as_str()
+            .unwrap_or("no reason given");
         return format!("cache: off: {reason}");
     }
     if cache.is_null() {
