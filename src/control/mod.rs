@@ -102,7 +102,10 @@ pub enum ControlError {
         #[source]
         source: zbus::Error,
     },
-    #[error("no bus was chosen (--bus none); choose system, session or an address")]
+    #[error(
+        "no bus was chosen (--bus none, the default with --socket); this command speaks D-Bus: \
+         give --bus system, session or an address"
+    )]
     NoBus,
     #[error("the {bus} bus did not answer within {CONNECT_TIMEOUT:?}")]
     Timeout { bus: Bus },

@@ -45,15 +45,11 @@ struct Cli {
     json: bool,
 
     /// D-Bus bus where precogd publishes org.precog.Precog1, for the commands that use it:
-    /// system, session, none (use the socket) or a D-Bus address.
-    #[arg(
-        long,
-        global = true,
-        value_name = "BUS",
-        default_value = "system",
-        env = "PRECOG_BUS"
-    )]
-    bus: Bus,
+    /// system, session, none (use the socket) or a D-Bus address. Default: system; with
+    /// --socket, none, so that status, pools and top ask the daemon on that socket (and
+    /// set-pool, policy, reload and flush want --bus said).
+    #[arg(long, global = true, value_name = "BUS", env = "PRECOG_BUS")]
+    bus: Option<Bus>,
 
     #[command(subcommand)]
     command: Cmd,
@@ -177,6 +173,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let bus = bus_of(&cli);
     match cli.command {
         Cmd::Ping => {
             let reply = Client::connect(&socket)?.call_ok(&json!({"op": "ping"}))?;
@@ -244,13 +241,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_stats(&reply);
             }
         }
-        Cmd::Status => ops::status(&cli.bus, &socket, cli.json)?,
-        Cmd::Pools => ops::pools(&cli.bus, &socket, cli.json)?,
-        Cmd::SetPool(args) => ops::set_pool(&args, &cli.bus, cli.json)?,
-        Cmd::Policy(args) => ops::policy(&args, &cli.bus)?,
-        Cmd::Reload => ops::reload(&cli.bus)?,
-        Cmd::Flush => ops::flush(&cli.bus)?,
-        Cmd::Top(args) => top::run(&args, &cli.bus, &socket)?,
+        Cmd::Status => ops::status(&bus, &socket, cli.json)?,
+        Cmd::Pools => ops::pools(&bus, &socket, cli.json)?,
+        Cmd::SetPool(args) => ops::set_pool(&args, &bus, cli.json)?,
+        Cmd::Policy(args) => ops::policy(&args, &bus)?,
+        Cmd::Reload => ops::reload(&bus)?,
+        Cmd::Flush => ops::flush(&bus)?,
+        Cmd::Top(args) => top::run(&args, &bus, &socket)?,
         Cmd::Generate(args) => generate::run(&args)?,
         Cmd::Replay(args) => {
             cleanup::install()?;
@@ -327,6 +324,15 @@ fn print_stats(s: &Value) {
     }
 }
 
+/// The bus the D-Bus commands use. A daemon named by its socket is asked there: the one on the
+/// system bus may be another (an installed daemon beside a trial one).
+fn bus_of(cli: &Cli) -> Bus {
+    cli.bus.clone().unwrap_or(match cli.socket {
+        Some(_) => Bus::None,
+        None => Bus::System,
+    })
+}
+
 /// The result cache's line of `stats`: its figures, or that it is off and why.
 fn cache_line(cache: &Value) -> String {
     if cache["open"] == Value::Bool(false) {
@@ -381,14 +387,23 @@ mod tests {
         for argv in [before, after] {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
             assert!(matches!(cli.command, Cmd::Status), "{argv:?}");
-            assert_eq!(cli.bus, Bus::None, "{argv:?}");
+            assert_eq!(cli.bus, Some(Bus::None), "{argv:?}");
             assert_eq!(cli.socket.as_deref(), Some(std::path::Path::new("/s")));
             assert!(cli.json, "{argv:?}");
         }
 
+        if std::env::var_os("PRECOG_BUS").is_none() {
+            let parse = |argv: &[&str]| bus_of(&Cli::try_parse_from(argv).expect("parses"));
+            assert_eq!(parse(&["precogctl", "status"]), Bus::System);
+            assert_eq!(parse(&["precogctl", "--socket", "/s", "status"]), Bus::None);
+            assert_eq!(parse(&["precogctl", "pools", "--socket", "/s"]), Bus::None);
+            let both = ["precogctl", "--socket", "/s", "--bus", "session", "status"];
+            assert_eq!(parse(&both), Bus::Session);
+        }
+
         let top = Cli::try_parse_from(["precogctl", "--bus", "session", "top", "--count", "1"])
             .expect("top parses with --bus first");
-        assert_eq!(top.bus, Bus::Session);
+        assert_eq!(top.bus, Some(Bus::Session));
         let set_pool = Cli::try_parse_from([
             "precogctl",
             "set-pool",
@@ -398,7 +413,7 @@ mod tests {
             "session",
         ])
         .expect("set-pool parses with --bus last");
-        assert_eq!(set_pool.bus, Bus::Session);
+        assert_eq!(set_pool.bus, Some(Bus::Session));
     }
 
     #[test]
