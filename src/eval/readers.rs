@@ -117,11 +117,19 @@ pub fn session_files(path: &Path, format: Format) -> Result<Vec<PathBuf>, EvalEr
     Ok(files)
 }
 
+/// A format error at `file:line`. The message quotes the data it could not read, cut short: a
+/// file of another format may have lines of many kilobytes.
 fn bad(file: &Path, line: usize, message: impl Into<String>) -> EvalError {
+    const SHOWN: usize = 160;
+    let mut message: String = message.into();
+    if let Some((cut, _)) = message.char_indices().nth(SHOWN) {
+        message.truncate(cut);
+        message.push('…');
+    }
     EvalError::Format {
         path: file.to_path_buf(),
         line,
-        message: message.into(),
+        message,
     }
 }
 
@@ -307,7 +315,24 @@ fn read_events(file: &Path, text: &str, out: &mut Vec<SessionRecord>) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::parse_utc;
+    use super::{bad, parse_utc};
+
+    #[test]
+    fn a_format_error_quotes_a_long_line_cut_short() {
+        let line = format!(
+            "`{{\"session\":1,\"events\":[{}]}}` is not sku",
+            "x".repeat(10_000)
+        );
+        let shown = bad(std::path::Path::new("f.jsonl"), 1, line).to_string();
+        assert!(shown.len() < 300, "{} bytes: {shown}", shown.len());
+        assert!(shown.starts_with("f.jsonl:1: `{\"session\":1"), "{shown}");
+        assert!(shown.ends_with("…; is this the right --format?"), "{shown}");
+        let short = bad(std::path::Path::new("f"), 2, "type 11 is not 1..10").to_string();
+        assert_eq!(
+            short,
+            "f:2: type 11 is not 1..10; is this the right --format?"
+        );
+    }
 
     #[test]
     fn utc_times_parse() {
