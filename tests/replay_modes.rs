@@ -2,6 +2,8 @@
 //! replayed against real daemons (and against a worker spawned per run), and the reports are
 //! checked the way a user would read them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -407,4 +409,36 @@ fn a_closed_output_pipe_ends_the_replay_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_replay_whose_runs_all_fail_says_so_and_fails() {
+    if common::skip_unless(common::have_python(), "python3 is not installed") {
+        return;
+    }
+    // Every shop worker dies at start: each run is answered `worker_failed`.
+    let broken = format!(
+        "[[pool]]\nname = \"shop\"\ncommand = [\"python3\", \"{}\"]\nwarm_min = 0\n",
+        common::worker("crash_at_start.py")
+    );
+    let d = common::Daemon::start(&broken);
+    let dir = tempfile::tempdir().unwrap();
+    let (file, ..) = session_file(dir.path());
+    let out = precogctl()
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("replay")
+        .arg(&file)
+        .args(["--format", "events", "--speed", "20", "--mode", "precog"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a replay that measured nothing succeeded: {err}"
+    );
+    assert!(
+        err.contains("runs of mode `precog` failed (") && err.contains("worker_failed"),
+        "{err}"
+    );
 }

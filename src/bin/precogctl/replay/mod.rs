@@ -131,6 +131,26 @@ pub fn run(
         std::fs::write(path, svg::chart(&title, &report.modes))
             .with_context(|| format!("cannot write the chart to {}", path.display()))?;
     }
+    // Runs that all failed measured nothing: the replay fails, whatever the table says.
+    if let Some(m) = report
+        .modes
+        .iter()
+        .find(|m| m.runs > 0 && m.run_errors.values().sum::<u64>() >= m.runs)
+    {
+        let errors: Vec<String> = m
+            .run_errors
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        bail!(
+            "every one of the {} runs of mode `{}` failed ({}); nothing was measured. Workers \
+             that cannot serve the data (a shop catalogue built from another data set, say) \
+             fail this way: the daemon's log says why",
+            m.runs,
+            m.mode,
+            errors.join(", ")
+        );
+    }
     Ok(report)
 }
 

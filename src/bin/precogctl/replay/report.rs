@@ -41,7 +41,6 @@ pub struct ModeReport {
     pub cache_or_inflight: f64,
     pub run_errors: BTreeMap<String, u64>,
     pub latency_us: Latency,
-    /// Mean latency by how the run was served.
     /// Mean latency by how the run was served; `None` where no run was served that way.
     pub mean_us_by_served: BTreeMap<String, Option<f64>>,
     /// Runs whose inputs the action's own event made known, and their mean latency; then the
