@@ -37,6 +37,11 @@ fn bench_reports_three_series_for_each_placement() {
             (ratio - expected).abs() < 1e-9,
             "{name}: ratio {ratio}, expected {expected}"
         );
+        assert_eq!(
+            p["within_goal"],
+            ratio <= report["goal_ratio"].as_f64().expect("the goal"),
+            "{name}"
+        );
     }
     // On one CPU every hop is a context switch, so a line through two processes takes longer
     // than through one, and a warm run (which does more than pass the line on) longer still.

@@ -64,6 +64,9 @@ struct Measured {
     run: Vec<f64>,
 }
 
+/// The goal: a warm run's median within this many echo medians.
+const GOAL: f64 = 3.0;
+
 /// Round trips per block; the three series take turns block by block, so a slow spell of a
 /// shared machine falls on all three alike.
 const BLOCK: usize = 100;
@@ -95,11 +98,15 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
                     "warm_run_us": {"p50": r50, "p99": quantile(&m.run, 0.99)},
                     "ratio_p50": r50 / e50,
                     "relay_ratio_p50": l50 / e50,
+                    "within_goal": r50 <= GOAL * e50,
                 });
                 (m.placement.key().to_string(), v)
             })
             .collect();
-        println!("{}", json!({"rounds": rounds, "placements": by_placement}));
+        println!(
+            "{}",
+            json!({"rounds": rounds, "goal_ratio": GOAL, "placements": by_placement})
+        );
         return Ok(());
     }
     println!(
@@ -127,6 +134,22 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
         "ratios are to the echo. echo: a line through one other process and back. relay floor: \
          through a relay process and a child of it (cat) and back, the shape of a warm run with \
          nothing precogd does. goal: warm run within 3x of the echo"
+    );
+    let (within, beyond): (Vec<&Measured>, Vec<&Measured>) = measured
+        .iter()
+        .partition(|m| median(&m.run) <= GOAL * median(&m.echo));
+    let names = |ms: &[&Measured]| {
+        let v: Vec<&str> = ms.iter().map(|m| m.placement.name()).collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join("; ")
+        }
+    };
+    println!(
+        "within {GOAL}x: {}. beyond: {}",
+        names(&within),
+        names(&beyond)
     );
     Ok(())
 }
