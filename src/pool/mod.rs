@@ -248,6 +248,8 @@ struct Busy {
     /// Ends the job early (taken back for a real request, or the pool stopping). One per job,
     /// so a signal meant for a job that has just ended never reaches the worker's next one.
     take_back: Arc<Notify>,
+    /// The take-back signal went out: the worker is on its way to being replaced.
+    taken_back: bool,
 }
 
 #[derive(Default)]
@@ -270,13 +272,17 @@ struct Shared {
     supervisor_wake: Notify,
     placement: Option<Arc<dyn Placement>>,
     shutting_down: AtomicBool,
-    next_worker: AtomicU64,
     /// How long a worker above the warm target may idle before it retires, in milliseconds.
     keep_alive_ms: AtomicU64,
 }
 
 /// Job numbers are unique across all pools for the daemon's lifetime.
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+/// So are worker numbers, which name the workers' cgroups: a pool removed by a reload and added
+/// again under its name while its old workers still stop never gives a new worker an old one's
+/// cgroup.
+static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 
 /// A pool of worker processes. Cloning gives another handle to the same pool.
 #[derive(Clone)]
@@ -298,7 +304,6 @@ impl Pool {
             supervisor_wake: Notify::new(),
             placement,
             shutting_down: AtomicBool::new(false),
-            next_worker: AtomicU64::new(1),
             keep_alive_ms: AtomicU64::new(worker::IDLE_RETIRE.as_millis() as u64),
         });
         tokio::spawn(supervise::supervise(shared.clone()));
@@ -312,6 +317,11 @@ impl Pool {
             .expect("pool settings")
             .name
             .clone()
+    }
+
+    /// Whether the pool is stopping (the daemon stops, or a reload removed it).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
     }
 
     /// Queues a job; `deliver` gets its outcome. Never blocks.
@@ -360,7 +370,10 @@ impl Pool {
                     return;
                 }
                 st.on_demand.push_back(queued);
-                supervise::take_back_guess(&mut st, workers_max);
+                if supervise::take_back_guess(&mut st, workers_max).is_some() {
+                    // Only young guesses hold the workers: the supervisor looks again.
+                    self.shared.supervisor_wake.notify_one();
+                }
             }
             Priority::Speculative => {
                 if st.speculative.len() >= queue_max {

@@ -10,30 +10,50 @@ use super::{FailureKind, JobOutcome, Priority, Queued, Shared, State, worker};
 /// A speculative job running longer than this is taken back for a real request.
 const TAKE_BACK_AFTER: Duration = Duration::from_millis(50);
 
-/// When a real request would wait because every worker is busy and the pool cannot grow,
-/// queued guesses already wait behind it; a worker is taken back (killed and replaced) only
-/// from a speculative job that has run longer than [`TAKE_BACK_AFTER`] and that no real request
-/// has joined. Killing a short job would cost the replacement's cold start, far more than letting
-/// it finish; a joined one is real work.
-/// `workers_max` is the pool's size limit.
-pub(super) fn take_back_guess(st: &mut State, workers_max: usize) {
+/// When a real request waits because every worker is busy and the pool cannot grow, queued
+/// guesses already wait behind it; a worker is taken back (killed and replaced) from a
+/// speculative job that has run longer than [`TAKE_BACK_AFTER`], that no real request has
+/// joined, and that is not being taken back already: one per waiting request. Killing a short job
+/// would cost the replacement's cold start, far more than letting it finish; a joined one is real
+/// work. Returns how soon the youngest guess passes [`TAKE_BACK_AFTER`] when a request still
+/// waits for one, so the supervisor looks again then. `workers_max` is the pool's size limit.
+pub(super) fn take_back_guess(st: &mut State, workers_max: usize) -> Option<Duration> {
+    let waiting = st.on_demand.len();
+    take_back_for(st, workers_max, waiting)
+}
+
+/// [`take_back_guess`] for `waiting` real requests.
+fn take_back_for(st: &mut State, workers_max: usize, waiting: usize) -> Option<Duration> {
     let idle = st.workers.values().any(|w| w.busy.is_none());
     if idle || st.workers.len() + st.starting < workers_max {
-        return;
+        return None;
     }
-    let guess = st
+    let on_the_way = st
         .workers
         .values()
-        .filter_map(|w| w.busy.as_ref())
-        .find(|b| {
-            b.priority == Priority::Speculative
-                && !b.joins.any()
-                && b.since.elapsed() >= TAKE_BACK_AFTER
-        });
-    if let Some(b) = guess {
+        .filter(|w| w.busy.as_ref().is_some_and(|b| b.taken_back))
+        .count();
+    let mut wanted = waiting.saturating_sub(on_the_way);
+    let mut soonest: Option<Duration> = None;
+    for b in st.workers.values_mut().filter_map(|w| w.busy.as_mut()) {
+        if wanted == 0 {
+            break;
+        }
+        if b.priority != Priority::Speculative || b.taken_back || b.joins.any() {
+            continue;
+        }
+        let ran = b.since.elapsed();
+        if ran < TAKE_BACK_AFTER {
+            let left = TAKE_BACK_AFTER - ran;
+            soonest = Some(soonest.map_or(left, |s| s.min(left)));
+            continue;
+        }
         b.take_back.notify_one();
+        b.taken_back = true;
         st.stats.preempted += 1;
+        wanted -= 1;
     }
+    soonest.filter(|_| wanted > 0)
 }
 
 /// Keeps the pool at its target size and restarts failed workers with backoff.
@@ -42,9 +62,14 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
         if shared.shutting_down.load(Ordering::Relaxed) {
             return;
         }
+        let mut look_again = Duration::from_millis(100);
         let to_start = {
             let max = shared.settings.lock().expect("pool settings").workers_max;
             let mut st = shared.state.lock().expect("pool state");
+            // A request that found only young guesses is looked after once they are old enough.
+            if let Some(soon) = take_back_guess(&mut st, max) {
+                look_again = look_again.min(soon + Duration::from_millis(1));
+            }
             let now = Instant::now();
             let backing_off = st.backoff_until.is_some_and(|u| u > now);
             let idle = st.workers.values().filter(|w| w.busy.is_none()).count();
@@ -65,14 +90,10 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             n
         };
         for _ in 0..to_start {
-            let id = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+            let id = super::NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(worker::run(shared.clone(), id));
         }
-        let _ = tokio::time::timeout(
-            Duration::from_millis(100),
-            shared.supervisor_wake.notified(),
-        )
-        .await;
+        let _ = tokio::time::timeout(look_again, shared.supervisor_wake.notified()).await;
     }
 }
 
@@ -103,6 +124,7 @@ mod tests {
             since: Instant::now() - Duration::from_millis(for_ms),
             joins: joins.clone(),
             take_back: take_back.clone(),
+            taken_back: false,
         };
         (WorkerSlot { busy: Some(busy) }, take_back, joins)
     }
@@ -122,7 +144,7 @@ mod tests {
         joins.join();
         st.workers.insert(1, joined);
         st.workers.insert(2, other);
-        take_back_guess(&mut st, 2);
+        assert_eq!(take_back_for(&mut st, 2, 1), None);
         assert!(!signalled(&joined_signal), "the joined guess was signalled");
         assert!(
             signalled(&other_signal),
@@ -130,13 +152,40 @@ mod tests {
         );
         assert_eq!(st.stats.preempted, 1);
 
-        // With only joined or young guesses left, nothing is taken back and nothing counted.
-        st.workers.remove(&2);
-        let (young, young_signal, _) = guessing(5);
-        st.workers.insert(2, young);
-        take_back_guess(&mut st, 2);
-        assert!(!signalled(&joined_signal) && !signalled(&young_signal));
+        // A second request does not pick the guess already on its way out, nor the joined one.
+        assert_eq!(take_back_for(&mut st, 2, 2), None);
+        assert!(!signalled(&joined_signal) && !signalled(&other_signal));
         assert_eq!(st.stats.preempted, 1);
+    }
+
+    #[test]
+    fn a_request_that_finds_only_young_guesses_is_told_when_to_look_again() {
+        let mut st = State::default();
+        let (young, young_signal, _) = guessing(10);
+        st.workers.insert(1, young);
+        let again = take_back_for(&mut st, 1, 1).expect("a time to look again");
+        assert!(
+            again <= TAKE_BACK_AFTER - Duration::from_millis(10),
+            "{again:?}"
+        );
+        assert!(!signalled(&young_signal));
+        assert_eq!(st.stats.preempted, 0);
+        // Nobody waits: nothing to look at again.
+        assert_eq!(take_back_for(&mut st, 1, 0), None);
+    }
+
+    #[test]
+    fn one_guess_is_taken_back_per_waiting_request() {
+        let mut st = State::default();
+        let mut signals = Vec::new();
+        for id in 1..=3 {
+            let (slot, signal, _) = guessing(100 + id);
+            st.workers.insert(id, slot);
+            signals.push(signal);
+        }
+        assert_eq!(take_back_for(&mut st, 3, 2), None);
+        assert_eq!(signals.iter().filter(|s| signalled(s)).count(), 2);
+        assert_eq!(st.stats.preempted, 2);
     }
 
     #[test]
@@ -145,12 +194,12 @@ mod tests {
         let (slot, signal, _) = guessing(200);
         st.workers.insert(1, slot);
         st.workers.insert(2, WorkerSlot { busy: None });
-        take_back_guess(&mut st, 2);
+        take_back_for(&mut st, 2, 1);
         st.workers.remove(&2);
-        take_back_guess(&mut st, 2);
+        take_back_for(&mut st, 2, 1);
         assert!(!signalled(&signal));
         assert_eq!(st.stats.preempted, 0);
-        take_back_guess(&mut st, 1);
+        take_back_for(&mut st, 1, 1);
         assert!(signalled(&signal));
     }
 }

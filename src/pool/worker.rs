@@ -321,6 +321,7 @@ async fn next_job(
                         since: Instant::now(),
                         joins: q.job.joins.clone(),
                         take_back: take_back.clone(),
+                        taken_back: false,
                     });
                 }
                 q.job.started.store(true, Ordering::Relaxed);
@@ -393,7 +394,10 @@ fn finish_lost(
         shared.supervisor_wake.notify_one();
         return;
     }
-    st.stats.jobs_failed += 1;
+    // A guess taken back, or a job the stopping pool ended, did not fail.
+    if !matches!(kind, FailureKind::Cancelled | FailureKind::ShuttingDown) {
+        st.stats.jobs_failed += 1;
+    }
     drop(st);
     queued.reply.send(JobOutcome {
         result: Err(super::JobFailure { kind, message }),
