@@ -366,3 +366,59 @@ fn a_reload_fences_a_new_pool_writes_changed_limits_and_a_refused_one_changes_no
     assert!(!v1_dir("pids", &d, "late").exists());
     assert!(d.stop(), "precogd did not stop cleanly");
 }
+
+#[test]
+fn a_pool_moved_to_other_cpus_by_a_reload_keeps_serving_and_ends_on_them() {
+    if !cgroups_usable()
+        || skip_unless(
+            Path::new("/sys/fs/cgroup/cpuset/cgroup.procs").exists(),
+            "reads cgroup v1 files",
+        )
+        || skip_unless(
+            std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
+            "needs two CPUs",
+        )
+    {
+        return;
+    }
+    let mut d = Daemon::start(&pool("cpus = \"0\"\npids_max = 20"));
+    let r = d.call(json!({"op": "run", "session": "p", "process": "echo", "inputs": {"x": 1}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let moved = text
+        .replace("cpus = \"0\"", "cpus = \"1\"")
+        .replace("pids_max = 20", "pids_max = 30");
+    std::fs::write(&d.config, moved).unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+
+    // Requests go on being served while the workers move, and the other limits are written.
+    let file = |name: &str| {
+        let controller = name.split('.').next().unwrap();
+        std::fs::read_to_string(v1_dir(controller, &d, &format!("t/{name}")))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    for x in 2..12 {
+        let r = d.call(json!({"op": "run", "session": "p", "process": "echo", "inputs": {"x": x}}));
+        assert_eq!(r["ok"], json!(true), "run {x} while the pool moved: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(file("pids.max"), "30");
+    // Once the old workers are gone, the pool holds the new CPU alone.
+    assert!(
+        common::wait_until(Duration::from_secs(25), || file("cpuset.cpus") == "1"),
+        "the pool's CPUs stayed {}",
+        file("cpuset.cpus")
+    );
+    for pid in d.workers() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            status.contains("Cpus_allowed_list:\t1\n"),
+            "worker {pid}: {status}"
+        );
+    }
+    assert!(d.stop(), "precogd did not stop cleanly");
+}

@@ -398,3 +398,52 @@ inputs = ["sleep_ms"]
     // The daemon goes on serving.
     assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
 }
+
+#[test]
+fn requests_waiting_on_a_removed_pool_run_on_the_pool_their_process_moved_to() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let pools = |owner: &str| {
+        format!(
+            r#"
+[[pool]]
+name = "{owner}"
+command = ["python3", "{echo}"]
+warm_min = 1
+workers_max = 1
+timeout = "30s"
+
+[[process]]
+name = "nap"
+pool = "{owner}"
+inputs = ["sleep_ms", "n"]
+"#,
+            echo = worker("echo.py")
+        )
+    };
+    let d = Daemon::start(&pools("old"));
+    let mut c = d.connect();
+    // One job running on the pool's single worker, three queued behind it.
+    for id in 1..=4 {
+        c.send(
+            &json!({"id": id, "op": "run", "session": "s", "process": "nap",
+            "inputs": {"sleep_ms": 400, "n": id}}),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace(&pools("old"), &pools("new"))).unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    for id in 1..=4 {
+        let r = c.recv();
+        assert_eq!(r["id"], json!(id), "{r}");
+        assert_eq!(
+            r["ok"],
+            json!(true),
+            "run {id} was not served after the move: {r}"
+        );
+        assert_eq!(r["result"]["echo"]["n"], json!(id), "{r}");
+    }
+}

@@ -118,6 +118,9 @@ impl Node {
             }
         }
 
+        // Each setting is tried even when one before it is refused; the first refusal is
+        // reported, and the caller tries again later.
+        let mut refused = None;
         for d in &self.dirs {
             let parent_cpus = d
                 .dir
@@ -128,10 +131,17 @@ impl Node {
                 if !d.controllers.contains(&s.controller) {
                     continue;
                 }
-                self.apply(d, &s)?;
+                if let Err(e) = self.apply(d, &s) {
+                    let moved = s.file == "cpuset.cpus"
+                        && d.version == Version::V1
+                        && move_cpus(&d.dir, &s.value);
+                    if !moved {
+                        refused.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     fn apply(&self, d: &NodeDir, s: &Setting) -> Result<(), CgroupError> {
@@ -450,4 +460,53 @@ impl CpuCounter {
             text.trim().parse().ok()
         }
     }
+}
+
+/// A v1 cpuset refuses CPUs that leave out any its children use: when a pool moves to other
+/// CPUs, its workers' cgroups hold the old ones until the workers are replaced. So the children
+/// are narrowed to the new CPUs where they share some, then the pool; where a child still holds
+/// only old CPUs (a worker that has not stopped yet), the pool gets the old and new CPUs together
+/// for now, so its new workers can start on the new ones, and `false` says to try again later.
+fn move_cpus(dir: &Path, wanted: &str) -> bool {
+    let cpus = |p: &Path| {
+        read(&p.join("cpuset.cpus"))
+            .ok()
+            .and_then(|t| t.trim().parse::<crate::config::CpuList>().ok())
+            .map(|l| l.0.into_iter().collect::<BTreeSet<usize>>())
+    };
+    let list = |set: &BTreeSet<usize>| crate::config::CpuList(set.iter().copied().collect());
+    let Ok(wanted_list) = wanted.trim().parse::<crate::config::CpuList>() else {
+        return false;
+    };
+    let wanted_set: BTreeSet<usize> = wanted_list.0.iter().copied().collect();
+    let children = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir());
+    for child in children {
+        let Some(has) = cpus(&child) else { continue };
+        let keep: BTreeSet<usize> = has.intersection(&wanted_set).copied().collect();
+        if !keep.is_empty() && keep != has {
+            let _ = write_checked(
+                &child.join("cpuset.cpus"),
+                &list(&keep).to_string(),
+                limits::ValueKind::List,
+            );
+        }
+    }
+    let path = dir.join("cpuset.cpus");
+    if write_checked(&path, wanted, limits::ValueKind::List).is_ok() {
+        return true;
+    }
+    let both: BTreeSet<usize> = cpus(dir)
+        .unwrap_or_default()
+        .union(&wanted_set)
+        .copied()
+        .collect();
+    if let Err(e) = write_checked(&path, &list(&both).to_string(), limits::ValueKind::List) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot widen a pool's CPUs");
+    }
+    false
 }

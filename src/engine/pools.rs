@@ -108,6 +108,7 @@ impl Engine {
                     }
                 }
                 None => {
+                    self.tuning.forget_pool(&p.name);
                     let placement = added.remove(&p.name).flatten();
                     self.pools
                         .insert(p.name.clone(), Pool::start(settings, placement));
@@ -121,6 +122,7 @@ impl Engine {
             .cloned()
             .collect();
         for name in gone {
+            self.tuning.forget_pool(&name);
             if let Some(pool) = self.pools.remove(&name) {
                 let placement = self.placements.remove(&name);
                 tokio::spawn(async move {

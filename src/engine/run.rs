@@ -300,11 +300,14 @@ impl Engine {
             prepare: inflight.prepare,
         };
         // A guess taken back to make room for a real request, or dropped with its session,
-        // while real requests had joined it: run it for them now, as the real thing.
+        // while real requests had joined it: run it for them now, as the real thing. So too a
+        // job whose pool a reload removed, when its process now has a pool that serves.
         if let Err(f) = &outcome.result
-            && f.kind == FailureKind::Cancelled
             && !inflight.waiters.is_empty()
             && let Some(pool) = self.config.process(&key.process).map(|p| p.pool.clone())
+            && (f.kind == FailureKind::Cancelled
+                || (f.kind == FailureKind::ShuttingDown
+                    && self.pools.get(&pool).is_some_and(|p| !p.is_stopping())))
         {
             let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
             // They wait for a job of their own now, and are answered as such.

@@ -125,6 +125,12 @@ impl PoolTuning {
 }
 
 impl Tuning {
+    /// Forgets a pool a reload removed: one added later under its name starts afresh, from its
+    /// own configuration.
+    pub(super) fn forget_pool(&mut self, name: &str) {
+        self.pools.remove(name);
+    }
+
     fn pool(&mut self, cfg: &crate::config::Config, name: &str) -> Option<&mut PoolTuning> {
         let p = cfg.pool(name)?;
         let t = self
