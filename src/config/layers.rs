@@ -277,6 +277,27 @@ mod tests {
     }
 
     #[test]
+    fn limits_no_worker_could_live_under_are_refused() {
+        for (line, key) in [
+            ("memory_max = \"0\"", "memory_max"),
+            ("memory_max = \"1M\"", "memory_max"),
+            ("pids_max = 0", "pids_max"),
+        ] {
+            let pool = format!("[[pool]]\nname = \"tiny\"\ncommand = [\"w\"]\n{line}\n");
+            let layer = src("z.toml", &pool);
+            let msg = load_sources(&[Source::builtin(), layer])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(&format!("pool.tiny.{key}:")), "{line}: {msg}");
+        }
+        let fine = src(
+            "z.toml",
+            "[[pool]]\nname = \"tiny\"\ncommand = [\"w\"]\nmemory_max = \"4M\"\npids_max = 1\n",
+        );
+        load_sources(&[Source::builtin(), fine]).expect("the smallest limits that work");
+    }
+
+    #[test]
     fn process_with_missing_pool_is_located() {
         let layer = src(
             "y.toml",

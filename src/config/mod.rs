@@ -157,6 +157,9 @@ fn default_warm_min() -> usize {
     1
 }
 
+/// The smallest `memory_max` a pool may have.
+const MEMORY_MAX_LEAST: u64 = 4 << 20;
+
 fn default_workers_max() -> usize {
     4
 }
@@ -266,6 +269,17 @@ pub(crate) fn validate(
             && lo.0 > hi.0
         {
             return Err(err("pool", &p.name, "cpu_min", "is above cpu_max".into()));
+        }
+        // Limits no worker could live under: the kernel takes some and refuses others.
+        if let Some(m) = p.memory_max
+            && m.0 < MEMORY_MAX_LEAST
+        {
+            let why = format!("{m} leaves a worker no room; give at least 4M");
+            return Err(err("pool", &p.name, "memory_max", why));
+        }
+        if p.pids_max == Some(0) {
+            let why = "must be at least 1: a worker is a task".to_string();
+            return Err(err("pool", &p.name, "pids_max", why));
         }
         if let (Some(max), Some(res)) = (p.memory_max, p.memory_reserve)
             && res.0 > max.0
