@@ -411,7 +411,7 @@ impl PoolCgroup {
     }
 
     /// Kills what runs in the pool and removes its cgroups, workers' leaves included.
-    pub fn remove(self) -> Result<(), CgroupError> {
+    pub fn remove(&self) -> Result<(), CgroupError> {
         self.node.remove()
     }
 }

@@ -298,6 +298,30 @@ mod tests {
     }
 
     #[test]
+    fn pool_names_that_cgroups_cannot_hold_are_refused() {
+        for name in [
+            "tasks",
+            "cgroup.procs",
+            "pids.max",
+            "daemon",
+            "a/b",
+            "",
+            "é",
+        ] {
+            let pool = format!("[[pool]]\nname = \"{name}\"\ncommand = [\"w\"]\n");
+            let msg = load_sources(&[Source::builtin(), src("n.toml", &pool)])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(".name:"), "{name}: {msg}");
+        }
+        let fine = src(
+            "n.toml",
+            "[[pool]]\nname = \"check-out_2\"\ncommand = [\"w\"]\n",
+        );
+        load_sources(&[Source::builtin(), fine]).expect("a plain name");
+    }
+
+    #[test]
     fn process_with_missing_pool_is_located() {
         let layer = src(
             "y.toml",

@@ -236,6 +236,18 @@ pub(crate) fn validate(
         if !pool_names.insert(p.name.as_str()) {
             return Err(err("pool", &p.name, "name", "is defined twice".into()));
         }
+        // A pool's name names its cgroup, beside the kernel's own files and the daemon's leaf.
+        let plain = !p.name.is_empty()
+            && p.name.len() <= 64
+            && p.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !plain || ["tasks", "notify_on_release", "release_agent", "daemon"].contains(&&*p.name) {
+            let why = "must be 1 to 64 letters, digits, `-` or `_`, and not a name the cgroup \
+                       files or precogd's own cgroup use (tasks, notify_on_release, \
+                       release_agent, daemon)";
+            return Err(err("pool", &p.name, "name", why.into()));
+        }
         if p.command.is_empty() || p.command[0].is_empty() {
             return Err(err(
                 "pool",

@@ -92,8 +92,14 @@ impl Engine {
                     added.insert(p.name.clone(), placement);
                 }
                 Err(e) => {
+                    // The cgroups made for the other new pools go too: nothing runs in them.
                     for name in added.keys() {
-                        self.placements.remove(name);
+                        if let Some(pl) = self.placements.remove(name)
+                            && let Err(e) = pl.pool().remove()
+                        {
+                            tracing::warn!(pool = %name, error = %e,
+                                "cannot remove the cgroup of a pool a refused reload added");
+                        }
                     }
                     return Err(describe(e));
                 }
