@@ -101,6 +101,8 @@ pub fn status_summary(stats: &Value) -> Value {
         "active_sessions": p.active_sessions,
         "cache_bytes": p.cache_bytes,
         "cache_entries": p.cache_entries,
+        // Why the result cache stores nothing, when it does not.
+        "cache_off": stats["cache"]["disabled_reason"].clone(),
         "speculation_precision": p.speculation_precision,
         "pools": pools.map(|m| m.len()).unwrap_or(0),
         "workers": sum("workers"),
@@ -200,6 +202,18 @@ mod tests {
     fn hit_ratio_counts_cache_and_inflight_over_all_runs() {
         assert_eq!(hit_ratio(&stats()), 0.5);
         assert_eq!(hit_ratio(&json!({})), 0.0);
+    }
+
+    #[test]
+    fn status_says_why_the_cache_is_off() {
+        assert_eq!(status_summary(&stats())["cache_off"], Value::Null);
+        let mut s = stats();
+        s["cache"] = json!({"entries": 0, "disabled": true,
+            "disabled_reason": "file changed under precogd"});
+        assert_eq!(
+            status_summary(&s)["cache_off"],
+            "file changed under precogd"
+        );
     }
 
     #[test]

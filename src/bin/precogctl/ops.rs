@@ -60,9 +60,13 @@ pub fn status(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
         percent(&s["hit_ratio"]),
         percent(&s["speculation_precision"])
     );
+    let cache = match s["cache_off"].as_str() {
+        Some(why) => format!("off ({why})"),
+        None => format!("{} entries, {} bytes", s["cache_entries"], s["cache_bytes"]),
+    };
     println!(
-        "sessions {}  cache {} entries, {} bytes  in flight {}",
-        s["active_sessions"], s["cache_entries"], s["cache_bytes"], s["inflight_jobs"]
+        "sessions {}  cache {cache}  in flight {}",
+        s["active_sessions"], s["inflight_jobs"]
     );
     println!(
         "pools {}  workers {} (busy {}, max {})",
