@@ -105,7 +105,13 @@ impl Engine {
     }
 
     pub fn stats(&self) -> StoreStats {
-        self.stats.clone()
+        let mut stats = self.stats.clone();
+        // A fault may have marked the file before any operation looked.
+        if !stats.file_changed && self.file.changed_under() {
+            stats.file_changed = true;
+            stats.disabled = true;
+        }
+        stats
     }
 
     /// False once the file has shrunk under the mapping: from then on nothing is read from or
