@@ -79,10 +79,10 @@ impl StoreFile {
         // Re-reserving a healthy file is cheap and fills any holes a copy or restore left.
         reserve(&file, &path, layout.capacity)?;
 
-        // SAFETY: the file is ours alone: it sits in a 0700 directory and we hold its exclusive
-        // lock, so no other precogd maps or writes it while the mapping lives; its length is at
-        // least `capacity`, which is all we map, and we never shrink it. Should someone with the
-        // rights truncate it anyway, the guard registered below turns the faults into zero pages.
+        // Should someone with the rights truncate the file anyway, the guard registered below
+        // turns the faults into zero pages.
+        // SAFETY: the file is ours alone (a 0700 directory, our exclusive lock) while the mapping
+        // lives; its length is at least `capacity`, all we map, and we never shrink it.
         let map = unsafe {
             MmapOptions::new()
                 .len(layout.capacity as usize)
