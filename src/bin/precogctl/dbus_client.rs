@@ -48,12 +48,16 @@ impl Source {
         match Client::connect(socket) {
             Ok(c) => {
                 if !matches!(bus, Bus::None) {
-                    eprintln!("precogctl: D-Bus not available ({bus_error:#}); using the socket");
+                    eprintln!(
+                        "precogctl: D-Bus not available ({}); using the socket",
+                        crate::causes(&bus_error)
+                    );
                 }
                 Ok(Source::Socket(c))
             }
             Err(socket_error) => Err(socket_error.context(format!(
-                "precogd answers neither on the {bus} bus ({bus_error:#}) nor on its socket"
+                "precogd answers neither on the {bus} bus ({}) nor on its socket",
+                crate::causes(&bus_error)
             ))),
         }
     }

@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("precogctl: {e:#}");
+            eprintln!("precogctl: {}", causes(&e));
             ExitCode::FAILURE
         }
     }
@@ -324,6 +324,23 @@ fn print_stats(s: &Value) {
     }
 }
 
+/// An error and its causes on one line, each said once: some libraries' messages already end
+/// with their cause's.
+pub fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The bus the D-Bus commands use. A daemon named by its socket is asked there: the one on the
 /// system bus may be another (an installed daemon beside a trial one).
 fn bus_of(cli: &Cli) -> Bus {
@@ -391,6 +408,27 @@ mod tests {
             assert_eq!(cli.socket.as_deref(), Some(std::path::Path::new("/s")));
             assert!(cli.json, "{argv:?}");
         }
+
+        // An error whose message already ends with its source's, as zbus's do.
+        #[derive(Debug)]
+        struct Says(std::io::Error);
+        impl std::fmt::Display for Says {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connect: {}", self.0)
+            }
+        }
+        impl std::error::Error for Says {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let io_text = io.to_string();
+        let repeated = anyhow::Error::new(Says(io)).context("cannot connect to the system bus");
+        assert_eq!(
+            causes(&repeated),
+            format!("cannot connect to the system bus: connect: {io_text}")
+        );
 
         if std::env::var_os("PRECOG_BUS").is_none() {
             let parse = |argv: &[&str]| bus_of(&Cli::try_parse_from(argv).expect("parses"));

@@ -38,7 +38,10 @@ pub fn status(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
                 Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
             },
             Err(_) if matches!(bus, Bus::None) => {}
-            Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
+            Err(e) => eprintln!(
+                "precogctl: D-Bus not available ({}); using the socket",
+                crate::causes(&e)
+            ),
         }
         let mut source = Source::Socket(crate::client::Client::connect(socket)?);
         Ok::<_, anyhow::Error>(view::status_summary(&source.stats().await?))
@@ -87,7 +90,10 @@ pub fn pools(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
                 Err(e) => eprintln!("precogctl: D-Bus not available ({e}); using the socket"),
             },
             Err(_) if matches!(bus, Bus::None) => {}
-            Err(e) => eprintln!("precogctl: D-Bus not available ({e:#}); using the socket"),
+            Err(e) => eprintln!(
+                "precogctl: D-Bus not available ({}); using the socket",
+                crate::causes(&e)
+            ),
         }
         // The socket's stats carry the live figures only; limits need the bus.
         let mut source = Source::Socket(crate::client::Client::connect(socket)?);
