@@ -136,3 +136,19 @@ fn a_hot_process_is_prepared_from_partial_inputs_and_the_full_run_resumes() {
     assert_eq!(r["ok"], json!(true), "{r}");
     assert_eq!(r["result"]["routes_from_state"], json!(true), "{r}");
 }
+
+#[test]
+fn a_symlink_planted_for_the_saved_model_is_not_followed() {
+    let mut d = Daemon::start("");
+    let mut c = d.connect();
+    visit(&mut c, "s1", "10115");
+    let target = d.dir.path().join("not-precogs");
+    std::fs::write(&target, b"keep me").unwrap();
+    let state = d.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(&target, state.join("model.bin.new")).unwrap();
+    // The model is saved when precogd stops.
+    assert!(d.stop(), "precogd did not stop cleanly");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    assert!(d.log().contains("cannot save the model"), "{}", d.log());
+}

@@ -376,8 +376,21 @@ impl Engine {
         let dir = &self.config.daemon.state_dir;
         let bytes = self.predictor.save();
         let tmp = dir.join("model.bin.new");
+        // A symlink planted where the file is written is refused, not followed.
+        let write = || {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?
+                .write_all(&bytes)
+        };
         let done = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, &bytes))
+            .and_then(|_| write())
             .and_then(|_| std::fs::rename(&tmp, dir.join("model.bin")));
         match done {
             Ok(()) => tracing::debug!(bytes = bytes.len(), "model saved"),
