@@ -447,3 +447,45 @@ inputs = ["sleep_ms", "n"]
         assert_eq!(r["result"]["echo"]["n"], json!(id), "{r}");
     }
 }
+
+#[test]
+fn a_running_job_whose_pool_a_reload_removed_is_not_run_twice_unless_idempotent() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let pools = |owner: &str| {
+        format!(
+            r#"
+[[pool]]
+name = "{owner}"
+command = ["python3", "{echo}"]
+warm_min = 1
+workers_max = 1
+timeout = "30s"
+
+[[process]]
+name = "charge"
+pool = "{owner}"
+inputs = ["sleep_ms"]
+"#,
+            echo = worker("echo.py")
+        )
+    };
+    let d = Daemon::start(&pools("old"));
+    let mut c = d.connect();
+    // Runs past the grace a removed pool gives its running jobs.
+    c.send(
+        &json!({"id": 1, "op": "run", "session": "s", "process": "charge",
+        "inputs": {"sleep_ms": 8000}}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace(&pools("old"), &pools("new"))).unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t = std::time::Instant::now();
+    let r = c.recv();
+    assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
+    assert_eq!(r["error"]["reason"], json!("pool_removed"), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(7), "it ran again: {r}");
+}

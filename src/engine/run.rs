@@ -301,14 +301,21 @@ impl Engine {
         };
         // A guess taken back to make room for a real request, or dropped with its session,
         // while real requests had joined it: run it for them now, as the real thing. So too a
-        // job whose pool a reload removed, when its process now has a pool that serves.
+        // job whose pool a reload removed, when its process now has a pool that serves, if it
+        // had not started or may run twice.
+        let moved = |p: &crate::config::ProcessConfig| {
+            self.pools
+                .get(&p.pool)
+                .is_some_and(|pool| !pool.is_stopping())
+                && (p.idempotent || !inflight.started.load(Ordering::Relaxed))
+        };
         if let Err(f) = &outcome.result
             && !inflight.waiters.is_empty()
-            && let Some(pool) = self.config.process(&key.process).map(|p| p.pool.clone())
+            && let Some(process) = self.config.process(&key.process)
             && (f.kind == FailureKind::Cancelled
-                || (f.kind == FailureKind::ShuttingDown
-                    && self.pools.get(&pool).is_some_and(|p| !p.is_stopping())))
+                || (f.kind == FailureKind::ShuttingDown && moved(process)))
         {
+            let pool = process.pool.clone();
             let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
             // They wait for a job of their own now, and are answered as such.
             let mut waiters = std::mem::take(&mut inflight.waiters);
@@ -352,6 +359,27 @@ impl Engine {
                         ErrorCode::UnknownProcess,
                         format!("`{}` was removed by a configuration reload", key.process),
                     );
+                    self.counters.count_error(e.code);
+                    Err(e)
+                }
+                Err(f)
+                    if f.kind == FailureKind::ShuttingDown
+                        && self.config.process(&key.process).is_some_and(|p| {
+                            self.pools
+                                .get(&p.pool)
+                                .is_some_and(|pool| !pool.is_stopping())
+                        }) =>
+                {
+                    // Its pool went with a reload while it ran; run twice it must not be.
+                    let e = ErrorReply::new(
+                        ErrorCode::WorkerFailed,
+                        format!(
+                            "`{}`: its pool was removed by a configuration reload while it ran; \
+                             it is not run again, since it is not idempotent",
+                            key.process
+                        ),
+                    )
+                    .with("reason", "pool_removed");
                     self.counters.count_error(e.code);
                     Err(e)
                 }

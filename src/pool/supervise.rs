@@ -10,10 +10,11 @@ use super::{FailureKind, JobOutcome, Priority, Queued, Shared, State, worker};
 /// A speculative job running longer than this is taken back for a real request.
 const TAKE_BACK_AFTER: Duration = Duration::from_millis(50);
 
-/// When a real request waits because every worker is busy and the pool cannot grow, queued
-/// guesses already wait behind it; a worker is taken back (killed and replaced) from a
-/// speculative job that has run longer than [`TAKE_BACK_AFTER`], that no real request has
-/// joined, and that is not being taken back already: one per waiting request. Killing a short job
+/// When a real request waits because every worker is busy and the pool cannot grow (it is at
+/// its limit, or backing off after failed starts), queued guesses already wait behind it; a
+/// worker is taken back (killed and replaced) from a speculative job that has run longer than
+/// [`TAKE_BACK_AFTER`], that no real request has joined, and that is not being taken back
+/// already: one per waiting request that no worker being taken back or started will serve. Killing a short job
 /// would cost the replacement's cold start, far more than letting it finish; a joined one is real
 /// work. Returns how soon the youngest guess passes [`TAKE_BACK_AFTER`] when a request still
 /// waits for one, so the supervisor looks again then. `workers_max` is the pool's size limit.
@@ -25,15 +26,18 @@ pub(super) fn take_back_guess(st: &mut State, workers_max: usize) -> Option<Dura
 /// [`take_back_guess`] for `waiting` real requests.
 fn take_back_for(st: &mut State, workers_max: usize, waiting: usize) -> Option<Duration> {
     let idle = st.workers.values().any(|w| w.busy.is_none());
-    if idle || st.workers.len() + st.starting < workers_max {
+    let backing_off = st.backoff_until.is_some_and(|until| until > Instant::now());
+    if idle || (st.workers.len() + st.starting < workers_max && !backing_off) {
         return None;
     }
+    // Workers being taken back, and their replacements once they are starting, are already
+    // on their way to the waiting requests.
     let on_the_way = st
         .workers
         .values()
         .filter(|w| w.busy.as_ref().is_some_and(|b| b.taken_back))
         .count();
-    let mut wanted = waiting.saturating_sub(on_the_way);
+    let mut wanted = waiting.saturating_sub(on_the_way + st.starting);
     let mut soonest: Option<Duration> = None;
     for b in st.workers.values_mut().filter_map(|w| w.busy.as_mut()) {
         if wanted == 0 {
@@ -186,6 +190,29 @@ mod tests {
         assert_eq!(take_back_for(&mut st, 3, 2), None);
         assert_eq!(signals.iter().filter(|s| signalled(s)).count(), 2);
         assert_eq!(st.stats.preempted, 2);
+    }
+
+    #[test]
+    fn a_worker_starting_for_a_waiting_request_spares_the_next_guess() {
+        let mut st = State::default();
+        let (slot, signal, _) = guessing(200);
+        st.workers.insert(1, slot);
+        // The replacement of a worker taken back for this request is starting.
+        st.starting = 1;
+        assert_eq!(take_back_for(&mut st, 2, 1), None);
+        assert!(!signalled(&signal));
+        assert_eq!(st.stats.preempted, 0);
+    }
+
+    #[test]
+    fn a_pool_backing_off_after_failed_starts_takes_back_a_guess() {
+        let mut st = State::default();
+        let (slot, signal, _) = guessing(200);
+        st.workers.insert(1, slot);
+        st.backoff_until = Some(Instant::now() + Duration::from_secs(1));
+        take_back_for(&mut st, 2, 1);
+        assert!(signalled(&signal), "the request waited behind the guess");
+        assert_eq!(st.stats.preempted, 1);
     }
 
     #[test]
