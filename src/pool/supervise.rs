@@ -14,10 +14,11 @@ const TAKE_BACK_AFTER: Duration = Duration::from_millis(50);
 /// its limit, or backing off after failed starts), queued guesses already wait behind it; a
 /// worker is taken back (killed and replaced) from a speculative job that has run longer than
 /// [`TAKE_BACK_AFTER`], that no real request has joined, and that is not being taken back
-/// already: one per waiting request that no worker being taken back or started will serve. Killing a short job
-/// would cost the replacement's cold start, far more than letting it finish; a joined one is real
-/// work. Returns how soon the youngest guess passes [`TAKE_BACK_AFTER`] when a request still
-/// waits for one, so the supervisor looks again then. `workers_max` is the pool's size limit.
+/// already: one per waiting request that no worker being taken back or started will serve.
+/// Killing a short job would cost the replacement's cold start, far more than letting it finish;
+/// a joined one is real work. Returns how soon the youngest guess passes [`TAKE_BACK_AFTER`]
+/// when a request still waits for one, so the supervisor looks again then. `workers_max` is the
+/// pool's size limit.
 pub(super) fn take_back_guess(st: &mut State, workers_max: usize) -> Option<Duration> {
     let waiting = st.on_demand.len();
     take_back_for(st, workers_max, waiting)
