@@ -304,10 +304,6 @@ fn a_reload_fences_a_new_pool_writes_changed_limits_and_a_refused_one_changes_no
         return;
     }
     let mut d = Daemon::start(&pool("pids_max = 20"));
-    let sighup = |d: &Daemon| {
-        let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-    };
     let pids_max = |d: &Daemon, pool: &str| {
         std::fs::read_to_string(v1_dir("pids", d, &format!("{pool}/pids.max")))
             .unwrap_or_default()
@@ -323,8 +319,7 @@ fn a_reload_fences_a_new_pool_writes_changed_limits_and_a_refused_one_changes_no
         first.replace("pids_max = 20", "pids_max = 11"),
         echo = worker("echo.py")
     );
-    std::fs::write(&d.config, &added).unwrap();
-    sighup(&d);
+    d.reload(&added);
     assert!(
         common::wait_until(Duration::from_secs(10), || pids_max(&d, "t") == "11"),
         "the changed limit was not written: pids.max {}",
@@ -351,8 +346,7 @@ fn a_reload_fences_a_new_pool_writes_changed_limits_and_a_refused_one_changes_no
         added.replace("pids_max = 11", "pids_max = 5"),
         echo = worker("echo.py")
     );
-    std::fs::write(&d.config, refused).unwrap();
-    sighup(&d);
+    d.reload(&refused);
     assert!(
         common::wait_until(Duration::from_secs(10), || d
             .log()
@@ -389,9 +383,7 @@ fn a_pool_moved_to_other_cpus_by_a_reload_keeps_serving_and_ends_on_them() {
     let moved = text
         .replace("cpus = \"0\"", "cpus = \"1\"")
         .replace("pids_max = 20", "pids_max = 30");
-    std::fs::write(&d.config, moved).unwrap();
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    d.reload(&moved);
 
     // Requests go on being served while the workers move, and the other limits are written.
     let file = |name: &str| {

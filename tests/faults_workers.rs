@@ -387,9 +387,7 @@ inputs = ["sleep_ms"]
     c.send(&nap(2));
     std::thread::sleep(Duration::from_millis(500));
     let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, text.replace(pool.trim(), "")).unwrap();
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    d.reload(&text.replace(pool.trim(), ""));
     for id in [1, 2] {
         let r = c.recv();
         assert_eq!(r["id"], json!(id), "{r}");
@@ -399,14 +397,10 @@ inputs = ["sleep_ms"]
     assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
 }
 
-#[test]
-fn requests_waiting_on_a_removed_pool_run_on_the_pool_their_process_moved_to() {
-    if skip_unless(have_python(), "python3 is not installed") {
-        return;
-    }
-    let pools = |owner: &str| {
-        format!(
-            r#"
+/// A pool `owner` of one echo worker, and `process` (not idempotent) on it with `inputs`.
+fn one_worker_pool(owner: &str, process: &str, inputs: &str) -> String {
+    format!(
+        r#"
 [[pool]]
 name = "{owner}"
 command = ["python3", "{echo}"]
@@ -415,13 +409,20 @@ workers_max = 1
 timeout = "30s"
 
 [[process]]
-name = "nap"
+name = "{process}"
 pool = "{owner}"
-inputs = ["sleep_ms", "n"]
+inputs = {inputs}
 "#,
-            echo = worker("echo.py")
-        )
-    };
+        echo = worker("echo.py")
+    )
+}
+
+#[test]
+fn requests_waiting_on_a_removed_pool_run_on_the_pool_their_process_moved_to() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let pools = |owner: &str| one_worker_pool(owner, "nap", r#"["sleep_ms", "n"]"#);
     let d = Daemon::start(&pools("old"));
     let mut c = d.connect();
     // One job running on the pool's single worker, three queued behind it.
@@ -433,9 +434,7 @@ inputs = ["sleep_ms", "n"]
     }
     std::thread::sleep(Duration::from_millis(150));
     let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, text.replace(&pools("old"), &pools("new"))).unwrap();
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    d.reload(&text.replace(&pools("old"), &pools("new")));
     for id in 1..=4 {
         let r = c.recv();
         assert_eq!(r["id"], json!(id), "{r}");
@@ -453,24 +452,7 @@ fn a_running_job_whose_pool_a_reload_removed_is_not_run_twice_unless_idempotent(
     if skip_unless(have_python(), "python3 is not installed") {
         return;
     }
-    let pools = |owner: &str| {
-        format!(
-            r#"
-[[pool]]
-name = "{owner}"
-command = ["python3", "{echo}"]
-warm_min = 1
-workers_max = 1
-timeout = "30s"
-
-[[process]]
-name = "charge"
-pool = "{owner}"
-inputs = ["sleep_ms"]
-"#,
-            echo = worker("echo.py")
-        )
-    };
+    let pools = |owner: &str| one_worker_pool(owner, "charge", r#"["sleep_ms"]"#);
     let d = Daemon::start(&pools("old"));
     let mut c = d.connect();
     // Runs past the grace a removed pool gives its running jobs.
@@ -480,9 +462,7 @@ inputs = ["sleep_ms"]
     );
     std::thread::sleep(Duration::from_millis(300));
     let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, text.replace(&pools("old"), &pools("new"))).unwrap();
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    d.reload(&text.replace(&pools("old"), &pools("new")));
     let t = std::time::Instant::now();
     let r = c.recv();
     assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");

@@ -304,10 +304,7 @@ impl Engine {
         // job whose pool a reload removed, when its process now has a pool that serves, if it
         // had not started or may run twice.
         let moved = |p: &crate::config::ProcessConfig| {
-            self.pools
-                .get(&p.pool)
-                .is_some_and(|pool| !pool.is_stopping())
-                && (p.idempotent || !inflight.started.load(Ordering::Relaxed))
+            self.pool_serves(p) && (p.idempotent || !inflight.started.load(Ordering::Relaxed))
         };
         if let Err(f) = &outcome.result
             && !inflight.waiters.is_empty()
@@ -364,11 +361,10 @@ impl Engine {
                 }
                 Err(f)
                     if f.kind == FailureKind::ShuttingDown
-                        && self.config.process(&key.process).is_some_and(|p| {
-                            self.pools
-                                .get(&p.pool)
-                                .is_some_and(|pool| !pool.is_stopping())
-                        }) =>
+                        && self
+                            .config
+                            .process(&key.process)
+                            .is_some_and(|p| self.pool_serves(p)) =>
                 {
                     // Its pool went with a reload while it ran; run twice it must not be.
                     let e = ErrorReply::new(
@@ -557,6 +553,14 @@ impl Engine {
         if let Some(states) = self.states.as_mut() {
             states.remove(&state_key);
         }
+    }
+
+    /// Whether the pool of `process` is up and not stopping: a job its old pool (one a reload
+    /// removed) gave up on can be run there.
+    fn pool_serves(&self, process: &crate::config::ProcessConfig) -> bool {
+        self.pools
+            .get(&process.pool)
+            .is_some_and(|pool| !pool.is_stopping())
     }
 
     /// A store error is said once per store; the store keeps serving what it has.

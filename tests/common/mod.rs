@@ -179,6 +179,13 @@ impl Daemon {
         self.connect().call(&req)
     }
 
+    /// Writes `text` as the daemon's configuration file and tells it to reload (SIGHUP).
+    pub fn reload(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    }
+
     /// The worker processes precogd started (its direct children).
     pub fn workers(&self) -> Vec<u32> {
         children_of(self.pid())
