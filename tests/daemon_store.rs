@@ -221,3 +221,31 @@ fn a_checkpoint_survives_a_daemon_restart() {
     assert!(resumed >= 3, "the job restarted from step {resumed}: {r}");
     assert_eq!(r["result"]["done"], json!(10));
 }
+
+#[test]
+fn a_worker_flooding_checkpoints_keeps_precogd_small_and_only_the_latest_is_stored() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let extra = format!(
+        "[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{}\"]\ntimeout = \"60s\"\n\
+         [[process]]\nname = \"long\"\npool = \"t\"\n\
+         inputs = [\"steps\", \"step_ms\", \"burst\"]\n",
+        worker("checkpointer.py")
+    );
+    let d = Daemon::start(&extra);
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+    let before = common::rss_kib(d.pid());
+    // 300,000 checkpoints written as fast as the pipe takes them: each one kept until the
+    // engine stored it would hold some hundreds of MiB.
+    let r = d.call(json!({"op": "run", "session": "s", "process": "long",
+        "inputs": {"steps": 300_000, "step_ms": 0, "burst": true}}));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+    assert_eq!(r["result"]["done"], json!(300_000), "{r}");
+    let grown_mib = common::rss_kib(d.pid()).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "precogd grew by {grown_mib} MiB while a worker wrote checkpoints"
+    );
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}

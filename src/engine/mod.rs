@@ -18,7 +18,7 @@ mod stats;
 mod tuning;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -59,9 +59,10 @@ pub enum Command {
         seq: u64,
         outcome: JobOutcome,
     },
+    /// A job's checkpoint: the latest one its worker wrote waits in `latest`.
     Checkpoint {
         key: Vec<u8>,
-        state: Value,
+        latest: Arc<Mutex<Option<Value>>>,
     },
     Tick,
     /// New limits reached a pool's cgroup, or were refused.
@@ -204,7 +205,7 @@ struct Engine {
     counters: Counters,
     started: Instant,
     /// Where the pools report finished jobs and checkpoints; unbounded, since a report must
-    /// never wait or be lost, and at most one per job.
+    /// never wait or be lost. A job has at most its end and one checkpoint waiting here.
     done_tx: mpsc::UnboundedSender<Command>,
     events: broadcast::Sender<EngineEvent>,
     cgroups: Option<Cgroups>,
@@ -310,7 +311,7 @@ impl Engine {
                     reply,
                 } => self.request(op, client, received, reply),
                 Command::JobDone { key, seq, outcome } => self.job_done(key, seq, outcome),
-                Command::Checkpoint { key, state } => self.save_state(&key, &state),
+                Command::Checkpoint { key, latest } => self.save_latest(&key, &latest),
                 Command::Tick => self.tick(),
                 Command::LimitsWritten {
                     pool,
@@ -353,7 +354,7 @@ impl Engine {
                                     self.job_done(key, seq, outcome);
                                     self.run_later();
                                 }
-                                Command::Checkpoint { key, state } => self.save_state(&key, &state),
+                                Command::Checkpoint { key, latest } => self.save_latest(&key, &latest),
                                 _ => {}
                             },
                             _ = tokio::time::sleep(Duration::from_millis(20)) => {}

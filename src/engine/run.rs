@@ -1,7 +1,7 @@
 //! Answering `run`: from the cache, by joining a job already in flight, or on a worker.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
@@ -240,9 +240,19 @@ impl Engine {
         self.next_seq += 1;
         let seq = self.next_seq;
         let to_engine = self.done_tx.clone();
+        // Only a job's latest checkpoint matters, so one waits for the engine at a time: a
+        // worker that writes them faster than they are stored replaces the one waiting.
+        let latest: Arc<Mutex<Option<Value>>> = Arc::default();
         let checkpoints: crate::pool::Checkpoints = Arc::new(move |state| {
-            let key = state_key.clone();
-            let _ = to_engine.send(Command::Checkpoint { key, state });
+            let mut slot = latest.lock().expect("latest checkpoint");
+            let queued = slot.replace(state).is_some();
+            drop(slot);
+            if !queued {
+                let _ = to_engine.send(Command::Checkpoint {
+                    key: state_key.clone(),
+                    latest: latest.clone(),
+                });
+            }
         });
         let to_engine = self.done_tx.clone();
         let done_key = key.clone();
@@ -531,6 +541,14 @@ impl Engine {
     pub(super) fn saved_state(&mut self, state_key: &[u8]) -> Option<Value> {
         let bytes = self.states.as_mut()?.get(state_key, now_ms())?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Stores the checkpoint waiting in `latest`, if another message has not taken it yet.
+    pub(super) fn save_latest(&mut self, state_key: &[u8], latest: &Mutex<Option<Value>>) {
+        let state = latest.lock().expect("latest checkpoint").take();
+        if let Some(state) = state {
+            self.save_state(state_key, &state);
+        }
     }
 
     pub(super) fn save_state(&mut self, state_key: &[u8], state: &Value) {
