@@ -314,8 +314,9 @@ fn a_client_leaving_mid_request_does_not_lose_the_work_or_the_worker() {
     if skip_unless(have_python(), "python3 is not installed") {
         return;
     }
+    // Only an idempotent process's job is joined by another request.
     let config = format!(
-        "{NO_SHOP}{}{}{}",
+        "{NO_SHOP}{}{}idempotent = true\n{}",
         pool("t", &python("echo.py"), ""),
         process("sleep", "t", "sleep_ms"),
         process("echo", "t", "x")
@@ -468,4 +469,42 @@ fn a_running_job_whose_pool_a_reload_removed_is_not_run_twice_unless_idempotent(
     assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
     assert_eq!(r["error"]["reason"], json!("pool_removed"), "{r}");
     assert!(t.elapsed() < Duration::from_secs(7), "it ran again: {r}");
+}
+
+#[test]
+fn identical_runs_of_a_process_that_is_not_idempotent_each_run_on_a_worker() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // `sleep` changes the world (it is not declared idempotent): four shoppers asking at once
+    // with the same inputs are four jobs, never one job shared.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool("t", &python("echo.py"), ""),
+        process("sleep", "t", "sleep_ms"),
+    );
+    let d = Daemon::start(&config);
+    let job = json!({"op": "run", "session": "s", "process": "sleep",
+        "inputs": {"sleep_ms": 400}});
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let sock = d.socket.clone();
+            let job = job.clone();
+            std::thread::spawn(move || common::Conn::open(&sock).unwrap().call(&job))
+        })
+        .collect();
+    for r in runs {
+        let r = r.join().unwrap();
+        assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+        assert!(
+            r["served"] == json!("warm") || r["served"] == json!("cold"),
+            "a run of a process that is not idempotent shared another's job: {r}"
+        );
+    }
+    let stats = d.call(json!({"op": "stats"}));
+    assert_eq!(
+        find_key(&stats["pools"]["t"], "jobs_ok"),
+        Some(4),
+        "{stats}"
+    );
 }

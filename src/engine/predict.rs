@@ -244,6 +244,7 @@ impl Engine {
                 owner: client.uid,
                 process: proc_cfg.name.clone(),
                 inputs: format!("prepare:{}", canonical_json(&Value::Object(inputs.clone()))),
+                run: 0,
             };
             let state_key = self.state_key(&key, &inputs);
             if self.inflight.contains_key(&key) || self.saved_state(&state_key).is_some() {
@@ -416,6 +417,7 @@ impl Engine {
             owner,
             process: process.to_string(),
             inputs: canonical_json(&Value::Object(inputs)),
+            run: 0,
         })
     }
 

@@ -19,6 +19,10 @@ pub struct JobKey {
     pub owner: u32,
     pub process: String,
     pub inputs: String,
+    /// 0 for a job that every request with the same inputs may share; a number of its own for
+    /// a run of a process that is not idempotent, which no other request joins: four shoppers
+    /// reserving the same SKU at once are four reservations.
+    pub run: u64,
 }
 
 /// A job on its way, and the requests waiting for it.
@@ -39,6 +43,9 @@ pub(super) struct Waiter {
     /// Joined a job that was already running.
     joined: bool,
 }
+
+/// Numbers the runs of processes that are not idempotent, which nothing shares.
+static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Largest inputs object a request may carry once encoded.
 const MAX_INPUTS: usize = 64 * 1024;
@@ -186,10 +193,16 @@ impl Engine {
                 ),
             ));
         }
+        let run = if proc_cfg.idempotent {
+            0
+        } else {
+            NEXT_RUN.fetch_add(1, Ordering::Relaxed)
+        };
         let key = JobKey {
             owner: client.uid,
             process: process.to_string(),
             inputs: canonical,
+            run,
         };
         Ok((key, inputs, proc_cfg.pool.clone()))
     }
