@@ -4,10 +4,13 @@
 //! reads (dwell, hover target and time, scroll depth, time and events on the current item, how
 //! often the visitor came back to it, how many items the visit saw) and the known inputs taken
 //! from event attributes. Apart from the input values a profile stays near a fixed size: the
-//! recent-item list and the pending credit window are capped (see the test that prints the figure).
+//! recent-item list and the pending credit window are capped (see the test that prints the figure),
+//! and so is the number of known inputs ([`MAX_INPUTS`]).
 //!
 //! [`Profiles`] holds all sessions, with a cap on their number (the least recently active is
-//! evicted first) and idle expiry. Pure code: the clock is the events' own `ts_ms`.
+//! evicted first) and idle expiry. Pure code: the caller passes the clock. The signals read the
+//! events' own `ts_ms` (when the visitor did it); activity and expiry the clock the caller gives
+//! (the daemon's own, so a client's clock cannot make a session expire early or never).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -33,6 +36,9 @@ pub const RECENT_STEPS: usize = 6;
 
 /// Distinct recent items remembered per session, for the "came back to it" signal.
 pub const RECENT_ITEMS: usize = 12;
+
+/// Most inputs (attribute keys) one session keeps; values of known ones may still change.
+pub const MAX_INPUTS: usize = 256;
 
 /// The attribute that names the item (product) an event concerns.
 pub const ITEM_ATTR: &str = "sku";
@@ -123,8 +129,15 @@ impl Profile {
     }
 
     /// Applies an event's signals and attributes (not its step: the model interns that).
+    /// Attributes that would take the known inputs past [`MAX_INPUTS`] keys are left out.
     pub fn observe(&mut self, ev: &Event) -> Observed {
-        let ts = ev.ts_ms.max(self.last_ts_ms);
+        // The first event sets the visit's own clock (a hint may have opened the profile).
+        let ts = if self.events == 0 {
+            self.first_ts_ms = ev.ts_ms;
+            ev.ts_ms
+        } else {
+            ev.ts_ms.max(self.last_ts_ms)
+        };
         self.gap_ms = if self.events == 0 {
             0
         } else {
@@ -165,11 +178,25 @@ impl Profile {
         }
 
         for (k, v) in &ev.attrs {
-            if self.known_inputs.get(k) != Some(v) {
-                self.known_inputs.insert(k.clone(), v.clone());
+            let room = self.known_inputs.len() < MAX_INPUTS;
+            match self.known_inputs.get_mut(k) {
+                Some(known) if known == v => {}
+                Some(known) => *known = v.clone(),
+                None if room => {
+                    self.known_inputs.insert(k.clone(), v.clone());
+                }
+                None => {}
             }
         }
         Observed { same_item }
+    }
+
+    /// How many of `attrs` are inputs this session does not know yet.
+    pub fn new_input_keys(&self, attrs: &Map<String, Value>) -> usize {
+        attrs
+            .keys()
+            .filter(|k| !self.known_inputs.contains_key(*k))
+            .count()
     }
 
     fn enter_item(&mut self, item: u64, ts: u64) {
@@ -373,6 +400,10 @@ impl Profiles {
         expired
     }
 
+    pub fn profiles_mut(&mut self) -> impl Iterator<Item = &mut Profile> {
+        self.by_session.values_mut().map(|(p, _, _)| p)
+    }
+
     pub fn sessions(&self) -> impl Iterator<Item = &str> {
         self.by_session.keys().map(String::as_str)
     }
@@ -440,6 +471,37 @@ mod tests {
         let bytes = p.memory_bytes_without_inputs();
         println!("profile memory apart from input values: {bytes} bytes");
         assert!(bytes <= 1024, "a profile holds {bytes} bytes");
+    }
+
+    #[test]
+    fn known_inputs_are_capped_and_known_ones_stay_updatable() {
+        let mut p = Profile::new(0);
+        for i in 0..MAX_INPUTS + 10 {
+            let mut e = ev("s", "input", None, i as u64);
+            e.attrs.insert(format!("field{i}"), json!(i));
+            assert_eq!(p.new_input_keys(&e.attrs), 1);
+            p.observe(&e);
+        }
+        assert_eq!(p.known_inputs.len(), MAX_INPUTS);
+        assert!(!p.known_inputs.contains_key(&format!("field{MAX_INPUTS}")));
+
+        let mut e = ev("s", "input", None, 10_000);
+        e.attrs.insert("field0".into(), json!("changed"));
+        assert_eq!(p.new_input_keys(&e.attrs), 0);
+        p.observe(&e);
+        assert_eq!(p.known_inputs["field0"], json!("changed"));
+    }
+
+    #[test]
+    fn the_first_event_sets_the_visits_clock() {
+        // A profile opened at the daemon's clock by a hint; the visit's events carry older times.
+        let mut p = Profile::new(5_000_000);
+        p.observe(&ev("s", "page_view", Some("a"), 1_000));
+        p.observe(&ev("s", "detail", Some("a"), 4_000));
+        assert_eq!(
+            (p.first_ts_ms, p.gap_ms, p.time_on_item_ms()),
+            (1_000, 3_000, 3_000)
+        );
     }
 
     #[test]

@@ -217,8 +217,26 @@ fn load_predictor(cfg: &Config) -> Predictor {
     let Ok(bytes) = std::fs::read(&path) else {
         return predictor;
     };
-    match predictor.load(&bytes) {
-        Ok(()) => tracing::info!(file = %path.display(), "model loaded"),
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    match predictor.load(&bytes, now_ms) {
+        Ok(mended) => {
+            tracing::info!(file = %path.display(), "model loaded");
+            if mended.long_names > 0 {
+                tracing::warn!(
+                    names = mended.long_names,
+                    "the saved model had names over the length limit; they were dropped"
+                );
+            }
+            if mended.future_times > 0 {
+                tracing::warn!(
+                    counts = mended.future_times,
+                    "the saved model had times ahead of the clock; they were set to now"
+                );
+            }
+        }
         Err(e) => {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

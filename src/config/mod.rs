@@ -313,6 +313,11 @@ pub(crate) fn validate(
         if !process_names.insert(p.name.as_str()) {
             return Err(err("process", &p.name, "name", "is defined twice".into()));
         }
+        // Clients name processes in `run` events, whose names are limited in length.
+        if p.name.is_empty() || p.name.len() > crate::protocol::MAX_NAME_LEN {
+            let why = format!("must be 1 to {} bytes long", crate::protocol::MAX_NAME_LEN);
+            return Err(err("process", &p.name, "name", why));
+        }
     }
     for p in &cfg.processes {
         if !pool_names.contains(p.pool.as_str()) {

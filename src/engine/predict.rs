@@ -8,6 +8,12 @@
 //! job that brings no result is *cancelled* (dropped before it started, or its worker taken back
 //! for a real request) or *failed*. Each job issued is counted once, in one of these or as
 //! pending.
+//!
+//! Requests are checked before anything changes: a `run` event must name a configured process,
+//! and so must every process of a `hint` (`unknown_process`); an event that would take its session
+//! past its cap of known inputs is refused (`bad_request`). The daemon's own clock drives session
+//! activity and the model's fading; an event's `ts` only sets the visit's signals, and is taken as
+//! now when it lies ahead.
 
 use serde_json::{Map, Value, json};
 
@@ -17,7 +23,7 @@ use super::{Client, Engine, JobKey, Reply, json_map};
 use crate::pool::{FailureKind, JobOutcome, Priority};
 use crate::predict::HotEntry;
 use crate::profile::Event;
-use crate::protocol::EventRequest;
+use crate::protocol::{ErrorCode, ErrorReply, EventRequest};
 use crate::store::{CacheKey, canonical_json};
 
 /// Counters of speculation, for `stats`.
@@ -43,16 +49,28 @@ fn hot_json(hot: &[HotEntry]) -> Value {
 
 impl Engine {
     pub(super) fn on_event(&mut self, client: Client, ev: EventRequest) -> Reply {
+        if ev.kind == "run"
+            && let Some(process) = ev.target.as_deref()
+        {
+            self.check_process(process)?;
+        }
+        self.predictor
+            .check_inputs(&ev.session, &ev.attrs)
+            .map_err(|message| ErrorReply::new(ErrorCode::BadRequest, message))?;
         let session = ev.session.clone();
-        let hot = self.predictor.event(Event {
-            session: ev.session,
-            kind: ev.kind,
-            target: ev.target,
-            ms: ev.ms,
-            depth: ev.depth,
-            attrs: ev.attrs,
-            ts_ms: ev.ts.unwrap_or_else(now_ms),
-        });
+        let now = now_ms();
+        let hot = self.predictor.event_at(
+            Event {
+                session: ev.session,
+                kind: ev.kind,
+                target: ev.target,
+                ms: ev.ms,
+                depth: ev.depth,
+                attrs: ev.attrs,
+                ts_ms: ev.ts.map_or(now, |ts| ts.min(now)),
+            },
+            now,
+        );
         self.note_hot_path(&session, &hot);
         self.speculate(client, &session, &hot);
         Ok(json_map(json!({"hot_path": hot_json(&hot)})))
@@ -64,24 +82,42 @@ impl Engine {
         session: &str,
         predictions: &[(String, f64)],
     ) -> Reply {
+        for (process, _) in predictions {
+            self.check_process(process)?;
+        }
         let hot = self.predictor.hint(session, predictions, now_ms());
         self.note_hot_path(session, &hot);
         self.speculate(client, session, &hot);
         Ok(json_map(json!({"hot_path": hot_json(&hot)})))
     }
 
+    /// `unknown_process` unless a process of this name is configured.
+    fn check_process(&self, process: &str) -> Result<(), ErrorReply> {
+        if self.config.process(process).is_some() {
+            return Ok(());
+        }
+        let shown: String = process.chars().take(64).collect();
+        Err(ErrorReply::new(
+            ErrorCode::UnknownProcess,
+            format!("no process named `{shown}` is configured"),
+        ))
+    }
+
     /// The ranked hot path with what state each process is in for this client.
     pub(super) fn on_predict(&mut self, client: Client, session: &str, n: Option<usize>) -> Reply {
         let n = n.unwrap_or(self.config.predict.hot_path);
         let hot = self.predictor.hot_path(session, n);
-        let known = self
-            .predictor
-            .known_inputs(session)
-            .cloned()
-            .unwrap_or_default();
+        // Job keys first, read from the session's inputs in place: only the inputs each hot
+        // process declares are copied.
+        let empty = Map::new();
+        let known = self.predictor.known_inputs(session).unwrap_or(&empty);
+        let keys: Vec<Option<JobKey>> = hot
+            .iter()
+            .map(|h| self.key_for(client.uid, &h.process, known))
+            .collect();
         let mut out = Vec::with_capacity(hot.len());
-        for h in hot {
-            let state = match self.key_for(client.uid, &h.process, &known) {
+        for (h, key) in hot.into_iter().zip(keys) {
+            let state = match key {
                 None => "waiting_inputs",
                 Some(key) if self.inflight.contains_key(&key) => "running",
                 Some(key) if self.is_cached(&key) => "cached",

@@ -5,6 +5,11 @@
 //! thresholds and feedback counters). Anything that does not check out — magic, length, CRC,
 //! JSON, ids out of range, non-finite numbers — is refused with an error and leaves the running
 //! model untouched. Sessions are not saved: they are short-lived and end with the daemon.
+//!
+//! Two kinds of damage an older build could save are mended rather than refused, so the model
+//! is kept: names longer than any name is now allowed to be are emptied (see
+//! `StepModel::restore`, `RunModel::restore`), and times ahead of the clock are brought back to
+//! it, so the counts fade again.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +17,20 @@ use serde::{Deserialize, Serialize};
 
 use super::{PredictError, Predictor, ProcessFeedback, RunModel, StepModel};
 
+/// What loading a saved model mended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mended {
+    /// Step and process names over the length limit, emptied.
+    pub long_names: usize,
+    /// Counts whose time was ahead of the clock, brought back to it.
+    pub future_times: usize,
+}
+
 const MAGIC: &[u8; 8] = b"PRECOGM\0";
+
+/// How far ahead of the clock a saved count's time may be before it is taken as damage: a time
+/// in the future stops the count from fading until the clock gets there.
+pub const CLOCK_SLACK_MS: u64 = 60_000;
 const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
@@ -24,6 +42,21 @@ struct Saved {
     used: u64,
     wasted: u64,
     per_process: BTreeMap<String, ProcessFeedback>,
+}
+
+/// Brings saved times ahead of `now_ms` back to it, so their counts fade again; returns how
+/// many there were.
+fn bring_back_times(steps: &mut StepModel, runs: &mut RunModel, now_ms: u64) -> usize {
+    let limit = now_ms.saturating_add(CLOCK_SLACK_MS);
+    let times = std::iter::once(&mut steps.order0.last_ms)
+        .chain(steps.tables.values_mut().map(|c| &mut c.last_ms))
+        .chain(runs.tables.values_mut().map(|c| &mut c.last_ms));
+    let mut brought_back = 0;
+    for t in times.filter(|t| **t > limit) {
+        *t = now_ms;
+        brought_back += 1;
+    }
+    brought_back
 }
 
 impl Predictor {
@@ -57,8 +90,9 @@ impl Predictor {
         bytes
     }
 
-    /// Replaces the learned model with saved bytes; live sessions stay.
-    pub fn load(&mut self, bytes: &[u8]) -> Result<(), PredictError> {
+    /// Replaces the learned model with saved bytes; live sessions stay. `now_ms` is the clock:
+    /// saved times ahead of it are brought back to it.
+    pub fn load(&mut self, bytes: &[u8], now_ms: u64) -> Result<Mended, PredictError> {
         let damaged = |what: &str| PredictError::Damaged(what.to_string());
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
             return Err(damaged("not a precog model"));
@@ -79,8 +113,12 @@ impl Predictor {
         let mut saved: Saved =
             serde_json::from_slice(payload).map_err(|e| PredictError::Damaged(e.to_string()))?;
         let hl = self.steps.half_life_ms;
-        saved.steps.restore(hl).map_err(PredictError::Damaged)?;
-        saved.runs.restore(hl).map_err(PredictError::Damaged)?;
+        let long_steps = saved.steps.restore(hl).map_err(PredictError::Damaged)?;
+        let long_runs = saved.runs.restore(hl).map_err(PredictError::Damaged)?;
+        let mended = Mended {
+            long_names: long_steps + long_runs,
+            future_times: bring_back_times(&mut saved.steps, &mut saved.runs, now_ms),
+        };
         if !saved.threshold.is_finite() {
             return Err(damaged("threshold is not a number"));
         }
@@ -102,11 +140,7 @@ impl Predictor {
         self.partition.wasted = saved.wasted;
         self.partition.per_process = saved.per_process;
         // Run-model ids may differ from the ones the running configuration was mapped to.
-        self.process_ids = self
-            .processes
-            .iter()
-            .map(|p| self.runs.intern(&p.name))
-            .collect();
-        Ok(())
+        self.map_processes();
+        Ok(mended)
     }
 }

@@ -66,7 +66,8 @@ use serde_json::{Map, Value};
 use crate::config::{Config, ProcessConfig};
 pub use crate::partition::{HotEntry, ProcessFeedback, SpeculativeJob};
 use crate::partition::{Partitioner, declared_inputs};
-use crate::profile::{Event, Profile, Profiles};
+use crate::profile::{Event, MAX_INPUTS, Profile, Profiles};
+pub use codec::Mended;
 pub use graph::DepGraph;
 pub use runs::{HORIZON, RunModel};
 pub use steps::{CONTEXTS, Context, StepModel, StepTuning, context_of};
@@ -154,11 +155,7 @@ impl Predictor {
         let hl = half_life_ms(cfg);
         self.processes = cfg.processes.clone();
         self.graph = DepGraph::new(&self.processes);
-        self.process_ids = self
-            .processes
-            .iter()
-            .map(|p| self.runs.intern(&p.name))
-            .collect();
+        self.map_processes();
         let idle_ms = cfg.sessions.idle.0.as_millis() as u64;
         self.profiles.set_limits(cfg.sessions.max, idle_ms);
         self.steps.half_life_ms = hl;
@@ -170,9 +167,62 @@ impl Predictor {
         self.hot_path_len = cfg.predict.hot_path;
     }
 
-    /// Applies one event: profile, model, and the session's new hot path.
+    /// Gives each configured process its run-model id. An id taken over from a name no longer
+    /// configured loses its marks in the live sessions.
+    fn map_processes(&mut self) {
+        let names: Vec<&str> = self.processes.iter().map(|p| p.name.as_str()).collect();
+        let (ids, taken_over) = self.runs.assign(&names);
+        self.process_ids = ids;
+        let mask = taken_over.iter().fold(0u64, |m, id| m | 1 << id);
+        if mask != 0 {
+            for profile in self.profiles.profiles_mut() {
+                profile.runs_done &= !mask;
+                for (_, credited) in &mut profile.pending {
+                    *credited &= !mask;
+                }
+            }
+        }
+    }
+
+    /// The run-model id of a configured process.
+    fn process_id(&self, name: &str) -> Option<u16> {
+        let i = self.processes.iter().position(|c| c.name == name)?;
+        self.process_ids[i]
+    }
+
+    /// Applies one event at its own time: profile, model, and the session's new hot path.
     pub fn event(&mut self, ev: Event) -> Vec<HotEntry> {
         let now = ev.ts_ms;
+        self.event_at(ev, now)
+    }
+
+    /// Why an event would be refused: its attributes would take the session past
+    /// [`MAX_INPUTS`] known inputs.
+    pub fn check_inputs(&self, session: &str, attrs: &Map<String, Value>) -> Result<(), String> {
+        let (known, new) = match self.profiles.get(session) {
+            Some(p) => (p.known_inputs.len(), p.new_input_keys(attrs)),
+            None => (0, attrs.len()),
+        };
+        if known + new > MAX_INPUTS {
+            return Err(format!(
+                "a session keeps at most {MAX_INPUTS} inputs; this one knows {known} and the \
+                 event adds {new} new ones (known inputs may still change)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies one event with `now_ms` as the clock for the session's activity and the shared
+    /// model's fading; the event's own `ts_ms` only sets the visit's signals (gaps, time on the
+    /// item). The daemon passes its own clock, so a client's clock cannot move the model's or
+    /// make sessions expire early or never. A `run` of a process that is not configured
+    /// teaches no run counts.
+    pub fn event_at(&mut self, ev: Event, now_ms: u64) -> Vec<HotEntry> {
+        let now = now_ms;
+        let run_id = match (ev.kind.as_str(), ev.target.as_deref()) {
+            ("run", Some(process)) => self.process_id(process),
+            _ => None,
+        };
         let (profile, evicted) = self.profiles.touch(&ev.session, now);
         let observed = profile.observe(&ev);
         let step = self.steps.intern(&step_name(&ev, observed.same_item));
@@ -186,7 +236,7 @@ impl Predictor {
         if ev.kind == "run"
             && let Some(process) = ev.target.as_deref()
         {
-            if let Some(id) = self.runs.intern(process) {
+            if let Some(id) = run_id {
                 self.runs.credit(profile, id, now);
                 profile.runs_done |= 1 << id;
             }

@@ -60,11 +60,21 @@ impl RunModel {
         }
     }
 
-    pub fn restore(&mut self, half_life_ms: f64) -> Result<(), String> {
+    /// Checks a loaded model. Names no process can have (saved by a build that took any
+    /// `run` target) are emptied, which frees their ids for configured processes; returns how
+    /// many were.
+    pub fn restore(&mut self, half_life_ms: f64) -> Result<usize, String> {
         self.half_life_ms = half_life_ms;
         let n = self.processes.len();
         if n > MAX_PROCESSES {
             return Err("run table names too many processes".into());
+        }
+        let mut retired = 0;
+        for name in self.processes.iter_mut() {
+            if name.len() > crate::protocol::MAX_NAME_LEN {
+                *name = String::new();
+                retired += 1;
+            }
         }
         let ok = self.tables.values().all(|c| {
             c.total.is_finite()
@@ -73,7 +83,7 @@ impl RunModel {
                     .all(|(p, v)| (*p as usize) < n && v.is_finite())
         });
         if ok {
-            Ok(())
+            Ok(retired)
         } else {
             Err("a run count names a process that does not exist".into())
         }
@@ -89,6 +99,38 @@ impl RunModel {
         }
         self.processes.push(name.to_string());
         Some((self.processes.len() - 1) as u16)
+    }
+
+    /// Run-model ids for the configured processes, in their order. A process the model does
+    /// not know yet takes a free id; when none is left, it takes over the id of a name that is
+    /// not configured (what was learned for that name is dropped). Returns the ids and the ids
+    /// taken over, whose marks in live sessions no longer mean what they did.
+    pub fn assign(&mut self, configured: &[&str]) -> (Vec<Option<u16>>, Vec<u16>) {
+        let mut taken_over = Vec::new();
+        let ids = configured
+            .iter()
+            .map(|name| {
+                if let Some(id) = self.intern(name) {
+                    return Some(id);
+                }
+                let free = self
+                    .processes
+                    .iter()
+                    .position(|p| !configured.contains(&p.as_str()))?;
+                self.forget(free as u16);
+                self.processes[free] = name.to_string();
+                taken_over.push(free as u16);
+                Some(free as u16)
+            })
+            .collect();
+        (ids, taken_over)
+    }
+
+    /// Drops every count of the process with this id.
+    fn forget(&mut self, id: u16) {
+        for c in self.tables.values_mut() {
+            c.runs.retain(|(p, _)| *p != id);
+        }
     }
 
     /// Credits a run of `process` to the open windows of the session.

@@ -32,6 +32,10 @@ const CONFIDENCE: usize = 6;
 /// Most distinct steps the model interns; beyond it, new steps share one id.
 pub const MAX_STEPS: usize = 1024;
 
+/// Longest step name: an event type or outcome of at most [`crate::protocol::MAX_NAME_LEN`]
+/// bytes, with its `end:` or `run:` prefix or its `=` mark.
+pub const MAX_STEP_NAME: usize = crate::protocol::MAX_NAME_LEN + "end:".len();
+
 /// Contexts kept before the least-seen ones are pruned.
 const MAX_CONTEXTS: usize = 1 << 20;
 
@@ -191,11 +195,18 @@ impl StepModel {
         }
     }
 
-    /// Rebuilds the name index after loading and checks that every id is in range.
-    pub fn restore(&mut self, half_life_ms: f64) -> Result<(), String> {
+    /// Rebuilds the name index after loading and checks that every id is in range. Names
+    /// longer than any step can be now (saved by a build without the limit) are emptied: their
+    /// ids and counts stay, so nothing else moves. Returns how many were emptied.
+    pub fn restore(&mut self, half_life_ms: f64) -> Result<usize, String> {
         self.half_life_ms = half_life_ms;
         if self.names.len() > MAX_STEPS || self.weights.len() != EXPERTS * ALL_SETS {
             return Err("step table has the wrong shape".into());
+        }
+        let mut retired = 0;
+        for name in self.names.iter_mut().filter(|n| n.len() > MAX_STEP_NAME) {
+            *name = String::new();
+            retired += 1;
         }
         self.ids = self
             .names
@@ -213,7 +224,7 @@ impl StepModel {
         {
             return Err("a mixer weight is not a number".into());
         }
-        Ok(())
+        Ok(retired)
     }
 
     /// Changes the mixer's knobs and starts its weights afresh.

@@ -150,7 +150,7 @@ fn save_and_load_round_trip_and_damage_is_refused() {
     let bytes = p.save();
 
     let mut q = Predictor::new(&Config::builtin());
-    q.load(&bytes).expect("a saved model loads");
+    q.load(&bytes, 6000).expect("a saved model loads");
     q.event(ev("t", "hover", None, 6000));
     p.event(ev("t", "hover", None, 6000));
     assert_eq!(q.step_ranking("t"), p.step_ranking("t"));
@@ -159,15 +159,15 @@ fn save_and_load_round_trip_and_damage_is_refused() {
     let mut damaged = bytes.clone();
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0x40;
-    assert!(matches!(q.load(&damaged), Err(PredictError::Damaged(_))));
-    assert!(q.load(&bytes[..bytes.len() - 3]).is_err());
-    assert!(q.load(b"junk").is_err());
-    assert!(q.load(&[]).is_err());
+    assert!(matches!(q.load(&damaged, 0), Err(PredictError::Damaged(_))));
+    assert!(q.load(&bytes[..bytes.len() - 3], 0).is_err());
+    assert!(q.load(b"junk", 0).is_err());
+    assert!(q.load(&[], 0).is_err());
 
     // A model saved before the Bayesian final stage (format 1) is refused, to be set aside.
     let mut old = bytes.clone();
     old[8..12].copy_from_slice(&1u32.to_le_bytes());
-    assert_eq!(q.load(&old), Err(PredictError::Version(1, 2)));
+    assert_eq!(q.load(&old, 0), Err(PredictError::Version(1, 2)));
 }
 
 #[test]
@@ -223,4 +223,129 @@ fn a_hint_keeps_a_session_active_and_reload_keeps_what_was_learned() {
             .iter()
             .all(|h| h.process != "apply_coupon")
     );
+}
+
+#[test]
+fn runs_of_unconfigured_processes_take_no_run_model_id() {
+    let mut p = Predictor::new(&Config::builtin());
+    let configured = p.runs.processes.len();
+    for i in 0..100 {
+        p.event(ev("s", "run", Some(&format!("junk{i}")), i));
+    }
+    assert_eq!(p.runs.processes.len(), configured);
+}
+
+#[test]
+fn a_full_run_model_makes_room_for_configured_processes() {
+    // A model whose run ids were all taken by names that are not processes (saved by an older
+    // build, or left by processes a reload removed).
+    let mut old = Predictor::new(&Config::builtin());
+    old.runs = RunModel::new(old.runs.half_life_ms);
+    for i in 0..runs::MAX_PROCESSES {
+        old.runs.intern(&format!("junk{i}"));
+    }
+    let bytes = old.save();
+
+    let mut cfg = Config::builtin();
+    let mut p = Predictor::new(&cfg);
+    p.load(&bytes, 0).expect("loads");
+    assert!(
+        p.process_ids.iter().all(Option::is_some),
+        "{:?}",
+        p.process_ids
+    );
+    let hot = p.hint("h", &[("calc_shipping".into(), 0.9)], 1);
+    assert!(hot.iter().any(|h| h.process == "calc_shipping"), "{hot:?}");
+
+    // A process added by a reload gets an id too, and is predicted.
+    let mut added = cfg.processes[0].clone();
+    added.name = "added_later".into();
+    cfg.processes.push(added);
+    p.reconfigure(&cfg);
+    let hot = p.hint("h", &[("added_later".into(), 0.9)], 2);
+    assert!(hot.iter().any(|h| h.process == "added_later"), "{hot:?}");
+}
+
+#[test]
+fn a_saved_model_with_overlong_names_loads_without_them() {
+    let mut old = Predictor::new(&Config::builtin());
+    for i in 0..5 {
+        old.event(ev("s", "page_view", None, i * 10));
+        old.event(ev(
+            "s",
+            &format!("{i}-{}", "k".repeat(100_000)),
+            None,
+            i * 10 + 5,
+        ));
+    }
+    old.runs.intern(&"j".repeat(100_000));
+    let bytes = old.save();
+    assert!(bytes.len() > 500_000);
+
+    let mut p = Predictor::new(&Config::builtin());
+    let mended = p
+        .load(&bytes, 100)
+        .expect("a model with long names still loads");
+    assert_eq!(mended.long_names, 6);
+    assert_eq!(p.steps.step_count(), old.steps.step_count());
+    assert!(
+        p.steps
+            .names
+            .iter()
+            .all(|n| n.len() <= steps::MAX_STEP_NAME)
+    );
+    assert_eq!(p.step_id("page_view"), old.step_id("page_view"));
+    assert!(p.save().len() < 100_000, "{} bytes", p.save().len());
+    p.event(ev("t", "page_view", None, 200));
+    assert!(!p.step_ranking("t").is_empty());
+}
+
+#[test]
+fn saved_times_ahead_of_the_clock_are_brought_back() {
+    let now = 1_700_000_000_000u64;
+    let mut old = Predictor::new(&Config::builtin());
+    for i in 0..30 {
+        old.event(ev("s", "page_view", None, now + i));
+    }
+    // Microseconds taken for milliseconds.
+    old.event(ev("s", "run", Some("calc_shipping"), now * 1000));
+    old.event(ev("s", "hover", None, now * 1000));
+    let bytes = old.save();
+
+    let mut p = Predictor::new(&Config::builtin());
+    let mended = p.load(&bytes, now + 10).expect("loads");
+    assert!(mended.future_times > 0);
+    let limit = now + codec::CLOCK_SLACK_MS;
+    assert!(p.steps.order0.last_ms <= limit);
+    assert!(p.steps.tables.values().all(|c| c.last_ms <= limit));
+    assert!(p.runs.tables.values().all(|c| c.last_ms <= limit));
+
+    // Fading works again: a day later the counts have shrunk.
+    let before = p.steps.order0.total;
+    let day_later = now + 86_400_000;
+    p.event_at(ev("t", "page_view", None, now), day_later);
+    p.event_at(ev("t", "page_view", None, now), day_later);
+    assert!(
+        p.steps.order0.total < before,
+        "{} -> {}",
+        before,
+        p.steps.order0.total
+    );
+}
+
+#[test]
+fn sessions_live_by_the_clock_given_not_the_events_own_time() {
+    let mut cfg = Config::builtin();
+    cfg.sessions.idle = crate::config::Span(std::time::Duration::from_secs(60));
+    let mut p = Predictor::new(&cfg);
+    let now = 1_700_000_000_000u64;
+    // Recorded long ago, and with a clock far ahead.
+    p.event_at(ev("old", "page_view", None, now - 3_600_000), now);
+    p.event_at(ev("ahead", "page_view", None, now * 1000), now);
+    p.event_at(ev("ahead", "hover", None, now * 1000 + 1), now);
+    assert!(p.expire(now + 1_000).is_empty());
+    let mut gone = p.expire(now + 60_000);
+    gone.sort();
+    assert_eq!(gone, ["ahead", "old"]);
+    assert_eq!(p.steps.order0.last_ms, now);
 }

@@ -12,6 +12,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest session name a client may use.
 pub const MAX_SESSION_LEN: usize = 256;
 
+/// Longest name the daemon keeps from a request, in bytes: an event's `type` and `target`, an
+/// `end`'s `outcome`, and the keys of an event's `attrs`. The learned model and the sessions keep
+/// these names, so a longer one is refused (`bad_request`) before anything is changed.
+pub const MAX_NAME_LEN: usize = 128;
+
 /// Stable error codes of the socket protocol; clients match on these strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -154,8 +159,8 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
         "stats" => Op::Stats,
         "event" => Op::Event(EventRequest {
             session: session(obj)?,
-            kind: string_field(obj, "type")?.ok_or_else(|| bad("`event` needs a `type`"))?,
-            target: string_field(obj, "target")?,
+            kind: name_field(obj, "type")?.ok_or_else(|| bad("`event` needs a `type`"))?,
+            target: name_field(obj, "target")?,
             ms: u64_field(obj, "ms")?,
             depth: match obj.get("depth") {
                 None | Some(Value::Null) => None,
@@ -165,7 +170,7 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
                         .ok_or_else(|| bad("`depth` must be a number"))?,
                 ),
             },
-            attrs: object_field(obj, "attrs")?.unwrap_or_default(),
+            attrs: attrs_field(obj)?,
             ts: u64_field(obj, "ts")?,
         }),
         "hint" => {
@@ -204,7 +209,7 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
         },
         "end" => Op::End {
             session: session(obj)?,
-            outcome: string_field(obj, "outcome")?,
+            outcome: name_field(obj, "outcome")?,
         },
         other => {
             let shown: String = other.chars().take(64).collect();
@@ -234,6 +239,30 @@ fn string_field(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(bad(&format!("`{key}` must be a string"))),
     }
+}
+
+/// A string field the daemon keeps as a name: at most [`MAX_NAME_LEN`] bytes.
+fn name_field(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, ErrorReply> {
+    let name = string_field(obj, key)?;
+    if name.as_ref().is_some_and(|n| n.len() > MAX_NAME_LEN) {
+        return Err(bad(&format!(
+            "`{key}` must be at most {MAX_NAME_LEN} bytes long"
+        )));
+    }
+    Ok(name)
+}
+
+/// An event's `attrs`: their keys become the session's input names, at most [`MAX_NAME_LEN`]
+/// bytes each.
+fn attrs_field(obj: &mut Map<String, Value>) -> Result<Map<String, Value>, ErrorReply> {
+    let attrs = object_field(obj, "attrs")?.unwrap_or_default();
+    if let Some(long) = attrs.keys().find(|k| k.len() > MAX_NAME_LEN) {
+        let shown: String = long.chars().take(32).collect();
+        return Err(bad(&format!(
+            "the key `{shown}…` in `attrs` is longer than {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(attrs)
 }
 
 fn u64_field(obj: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, ErrorReply> {

@@ -153,3 +153,34 @@ fn canonical_json_sorts_keys_at_every_depth() {
     assert_eq!(canonical_json(&a), canonical_json(&b));
     assert_eq!(canonical_json(&json!("a\"b")), r#""a\"b""#);
 }
+
+#[test]
+fn names_the_daemon_keeps_are_limited_in_length() {
+    let at_limit = "k".repeat(MAX_NAME_LEN);
+    let over = "k".repeat(MAX_NAME_LEN + 1);
+    let event = |field: &str, value: &str| {
+        json!({"op": "event", "session": "s", "type": "t", field: value}).to_string()
+    };
+    for field in ["type", "target"] {
+        assert!(decode_request(event(field, &at_limit).as_bytes()).is_ok());
+        let (_, e) = decode_request(event(field, &over).as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(
+            e.message
+                .contains(&format!("`{field}` must be at most 128")),
+            "{e:?}"
+        );
+    }
+
+    let attrs = |key: &str| {
+        json!({"op": "event", "session": "s", "type": "input", "attrs": {key: 1}}).to_string()
+    };
+    assert!(decode_request(attrs(&at_limit).as_bytes()).is_ok());
+    let (_, e) = decode_request(attrs(&over).as_bytes()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("longer than 128 bytes"), "{e:?}");
+
+    let end = |outcome: &str| json!({"op": "end", "session": "s", "outcome": outcome}).to_string();
+    assert!(decode_request(end(&at_limit).as_bytes()).is_ok());
+    assert_eq!(err_code(&end(&over)).1, "bad_request");
+}
