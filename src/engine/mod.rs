@@ -93,6 +93,7 @@ pub enum Command {
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<EngineEvent>,
+    errors: Arc<stats::ErrorCounts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,12 +125,18 @@ impl EngineHandle {
         };
         if let Err(mpsc::error::SendError(Command::Request { reply, .. })) = self.tx.send(cmd).await
         {
+            self.count_error(ErrorCode::ShuttingDown);
             let _ = reply.send(Err(ErrorReply::new(
                 ErrorCode::ShuttingDown,
                 "precogd is stopping",
             )));
         }
         rx
+    }
+
+    /// Counts an error reply that did not come from the engine (`stats` shows it in `errors`).
+    pub fn count_error(&self, code: ErrorCode) {
+        self.errors.count(code);
     }
 
     pub async fn reload(&self, config: Config) -> Result<(), String> {
@@ -233,11 +240,13 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
     let (tx, rx) = mpsc::channel(4096);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(256);
+    let counters = Counters::default();
+    let errors = counters.errors.clone();
     let mut engine = Engine {
         config: config.clone(),
         pools: HashMap::new(),
         inflight: HashMap::new(),
-        counters: Counters::default(),
+        counters,
         started: Instant::now(),
         done_tx,
         events: events.clone(),
@@ -284,7 +293,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
             }
         }
     });
-    Ok(EngineHandle { tx, events })
+    Ok(EngineHandle { tx, events, errors })
 }
 
 impl Engine {

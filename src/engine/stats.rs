@@ -1,6 +1,7 @@
 //! Counters the engine keeps, and the `stats` reply built from them.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -16,14 +17,31 @@ pub struct Counters {
     pub served_inflight: u64,
     pub served_warm: u64,
     pub served_cold: u64,
-    pub errors: BTreeMap<&'static str, u64>,
+    /// Shared with the server, which answers some errors without the engine.
+    pub errors: Arc<ErrorCounts>,
     /// Latency of answered runs, as seen by the server, in power-of-two microsecond buckets.
     pub run_latency_us: [u64; 32],
 }
 
+/// Error replies by code: those the engine answers, and those the server answers itself (lines
+/// that are not requests, overlong lines, refused connections).
+#[derive(Debug, Default)]
+pub struct ErrorCounts(Mutex<BTreeMap<&'static str, u64>>);
+
+impl ErrorCounts {
+    pub fn count(&self, code: ErrorCode) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(code.as_str()).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl Counters {
     pub fn count_error(&mut self, code: ErrorCode) {
-        *self.errors.entry(code.as_str()).or_default() += 1;
+        self.errors.count(code);
     }
 
     pub fn count_served(&mut self, served: &str) {
@@ -82,7 +100,7 @@ impl Engine {
                 "warm": c.served_warm,
                 "cold": c.served_cold,
             },
-            "errors": c.errors,
+            "errors": c.errors.snapshot(),
             "run_latency_us": {
                 "p50": c.latency_quantile_us(0.5),
                 "p99": c.latency_quantile_us(0.99),
@@ -150,6 +168,18 @@ fn disabled_reason(s: &crate::store::StoreStats) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_counted_by_the_engine_and_the_server_add_up() {
+        let mut c = Counters::default();
+        let shared = c.errors.clone();
+        c.count_error(ErrorCode::Timeout);
+        shared.count(ErrorCode::BadJson);
+        shared.count(ErrorCode::BadJson);
+        let counts = c.errors.snapshot();
+        assert_eq!(counts.get("timeout"), Some(&1));
+        assert_eq!(counts.get("bad_json"), Some(&2));
+    }
 
     #[test]
     fn latency_quantiles_come_from_buckets() {
