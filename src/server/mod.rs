@@ -1,12 +1,17 @@
 //! The Unix socket server: binding (or taking systemd's socket), connections, backpressure.
 //!
-//! Each connection reads newline-delimited requests through a [`Framer`], hands each to the
-//! engine without waiting for the answer, and a writer task sends the replies in request order —
-//! so clients may pipeline. At most `max_connections` connections are served; one more is told
+//! Each connection reads newline-delimited requests through a [`crate::protocol::Framer`],
+//! hands each to the engine without waiting for the answer, and a writer task sends the replies
+//! in request order — so clients may pipeline. At most `max_connections` connections are served
+//! (the value of the moment: a reload applies to the next client); one more is told
 //! `overloaded` and closed. At most [`PIPELINE_DEPTH`] requests of one connection are in flight;
-//! past that the connection is not read until replies drain, which is the backpressure.
+//! past that the connection is not read until replies drain, which is the backpressure. How
+//! long a connection may hold its slot without finishing a request line or taking its replies,
+//! and how much its partial lines may hold, is in the `conn` module.
 
 mod accept;
+mod conn;
+mod limits;
 pub mod systemd;
 
 pub use accept::AcceptPause;
@@ -18,12 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-use crate::engine::{Client, EngineHandle, Reply};
-use crate::protocol::{ErrorCode, ErrorReply, Framer, decode_request, encode_error, encode_ok};
+use crate::engine::{Client, EngineHandle};
+use crate::protocol::{ErrorCode, ErrorReply, encode_error};
+use limits::{LineBudget, Slots};
 
 /// Requests of one connection that may await their replies at once.
 pub const PIPELINE_DEPTH: usize = 256;
@@ -106,7 +112,8 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
 pub struct ServerSettings {
     pub max_connections: usize,
     pub max_line: usize,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection on which no request line ends for this long is closed, and so is one whose
+    /// replies cannot be written for this long.
     pub idle_close: Duration,
     pub access: Access,
 }
@@ -193,8 +200,8 @@ pub async fn serve(
     settings: watch::Receiver<Arc<ServerSettings>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limit = settings.borrow().max_connections;
-    let slots = Arc::new(Semaphore::new(limit));
+    let slots = Arc::new(Slots::default());
+    let lines = Arc::new(LineBudget::default());
     let mut accept_pause = AcceptPause::new("socket");
     loop {
         let accepted = tokio::select! {
@@ -208,16 +215,19 @@ pub async fn serve(
                 continue;
             }
         };
+        // The settings of the moment: a reload applies its `max_connections` to the next client.
         let current = settings.borrow().clone();
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.try_take(current.max_connections) else {
+            engine.count_error(ErrorCode::Overloaded);
             tokio::spawn(refuse(stream, current.max_connections));
             continue;
         };
         let engine = engine.clone();
+        let lines = lines.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            connection(stream, engine, current, stop).await;
-            drop(permit);
+            conn::connection(stream, engine, current, lines, stop).await;
+            drop(slot);
         });
     }
 }
@@ -232,116 +242,4 @@ async fn refuse(mut stream: UnixStream, limit: usize) {
         stream.write_all(&encode_error(&Value::Null, &e)),
     )
     .await;
-}
-
-enum Pending {
-    Ready(Vec<u8>),
-    Waiting(Value, oneshot::Receiver<Reply>),
-}
-
-async fn connection(
-    stream: UnixStream,
-    engine: EngineHandle,
-    settings: Arc<ServerSettings>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let client = match stream.peer_cred() {
-        Ok(c) => Client {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid().unwrap_or(0),
-        },
-        Err(_) => return,
-    };
-    let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Pending>(PIPELINE_DEPTH);
-    let writer = tokio::spawn(write_replies(wr, rx));
-
-    if !settings.access.allows(&client) {
-        tracing::debug!(uid = client.uid, pid = client.pid, "refused a client");
-        let e = ErrorReply::new(ErrorCode::Forbidden, "this user may not use precog");
-        let _ = tx
-            .send(Pending::Ready(encode_error(&Value::Null, &e)))
-            .await;
-        drop(tx);
-        let _ = writer.await;
-        // Read what the client sends before closing: a client refused before its first request
-        // arrived would otherwise meet a closed socket and never read the reply saying why.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            let mut sink = [0u8; 4096];
-            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
-        return;
-    }
-
-    let mut framer = Framer::new(settings.max_line);
-    let mut buf = vec![0u8; 64 * 1024];
-    // A connection that sends nothing for this long gives its slot back; clients reconnect
-    // when they need to. One timer, set afresh each time the connection starts waiting (not
-    // while its replies back up, which is the client's doing, not idleness).
-    let idle = tokio::time::sleep(settings.idle_close);
-    tokio::pin!(idle);
-    'conn: loop {
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + settings.idle_close);
-        let n = tokio::select! {
-            r = rd.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
-            _ = stop.changed() => break,
-            _ = &mut idle, if framer.pending() == 0 => break,
-        };
-        framer.push(&buf[..n]);
-        while let Some(line) = framer.next_line() {
-            let pending = match line {
-                Err(_) => {
-                    let e = ErrorReply::new(
-                        ErrorCode::TooLarge,
-                        format!("a request line may be at most {} bytes", settings.max_line),
-                    );
-                    let _ = tx
-                        .send(Pending::Ready(encode_error(&Value::Null, &e)))
-                        .await;
-                    break 'conn;
-                }
-                Ok(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(line) => match decode_request(&line) {
-                    Err((id, e)) => Pending::Ready(encode_error(&id, &e)),
-                    Ok(req) => Pending::Waiting(req.id, engine.request(req.op, client).await),
-                },
-            };
-            if tx.send(pending).await.is_err() {
-                break 'conn;
-            }
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
-}
-
-async fn write_replies(wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
-    let mut out = BufWriter::new(wr);
-    while let Some(p) = rx.recv().await {
-        let bytes = match p {
-            Pending::Ready(b) => b,
-            Pending::Waiting(id, reply) => match reply.await {
-                Ok(Ok(fields)) => encode_ok(&id, fields),
-                Ok(Err(e)) => encode_error(&id, &e),
-                Err(_) => encode_error(
-                    &id,
-                    &ErrorReply::new(ErrorCode::ShuttingDown, "precogd is stopping"),
-                ),
-            },
-        };
-        if out.write_all(&bytes).await.is_err() {
-            return;
-        }
-        if rx.is_empty() && out.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = out.flush().await;
-    let _ = out.shutdown().await;
 }
