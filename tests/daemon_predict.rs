@@ -152,3 +152,44 @@ fn a_symlink_planted_for_the_saved_model_is_not_followed() {
     assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     assert!(d.log().contains("cannot save the model"), "{}", d.log());
 }
+
+#[test]
+fn optional_inputs_reach_the_worker_from_the_request_or_the_session_and_key_the_cache() {
+    if common::skip_unless(common::have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&format!(
+        "[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{}\"]\n\
+         [[process]]\nname = \"reserve\"\npool = \"t\"\ninputs = [\"sku\"]\n\
+         optional_inputs = [\"qty\"]\n\
+         [[process]]\nname = \"quote\"\npool = \"t\"\ninputs = [\"sku\"]\n\
+         optional_inputs = [\"qty\"]\nidempotent = true\n",
+        common::worker("echo.py")
+    ));
+    let echo = |r: &Value| r["result"]["echo"].clone();
+    let run = |process: &str, session: &str, inputs: Value| {
+        d.call(json!({"op": "run", "session": session, "process": process, "inputs": inputs}))
+    };
+
+    // Given with the request, or not at all: a run without it still runs.
+    let r = run("reserve", "a", json!({"sku": "1", "qty": 3, "other": 1}));
+    assert_eq!(echo(&r), json!({"sku": "1", "qty": 3}), "{r}");
+    let r = run("reserve", "a", json!({"sku": "1"}));
+    assert_eq!(echo(&r), json!({"sku": "1"}), "{r}");
+
+    // Made known by the session's events.
+    let e = d.call(json!({"op": "event", "session": "b", "type": "input",
+        "attrs": {"sku": "2", "qty": 5}}));
+    assert_eq!(e["ok"], json!(true), "{e}");
+    let r = run("reserve", "b", json!({}));
+    assert_eq!(echo(&r), json!({"sku": "2", "qty": 5}), "{r}");
+
+    // Part of the job's identity: another quantity is another result.
+    let one = run("quote", "c", json!({"sku": "3", "qty": 1}));
+    let two = run("quote", "c", json!({"sku": "3", "qty": 2}));
+    assert_eq!(echo(&two), json!({"sku": "3", "qty": 2}), "{two}");
+    assert_ne!(two["served"], json!("cache"), "{one}\n{two}");
+    let again = run("quote", "c", json!({"sku": "3", "qty": 1}));
+    assert_eq!(again["served"], json!("cache"), "{again}");
+    assert_eq!(echo(&again), json!({"sku": "3", "qty": 1}), "{again}");
+}

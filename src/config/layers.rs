@@ -322,6 +322,22 @@ mod tests {
     }
 
     #[test]
+    fn an_input_both_required_and_optional_is_refused() {
+        let layer = src(
+            "o.toml",
+            "[[process]]\nname = \"p\"\npool = \"shop\"\ninputs = [\"a\"]\n\
+             optional_inputs = [\"b\", \"a\"]\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "o.toml:5: process.p.optional_inputs: `a` is also one of the process's required inputs"
+        );
+    }
+
+    #[test]
     fn process_with_missing_pool_is_located() {
         let layer = src(
             "y.toml",

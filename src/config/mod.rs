@@ -175,6 +175,10 @@ pub struct ProcessConfig {
     pub pool: String,
     #[serde(default)]
     pub inputs: Vec<String>,
+    /// Inputs passed to the worker, and made part of the job's identity, when the request or
+    /// the session gives them; a run without them is still run.
+    #[serde(default)]
+    pub optional_inputs: Vec<String>,
     /// Processes that must run before this one in a visit.
     #[serde(default)]
     pub after: Vec<String>,
@@ -335,6 +339,16 @@ pub(crate) fn validate(
                     &p.name,
                     "after",
                     format!("names process `{a}`, which is not defined"),
+                ));
+            }
+        }
+        for i in &p.optional_inputs {
+            if p.inputs.contains(i) {
+                return Err(err(
+                    "process",
+                    &p.name,
+                    "optional_inputs",
+                    format!("`{i}` is also one of the process's required inputs"),
                 ));
             }
         }

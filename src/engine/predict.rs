@@ -449,6 +449,12 @@ impl Engine {
                 known.get(name).filter(|v| !v.is_null())?.clone(),
             );
         }
+        // As a run would take them: the optional inputs the session made known.
+        for name in &cfg.optional_inputs {
+            if let Some(v) = known.get(name).filter(|v| !v.is_null()) {
+                inputs.insert(name.clone(), v.clone());
+            }
+        }
         Some(JobKey {
             owner,
             process: process.to_string(),

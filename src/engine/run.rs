@@ -176,6 +176,17 @@ impl Engine {
                 None => missing.push(name.as_str()),
             }
         }
+        for name in &proc_cfg.optional_inputs {
+            let value = given.remove(name).filter(|v| !v.is_null()).or_else(|| {
+                known
+                    .and_then(|k| k.get(name))
+                    .filter(|v| !v.is_null())
+                    .cloned()
+            });
+            if let Some(v) = value {
+                inputs.insert(name.clone(), v);
+            }
+        }
         if !missing.is_empty() {
             return Err(ErrorReply::new(
                 ErrorCode::MissingInput,
