@@ -224,6 +224,7 @@ fn find_line(text: &str, section: &str, name: &str, key: &str) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn src(name: &str, text: &str) -> Source {
         Source {
@@ -274,6 +275,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.starts_with("x.toml:3: pool.timeout:"), "{msg}");
+    }
+
+    #[test]
+    fn a_pool_start_timeout_defaults_to_ten_seconds_and_is_parsed_like_timeout() {
+        let c = Config::builtin();
+        assert_eq!(
+            c.pool("shop").unwrap().start_timeout.0,
+            Duration::from_secs(10)
+        );
+        let layer = src(
+            "x.toml",
+            "[[pool]]\nname = \"shop\"\nstart_timeout = \"1m\"\n",
+        );
+        let c = load_sources(&[Source::builtin(), layer]).unwrap();
+        assert_eq!(
+            c.pool("shop").unwrap().start_timeout.0,
+            Duration::from_secs(60)
+        );
+        let layer = src(
+            "x.toml",
+            "[[pool]]\nname = \"shop\"\n\nstart_timeout = \"soon\"\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("x.toml:4: pool.start_timeout:"), "{msg}");
     }
 
     #[test]

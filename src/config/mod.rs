@@ -151,6 +151,10 @@ pub struct PoolConfig {
     pub workers_max: usize,
     #[serde(default = "default_timeout")]
     pub timeout: Span,
+    /// How long a new worker may take to start before its first job's `timeout` runs out;
+    /// `0s` makes start-up count against that job.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Span,
 }
 
 fn default_warm_min() -> usize {
@@ -166,6 +170,10 @@ fn default_workers_max() -> usize {
 
 fn default_timeout() -> Span {
     Span(std::time::Duration::from_secs(2))
+}
+
+fn default_start_timeout() -> Span {
+    Span(std::time::Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

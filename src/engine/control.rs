@@ -102,6 +102,7 @@ impl Engine {
                         "warm_min": p.warm_min,
                         "workers_max": p.workers_max,
                         "timeout_ms": p.timeout.0.as_millis() as u64,
+                        "start_timeout_ms": p.start_timeout.0.as_millis() as u64,
                     },
                     "live": live,
                 }),

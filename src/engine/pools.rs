@@ -29,6 +29,7 @@ pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings
         args: p.command[1..].to_vec(),
         cpus: p.cpus.as_ref().map(|c| c.0.clone()),
         timeout: p.timeout.0,
+        start_timeout: p.start_timeout.0,
         warm_min: p.warm_min,
         workers_max: p.workers_max,
         queue_max: cfg.daemon.queue_max,

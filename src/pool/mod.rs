@@ -195,6 +195,8 @@ pub struct PoolSettings {
     pub args: Vec<String>,
     pub cpus: Option<Vec<usize>>,
     pub timeout: Duration,
+    /// Start-up a new worker may take on top of its first job's `timeout`.
+    pub start_timeout: Duration,
     pub warm_min: usize,
     pub workers_max: usize,
     pub queue_max: usize,
