@@ -22,6 +22,8 @@ command = ["python3", "{echo}"]
 warm_min = 1
 workers_max = 2
 timeout = "1s"
+# A worker's first job has its 1 s too, not start-up on top.
+start_timeout = "0s"
 
 [[process]]
 name = "echo"

@@ -26,6 +26,8 @@ command = ["python3", "{echo}"]
 warm_min = {workers}
 workers_max = {workers}
 timeout = "{timeout}"
+# Jobs here time out as they are written, first ones included: no start-up on top.
+start_timeout = "0s"
 
 [[process]]
 name = "quote"
@@ -301,6 +303,7 @@ command = ["python3", "{}"]
 warm_min = 2
 workers_max = 2
 timeout = "{}"
+start_timeout = "0s"
 
 [[process]]
 name = "quote"

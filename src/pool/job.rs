@@ -1,23 +1,44 @@
 //! One job's exchange with its worker: the job line goes out, reply lines come back until a
 //! result, an error, a timeout, a take-back or the loss of the worker.
 
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Notify;
 
+use super::observe::LogLimit;
 use super::{FailureKind, JobOutcome, Priority, Queued};
 use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
 
 /// Largest line a worker may write; a longer one breaks the protocol.
 const MAX_REPLY: usize = 8 << 20;
 
+/// How long a worker whose output ended has to be seen exiting before it counts as one that
+/// closed its output and lives on: a process's pipes close a moment before it can be reaped.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// How long the output of a worker that exited is still read for lines it wrote before it
+/// exited. Those are in the pipe already; only a process it left holding the pipe makes this
+/// wait at all.
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// Most of a discarded reply shown in the log.
+const SHOWN: usize = 200;
+
 /// How a job on this worker ended.
 pub(super) enum Ran {
     Answered(JobOutcome),
+    /// The worker exited with status 0 before answering: it ended itself between jobs, as a
+    /// worker that recycles itself does, most likely before it read this one. The job may go to
+    /// another worker.
+    Exited {
+        checkpoint: Option<Value>,
+        exec_us: u64,
+    },
     /// The worker cannot be used again; the job may be retried.
     Lost {
         kind: FailureKind,
@@ -34,17 +55,95 @@ pub(super) struct Pipes {
     framer: Framer,
     /// Replies are mostly small and the framer gathers long ones, so a small buffer does.
     buf: Vec<u8>,
+    /// The worker's pool and process, as the log names them.
+    pool: String,
+    pid: u32,
+    /// Replies discarded for naming another job are logged within this limit.
+    discards: LogLimit,
 }
 
 impl Pipes {
-    pub(super) fn new(stdin: ChildStdin, stdout: ChildStdout) -> Self {
+    pub(super) fn new(stdin: ChildStdin, stdout: ChildStdout, pool: &str, pid: u32) -> Self {
         Pipes {
             stdin,
             stdout: BufReader::new(stdout),
             framer: Framer::new(MAX_REPLY),
             buf: vec![0u8; 8 * 1024],
+            pool: pool.to_string(),
+            pid,
+            discards: LogLimit::new(Instant::now()),
         }
     }
+}
+
+/// A worker's process and its pipes.
+pub(super) struct Proc<'a> {
+    pub(super) pipes: &'a mut Pipes,
+    pub(super) child: &'a mut Child,
+}
+
+/// When a job's time is up.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline {
+    timeout: Duration,
+    start_timeout: Duration,
+    /// For a new worker's first job: no deadline before this.
+    floor: Option<Instant>,
+}
+
+impl Deadline {
+    /// The limits of a job on a worker started at `started` that has taken `served` jobs.
+    ///
+    /// A job written to a worker that is still starting (loading a model, opening a catalogue)
+    /// waits in the pipe until the worker reads it, and when that happens cannot be seen from
+    /// here. So a worker's first job ends at the later of `timeout` after it was written and
+    /// `start_timeout + timeout` after the worker started: a worker that starts within
+    /// `start_timeout` still has a whole `timeout` for the job, and one that hangs is killed
+    /// `start_timeout + timeout` after its start at the latest (or `timeout` after the write, if
+    /// that is later). The price: a fresh worker's first job that hangs is noticed up to
+    /// `start_timeout` later than another job would be. Later jobs find the worker running.
+    pub(super) fn new(
+        timeout: Duration,
+        start_timeout: Duration,
+        started: Instant,
+        served: u64,
+    ) -> Deadline {
+        let floor = (served == 0).then(|| later(later(started, start_timeout), timeout));
+        Deadline {
+            timeout,
+            start_timeout,
+            floor,
+        }
+    }
+
+    /// The deadline of a job (re)started at `now`, and whether the worker's start-up set it.
+    fn at(&self, now: Instant) -> (Instant, bool) {
+        let plain = later(now, self.timeout);
+        match self.floor {
+            Some(floor) if floor > plain => (floor, true),
+            _ => (plain, false),
+        }
+    }
+
+    /// Why a job whose deadline came was lost.
+    fn missed(&self, by_start: bool) -> String {
+        let ms = self.timeout.as_millis();
+        if by_start {
+            let start_ms = self.start_timeout.as_millis();
+            format!(
+                "worker did not answer its first job within start_timeout + timeout \
+                 ({start_ms} + {ms} ms) of its start"
+            )
+        } else {
+            format!("job ran past its {ms} ms timeout")
+        }
+    }
+}
+
+/// `t + d`, or a century on when that is past what an `Instant` holds.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// Real requests joining a job that started as a guess. The engine tells of each join; the
@@ -80,20 +179,27 @@ pub(super) struct Joinable<'a> {
 /// Runs one job. Each real request that joins a guess gets a full timeout from that moment: it
 /// must not inherit the time the guess spent waiting for spare CPU in the idle class, nor the
 /// time since an earlier request joined.
+///
+/// The worker's own exit is watched too: a worker that exits, even one whose pipes a process
+/// it left behind keeps open, is reported at once with its exit status.
 pub(super) async fn run_job(
     queued: &Queued,
     job_id: u64,
-    timeout: Duration,
-    pipes: &mut Pipes,
+    limits: Deadline,
+    worker: Proc<'_>,
     take_back: &Notify,
     shutting_down: &AtomicBool,
     joinable: Joinable<'_>,
 ) -> Ran {
+    let Proc { pipes, child } = worker;
     let Pipes {
         stdin,
         stdout,
         framer,
         buf,
+        pool,
+        pid,
+        discards,
     } = pipes;
     let job = &queued.job;
     let line = encode_job(
@@ -113,14 +219,26 @@ pub(super) async fn run_job(
     };
 
     if let Err(e) = stdin.write_all(&line).await {
-        return lost(
-            FailureKind::Crashed,
-            format!("worker closed its input: {e}"),
-            None,
-        );
+        // Most likely the worker has exited since its last reply.
+        return match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+            Ok(status) => ended(status, None, start),
+            Err(_) => lost(
+                FailureKind::Crashed,
+                format!("worker closed its input: {e}"),
+                None,
+            ),
+        };
     }
-    let mut deadline = tokio::time::Instant::now() + timeout;
+    let deadline_at = |now: Instant| {
+        let (at, by_start) = limits.at(now);
+        (tokio::time::Instant::from_std(at), by_start)
+    };
+    let (mut deadline, mut by_start) = deadline_at(Instant::now());
     let mut real = job.priority == Priority::OnDemand;
+    // Set once the worker process has exited: its exit status, and until when lines it wrote
+    // before are still read.
+    let mut exited: Option<std::io::Result<ExitStatus>> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         while let Some(next) = framer.next_line() {
             let Ok(line) = next else {
@@ -130,11 +248,14 @@ pub(super) async fn run_job(
                     checkpoint,
                 );
             };
+            // A blank line (print's own newline after a reply's) is no reply, as from clients.
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
             match decode_worker_reply(&line) {
                 Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
                 Ok(reply) if reply.job != Some(job_id) => {
-                    tracing::debug!(job = job_id, got = ?reply.job,
-                        "discarded a reply for another job");
+                    log_discard(pool, *pid, discards, job_id, &line);
                 }
                 Ok(reply) => match reply.kind {
                     WorkerReplyKind::Checkpoint(state) => {
@@ -159,10 +280,19 @@ pub(super) async fn run_job(
 
         let read = tokio::select! {
             r = stdout.read(buf) => r,
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(status);
+                drain_until = Some(tokio::time::Instant::now() + DRAIN);
+                continue;
+            }
+            _ = tokio::time::sleep_until(drain_until.unwrap_or(deadline)),
+                if drain_until.is_some() =>
+            {
+                let status = exited.take().expect("set with drain_until");
+                return ended(status, checkpoint, start);
+            }
             _ = tokio::time::sleep_until(deadline) => {
-                let ms = timeout.as_millis();
-                return lost(FailureKind::Timeout, format!("job ran past its {ms} ms timeout"),
-                    checkpoint);
+                return lost(FailureKind::Timeout, limits.missed(by_start), checkpoint);
             }
             _ = take_back.notified() => {
                 if shutting_down.load(Ordering::Relaxed) {
@@ -181,18 +311,25 @@ pub(super) async fn run_job(
                     (joinable.promote)();
                 }
                 real = true;
-                deadline = tokio::time::Instant::now() + timeout;
+                (deadline, by_start) = deadline_at(Instant::now());
                 tracing::debug!(job = job_id, "a request joined; the job's deadline restarts");
                 continue;
             }
         };
         match read {
             Ok(0) => {
-                return lost(
-                    FailureKind::Crashed,
-                    "worker exited during the job".into(),
-                    checkpoint,
-                );
+                let status = match exited.take() {
+                    Some(status) => Some(status),
+                    None => tokio::time::timeout(EXIT_GRACE, child.wait()).await.ok(),
+                };
+                return match status {
+                    Some(status) => ended(status, checkpoint, start),
+                    None => lost(
+                        FailureKind::Crashed,
+                        "worker closed its output".into(),
+                        checkpoint,
+                    ),
+                };
             }
             Ok(n) => framer.push(&buf[..n]),
             Err(e) => {
@@ -203,6 +340,42 @@ pub(super) async fn run_job(
                 );
             }
         }
+    }
+}
+
+/// A job whose worker exited before answering it.
+fn ended(status: std::io::Result<ExitStatus>, checkpoint: Option<Value>, start: Instant) -> Ran {
+    let exec_us = start.elapsed().as_micros() as u64;
+    let message = match status {
+        Ok(status) if status.success() => {
+            return Ran::Exited {
+                checkpoint,
+                exec_us,
+            };
+        }
+        Ok(status) => format!("worker exited during the job ({status})"),
+        Err(e) => format!("worker exited during the job (its status is unknown: {e})"),
+    };
+    Ran::Lost {
+        kind: FailureKind::Crashed,
+        message,
+        checkpoint,
+        exec_us,
+    }
+}
+
+/// Logs a reply that names another job than the one in progress (within the worker's limit):
+/// the job then looks to its client like a timeout, and the log says why.
+fn log_discard(pool: &str, pid: u32, limit: &mut LogLimit, job: u64, line: &[u8]) {
+    let (log, dropped) = limit.admit(Instant::now());
+    if dropped > 0 {
+        tracing::warn!(pool = %pool, pid, dropped, "discarded worker replies not logged");
+    }
+    if log {
+        let shown = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+        tracing::warn!(pool = %pool, pid, job,
+            "discarded a worker reply whose `job` is not {job}, the number of the job in \
+             progress: {shown}");
     }
 }
 
@@ -218,5 +391,44 @@ fn answered(
         cold: false,
         cpu_ns: 0,
         last_checkpoint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_first_job_sent_while_its_worker_starts_has_start_timeout_on_top_of_timeout() {
+        let started = Instant::now();
+        let d = Deadline::new(2 * S, 10 * S, started, 0);
+        // Written at once: the worker may take 10 s to start, then has its 2 s.
+        assert_eq!(d.at(started), (started + 12 * S, true));
+        // Joined (or written) late, when the allowance is spent: the plain timeout.
+        assert_eq!(d.at(started + 11 * S), (started + 13 * S, false));
+        assert!(
+            d.missed(true)
+                .contains("start_timeout + timeout (10000 + 2000 ms)")
+        );
+        assert_eq!(d.missed(false), "job ran past its 2000 ms timeout");
+    }
+
+    #[test]
+    fn later_jobs_and_a_zero_start_timeout_have_the_plain_timeout() {
+        let started = Instant::now();
+        let second = Deadline::new(2 * S, 10 * S, started, 1);
+        assert_eq!(second.at(started + S), (started + 3 * S, false));
+        let none = Deadline::new(2 * S, Duration::ZERO, started, 0);
+        assert_eq!(none.at(started + S), (started + 3 * S, false));
+    }
+
+    #[test]
+    fn an_enormous_start_timeout_does_not_overflow() {
+        let started = Instant::now();
+        let d = Deadline::new(2 * S, Duration::from_secs(u64::MAX), started, 0);
+        let (at, by_start) = d.at(started);
+        assert!(by_start && at > started + 1_000_000 * S);
     }
 }

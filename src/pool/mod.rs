@@ -232,7 +232,10 @@ pub struct PoolStats {
 struct Queued {
     job: Job,
     enqueued: Instant,
+    /// Queued again from a checkpoint after its worker was lost.
     retried: bool,
+    /// Queued again because its worker exited with status 0 before answering it.
+    resent: bool,
     reply: Deliver,
 }
 
@@ -360,6 +363,7 @@ impl Pool {
             job,
             enqueued: Instant::now(),
             retried: false,
+            resent: false,
             reply: deliver,
         };
         match priority {

@@ -3,7 +3,11 @@
 //! A worker that times out, breaks the protocol or exits is killed together with its process
 //! group (and its cgroup, through the placement) and not reused; the supervisor replaces it. A job
 //! lost that way is queued again once, from its last checkpoint; a second loss fails it.
+//!
+//! A worker may end itself with status 0 between jobs (to recycle itself every so many jobs): that
+//! is no crash. A job sent to it just before it exited goes to another worker, once.
 
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use tokio::process::Child;
 use tokio::sync::Notify;
 
 use super::backoff::{remove_slot, started_failed};
-use super::job::{Joinable, Pipes, Ran, run_job};
+use super::job::{Deadline, Joinable, Pipes, Proc, Ran, run_job};
 use super::observe::{log_stderr, worker_cpu_ns};
 use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
@@ -94,7 +98,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
     tracing::debug!(pool = %settings.name, worker = id, pid, "worker started");
 
-    let mut pipes = Pipes::new(stdin, stdout);
+    let mut pipes = Pipes::new(stdin, stdout, &settings.name, pid);
     let mut served = 0u64;
     let mut last_cpu = 0u64;
     let mut death: Option<String> = None;
@@ -124,7 +128,10 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         }
         let cold = started > queued.enqueued && served == 0;
         let wait_us = queued.enqueued.elapsed().as_micros() as u64;
-        let timeout = shared.settings.lock().expect("pool settings").timeout;
+        let limits = {
+            let s = shared.settings.lock().expect("pool settings");
+            Deadline::new(s.timeout, s.start_timeout, started, served)
+        };
         let job_id = super::NEXT_JOB.fetch_add(1, Ordering::Relaxed);
 
         // A real request that joins a guess while it runs makes the job real from then on (and
@@ -148,11 +155,15 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             joins: &queued.job.joins,
             promote: &mut promote,
         };
+        let worker = Proc {
+            pipes: &mut pipes,
+            child: &mut child,
+        };
         let ran = run_job(
             &queued,
             job_id,
-            timeout,
-            &mut pipes,
+            limits,
+            worker,
             &take_back,
             &shared.shutting_down,
             joinable,
@@ -222,9 +233,33 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 remove_slot(&shared, id, started, served, None);
                 return;
             }
+            Ran::Exited {
+                checkpoint,
+                exec_us,
+            } => {
+                tracing::info!(pool = %settings.name, worker = id, pid,
+                    "worker exited (status 0) before answering its job; the job goes to \
+                     another worker");
+                // Whatever it left behind goes with it.
+                kill_group(pid);
+                placement_gone(&shared, id).await;
+                let cost = Cost {
+                    wait_us,
+                    exec_us,
+                    cold,
+                    cpu_ns,
+                };
+                resend(&shared, queued, checkpoint, cost);
+                // It served none of its jobs: a worker that exits at once fails at start.
+                let death = (served == 1).then(|| {
+                    "worker exited (exit status: 0) before answering its first job".to_string()
+                });
+                remove_slot(&shared, id, started, served - 1, death);
+                return;
+            }
         }
         if let Some(status) = child.try_wait().ok().flatten() {
-            death = Some(format!("worker exited ({status})"));
+            death = death_of(status, served);
             break;
         }
     }
@@ -232,7 +267,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     if death.is_none()
         && let Ok(Some(status)) = child.try_wait()
     {
-        death = Some(format!("worker exited ({status})"));
+        death = death_of(status, served);
     }
 
     // Orderly end: close stdin so a well-behaved worker exits, then make sure it did.
@@ -245,6 +280,12 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     }
     placement_gone(&shared, id).await;
     remove_slot(&shared, id, started, served, death);
+}
+
+/// Why a worker that exited between jobs counts as failed, if it does: not when it exited 0
+/// after serving (it recycled itself).
+fn death_of(status: ExitStatus, served: u64) -> Option<String> {
+    (!status.success() || served == 0).then(|| format!("worker exited ({status})"))
 }
 
 /// Tidies a gone worker's cgroup; says whether the OOM killer ended it.
@@ -380,18 +421,7 @@ fn finish_lost(
     if retry {
         queued.retried = true;
         queued.job.state = checkpoint;
-        // A guess goes back among the guesses, at their head: it must not pass real requests.
-        // Until it starts again, a run for it replaces it instead of waiting behind guesses.
-        match queued.job.priority {
-            Priority::OnDemand => st.on_demand.push_front(queued),
-            Priority::Speculative => {
-                queued.job.started.store(false, Ordering::Relaxed);
-                st.speculative.push_front(queued);
-            }
-        }
-        drop(st);
-        shared.job_ready.notify_one();
-        shared.supervisor_wake.notify_one();
+        requeue(shared, st, queued);
         return;
     }
     // A guess taken back, or a job the stopping pool ended, did not fail.
@@ -407,6 +437,46 @@ fn finish_lost(
         cpu_ns: cost.cpu_ns,
         last_checkpoint: checkpoint,
     });
+}
+
+/// Sends a job whose worker exited with status 0 before answering to another worker, once; a
+/// second such exit fails it as a crash.
+fn resend(shared: &Shared, mut queued: Queued, checkpoint: Option<Value>, cost: Cost) {
+    if queued.job.joins.any() {
+        queued.job.priority = Priority::OnDemand;
+    }
+    if queued.resent || shared.shutting_down.load(Ordering::Relaxed) {
+        let (kind, message) = if queued.resent {
+            let why = "worker exited (exit status: 0) before answering the job, twice";
+            (FailureKind::Crashed, why.to_string())
+        } else {
+            (FailureKind::ShuttingDown, "the pool stopped".to_string())
+        };
+        finish_lost(shared, queued, kind, message, checkpoint, cost);
+        return;
+    }
+    queued.resent = true;
+    if checkpoint.is_some() {
+        queued.job.state = checkpoint;
+    }
+    let st = shared.state.lock().expect("pool state");
+    requeue(shared, st, queued);
+}
+
+/// Puts a job back at the head of its queue. A guess goes back among the guesses: it must not
+/// pass real requests. Until it starts again, a run for it replaces it instead of waiting behind
+/// guesses.
+fn requeue(shared: &Shared, mut st: std::sync::MutexGuard<'_, super::State>, queued: Queued) {
+    match queued.job.priority {
+        Priority::OnDemand => st.on_demand.push_front(queued),
+        Priority::Speculative => {
+            queued.job.started.store(false, Ordering::Relaxed);
+            st.speculative.push_front(queued);
+        }
+    }
+    drop(st);
+    shared.job_ready.notify_one();
+    shared.supervisor_wake.notify_one();
 }
 
 /// An error and its causes, as one line.
