@@ -44,6 +44,34 @@ fn pool_stats(d: &Daemon, pool: &str) -> Value {
 }
 
 #[test]
+fn a_job_that_changes_the_world_is_not_run_again_when_its_worker_exits_before_answering() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // The same recycling worker, for a process not declared idempotent: the job written to a
+    // worker that then exits may have been read, so it is not given to another worker.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool(
+            "recycling",
+            &python("recycle.py", &["2000"]),
+            "timeout = \"20s\""
+        ),
+        process("reserve", "recycling")
+    );
+    let d = Daemon::start(&config);
+    let first = run(&d, "reserve", json!(1));
+    assert_eq!(first["ok"], json!(true), "{first}\n{}", d.log());
+    let second = run(&d, "reserve", json!(2));
+    assert_eq!(second["error"]["code"], json!("worker_failed"), "{second}");
+    assert_eq!(second["error"]["reason"], json!("crashed"), "{second}");
+    let message = second["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not idempotent"), "{second}");
+    let third = run(&d, "reserve", json!(3));
+    assert_eq!(third["ok"], json!(true), "{third}\n{}", d.log());
+}
+
+#[test]
 fn a_worker_that_exits_0_after_its_reply_is_no_crash_and_the_next_job_goes_to_a_new_one() {
     if skip_unless(have_python(), "python3 is not installed") {
         return;
@@ -57,7 +85,7 @@ fn a_worker_that_exits_0_after_its_reply_is_no_crash_and_the_next_job_goes_to_a_
             &python("recycle.py", &["2000"]),
             "timeout = \"20s\""
         ),
-        process("echo", "recycling")
+        process("echo", "recycling") + "idempotent = true\n"
     );
     let d = Daemon::start(&config);
     let mut pids = Vec::new();

@@ -299,6 +299,10 @@ impl Engine {
                 cancelled: cancelled.clone(),
                 started: started.clone(),
                 joins: joins.clone(),
+                may_repeat: self
+                    .config
+                    .process(&key.process)
+                    .is_some_and(|p| p.idempotent),
             },
             deliver,
         );

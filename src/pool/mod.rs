@@ -134,6 +134,9 @@ pub struct Job {
     pub started: Arc<AtomicBool>,
     /// Real requests waiting for this speculative job: from the first on it is on-demand work.
     pub joins: Arc<Joins>,
+    /// The job may run again after its worker was lost during it. A job that changes the world
+    /// runs at most once: if its worker is lost, the client is told and decides.
+    pub may_repeat: bool,
 }
 
 /// Why a job produced no result.

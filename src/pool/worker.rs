@@ -416,6 +416,7 @@ fn finish_lost(
         kind,
         FailureKind::Crashed | FailureKind::Protocol | FailureKind::Timeout
     ) && checkpoint.is_some()
+        && queued.job.may_repeat
         && !queued.retried
         && !shared.shutting_down.load(Ordering::Relaxed);
     if retry {
@@ -445,9 +446,13 @@ fn resend(shared: &Shared, mut queued: Queued, checkpoint: Option<Value>, cost: 
     if queued.job.joins.any() {
         queued.job.priority = Priority::OnDemand;
     }
-    if queued.resent || shared.shutting_down.load(Ordering::Relaxed) {
+    if queued.resent || !queued.job.may_repeat || shared.shutting_down.load(Ordering::Relaxed) {
         let (kind, message) = if queued.resent {
             let why = "worker exited (exit status: 0) before answering the job, twice";
+            (FailureKind::Crashed, why.to_string())
+        } else if !queued.job.may_repeat {
+            let why = "worker exited (exit status: 0) before answering the job, which is not run \
+                       again since its process is not idempotent";
             (FailureKind::Crashed, why.to_string())
         } else {
             (FailureKind::ShuttingDown, "the pool stopped".to_string())
