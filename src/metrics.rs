@@ -61,7 +61,8 @@ impl Out {
                 .collect();
             let _ = write!(self.text, "{{{}}}", inner.join(","));
         }
-        let _ = writeln!(self.text, " {}", v * self.scale);
+        // `+ 0.0` turns a negative zero (a sum of tiny negative terms, say) into `0`.
+        let _ = writeln!(self.text, " {}", v * self.scale + 0.0);
     }
 
     /// One unlabelled metric, when the value is there.
@@ -514,6 +515,18 @@ mod tests {
             assert!(t.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
             assert!(name.starts_with("precog_"));
         }
+    }
+
+    #[test]
+    fn a_negative_zero_is_written_as_zero() {
+        let mut s = stats();
+        s["alloc"]["pools"]["shop"]["expected_runs"] = json!(-0.0);
+        let t = render(&s);
+        assert!(
+            t.contains("precog_alloc_expected_runs{pool=\"shop\"} 0\n"),
+            "{t}"
+        );
+        assert!(!t.contains(" -0\n"), "{t}");
     }
 
     #[test]
