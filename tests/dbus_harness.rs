@@ -171,6 +171,12 @@ impl Drop for Daemon {
     }
 }
 
+/// The first part of the daemons' cgroup parent names: `PRECOG_TEST_CGROUP_PREFIX` when set (to
+/// keep one run's cgroups apart from another's), else `precog-test`.
+pub fn cgroup_prefix() -> String {
+    std::env::var("PRECOG_TEST_CGROUP_PREFIX").unwrap_or_else(|_| "precog-test".into())
+}
+
 /// The test configuration: a `shop` pool running the Python worker, paths in `root`.
 pub fn write_config(path: &Path, root: &Path, workers_max: u32) {
     let text = format!(
@@ -179,7 +185,7 @@ pub fn write_config(path: &Path, root: &Path, workers_max: u32) {
 socket = "{root}/precogd.sock"
 cache_dir = "{root}/cache"
 state_dir = "{root}/state"
-cgroup_parent = "precog-test-{pid}-{leaf}"
+cgroup_parent = "{prefix}-{pid}-{leaf}"
 allowed_groups = []
 
 [[pool]]
@@ -189,6 +195,7 @@ warm_min = 1
 workers_max = {workers_max}
 "#,
         root = root.display(),
+        prefix = cgroup_prefix(),
         pid = std::process::id(),
         leaf = root
             .file_name()

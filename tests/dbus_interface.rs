@@ -402,3 +402,37 @@ fn precogd_without_a_reachable_bus_still_serves_its_socket() {
         "{log}"
     );
 }
+
+#[test]
+fn precogctl_pools_over_the_bus_shows_the_limits_in_force_beside_the_configured_ones() {
+    let Some((bus, daemon)) = setup() else {
+        return;
+    };
+    // The pool's cgroup, as its stats name it; the built-in shop pool's memory_max is 256M.
+    let stats = daemon.call(json!({"op": "stats"}));
+    let paths = &stats["pools"]["shop"]["cgroup"]["paths"];
+    let memory_file = paths.as_array().into_iter().flatten().find_map(|p| {
+        let dir = std::path::Path::new(p.as_str()?);
+        ["memory.limit_in_bytes", "memory.max"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|f| f.is_file())
+    });
+    let Some(memory_file) = memory_file else {
+        println!("SKIPPED: the pool has no memory cgroup here (needs root and cgroups)");
+        return;
+    };
+    // What the tuner does when jobs use little: a lower limit in the cgroup than configured.
+    std::fs::write(&memory_file, (64u64 << 20).to_string()).expect("lower the limit");
+
+    let (ok, out, err) = precogctl(&daemon, &["pools", "--bus", &bus.address]);
+    assert!(ok, "{err}");
+    assert!(err.is_empty(), "no fallback expected: {err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("shop "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("64M (256M)"), "{out}");
+    assert!(row.contains(" 150% "), "{out}");
+    assert!(out.contains("the configured value"), "{out}");
+}

@@ -103,8 +103,8 @@ pub enum ControlError {
         source: zbus::Error,
     },
     #[error(
-        "no bus was chosen (--bus none, the default with --socket); this command speaks D-Bus: \
-         give --bus system, session or an address"
+        "no bus was chosen (--bus none, the default with --socket or PRECOG_SOCKET); this \
+         command speaks D-Bus: give --bus system, session or an address"
     )]
     NoBus,
     #[error("the {bus} bus did not answer within {CONNECT_TIMEOUT:?}")]

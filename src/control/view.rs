@@ -112,6 +112,21 @@ pub fn status_summary(stats: &Value) -> Value {
     })
 }
 
+/// `Pools()`'s shape, built from a `stats` snapshot for a client that has only the socket: each
+/// pool's live figures under `live` (with the limits its cgroup has in force, when it has one)
+/// and its tuner's state under `tune`. `stats` does not carry the configured limits: there is
+/// no `limits`.
+pub fn pools_from_stats(stats: &Value) -> Value {
+    let pools = stats["pools"].as_object().into_iter().flatten();
+    let out: serde_json::Map<String, Value> = pools
+        .map(|(name, live)| {
+            let tune = stats["tune"]["pools"][name].clone();
+            (name.clone(), json!({"live": live, "tune": tune}))
+        })
+        .collect();
+    Value::Object(out)
+}
+
 /// Lets at most `per_window` signals through per window and counts the rest, so that a pool
 /// whose workers crash in a loop cannot flood the bus.
 #[derive(Debug)]
@@ -224,6 +239,18 @@ mod tests {
         assert_eq!(s["busy"], 1);
         assert_eq!(s["runs_served"], 8);
         assert_eq!(s["hit_ratio"], 0.5);
+    }
+
+    #[test]
+    fn pools_from_stats_carry_the_live_figures_and_the_tuner() {
+        let mut s = stats();
+        s["tune"] = json!({"pools": {"shop": {"memory_max": 64}}});
+        let pools = pools_from_stats(&s);
+        assert_eq!(pools["shop"]["live"]["workers_max"], 8);
+        assert_eq!(pools["shop"]["tune"]["memory_max"], 64);
+        assert_eq!(pools["search"]["tune"], Value::Null);
+        assert!(pools["shop"].get("limits").is_none());
+        assert_eq!(pools_from_stats(&json!({})), json!({}));
     }
 
     #[test]

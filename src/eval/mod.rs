@@ -98,8 +98,10 @@ impl fmt::Display for EvalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} events, {} sessions, {} next steps predicted",
-            self.events, self.sessions, self.scored
+            "{}, {}, {} predicted",
+            counted(self.events, "event", "events"),
+            counted(self.sessions, "session", "sessions"),
+            counted(self.scored, "next step", "next steps")
         )?;
         writeln!(f, "| model      |  hit@1 |  hit@3 |    mrr |")?;
         writeln!(f, "|------------|-------:|-------:|-------:|")?;
@@ -126,6 +128,11 @@ struct Tally {
     hit1: u64,
     hit3: u64,
     rr: f64,
+}
+
+/// `n` and its noun, in the singular for one.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 impl Tally {

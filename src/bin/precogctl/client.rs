@@ -16,12 +16,16 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> anyhow::Result<Client> {
-        let stream = UnixStream::connect(path).with_context(|| {
-            format!(
-                "cannot reach precogd at {}: is it running? (start it with `precogd`, or pass \
-                 --socket)",
+        let stream = UnixStream::connect(path).map_err(|e| {
+            let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                access_advice(path)
+            } else {
+                "is it running? (start it with `precogd`, or pass --socket)".to_string()
+            };
+            anyhow::Error::new(e).context(format!(
+                "cannot reach precogd at {}: {advice}",
                 path.display()
-            )
+            ))
         })?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         Ok(Client {
@@ -62,11 +66,42 @@ impl Client {
     }
 }
 
+/// What a user refused the socket (EACCES) should do: join the group that owns it.
+fn access_advice(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "this user may not look into a directory on the way to the socket".into();
+    };
+    let gid = nix::unistd::Gid::from_raw(meta.gid());
+    let group = nix::unistd::Group::from_gid(gid)
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string());
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "$USER".into());
+    format!(
+        "this user may not open the socket, which belongs to group `{group}`: add the user to \
+         that group (`sudo usermod -aG {group} {user}`, then log in again)"
+    )
+}
+
+/// The socket `$PRECOG_SOCKET` names, when it is set and not empty.
+pub fn socket_from_env() -> Option<PathBuf> {
+    std::env::var_os("PRECOG_SOCKET")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The socket path a client uses when none is given: `$PRECOG_SOCKET`, the system socket, or
 /// the per-user one that an unprivileged precogd picks.
 pub fn default_socket() -> PathBuf {
-    if let Some(p) = std::env::var_os("PRECOG_SOCKET") {
-        return PathBuf::from(p);
+    if let Some(p) = socket_from_env() {
+        return p;
     }
     // The system daemon's socket when there is one (root, or an app user in group `precog`),
     // else the one a developer's own unprivileged precogd uses.

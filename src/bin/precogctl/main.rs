@@ -14,6 +14,7 @@ mod load;
 mod local;
 mod metrics;
 mod ops;
+mod pool_table;
 mod replay;
 mod top;
 
@@ -34,9 +35,9 @@ use precog::control::Bus;
     about = "Control and try out the precog daemon"
 )]
 struct Cli {
-    /// precogd's socket (default: $PRECOG_SOCKET, else /run/precog/precogd.sock for root, else
-    /// the per-user socket). `demo`, `bench` and `replay` start daemons of their own unless
-    /// `replay --mode precog` is given one.
+    /// precogd's socket (default: $PRECOG_SOCKET, else /run/precog/precogd.sock when it exists
+    /// or for root, else the per-user socket). `demo`, `bench` and `replay` start daemons of
+    /// their own unless `replay --mode precog` is given one.
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -46,8 +47,8 @@ struct Cli {
 
     /// D-Bus bus where precogd publishes org.precog.Precog1, for the commands that use it:
     /// system, session, none (use the socket) or a D-Bus address. Default: system; with
-    /// --socket, none, so that status, pools and top ask the daemon on that socket (and
-    /// set-pool, policy, reload and flush want --bus said).
+    /// --socket or $PRECOG_SOCKET, none, so that status, pools and top ask the daemon on that
+    /// socket (and set-pool, policy, reload and flush want --bus said).
     #[arg(long, global = true, value_name = "BUS", env = "PRECOG_BUS")]
     bus: Option<Bus>,
 
@@ -86,7 +87,7 @@ enum Cmd {
     Eval {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// jd, rees46, otto or events (NDJSON, one event a line).
+        /// jd, rees46, otto or events (NDJSON, one event a line; see docs/session-formats.md).
         #[arg(long)]
         format: String,
     },
@@ -106,7 +107,12 @@ enum Cmd {
     Load(load::LoadArgs),
     /// Summarise precogd's health (D-Bus, or the socket when the bus is out of reach).
     Status,
-    /// Show the worker pools with their limits (D-Bus, or the socket's live figures).
+    /// Show the worker pools with their limits (D-Bus, or the socket's figures).
+    ///
+    /// CPU and MEMORY are the limits in force, with the configured value in brackets where the
+    /// tuner moved them. FAILED counts jobs that ended in an error, workers' own error answers
+    /// (an unknown SKU, say) included; LOST counts workers that crashed, ran past the timeout or
+    /// ran out of memory.
     Pools,
     /// Change a pool's limits (root, over D-Bus).
     SetPool(ops::SetPoolArgs),
@@ -324,6 +330,19 @@ fn print_stats(s: &Value) {
     }
 }
 
+/// `n` and its noun, in the singular for one: `1 session`, `2 sessions`.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A count from a reply, with its noun; `?` with the plural when the reply has none.
+pub fn counted_value(n: &Value, one: &str, many: &str) -> String {
+    match n.as_u64() {
+        Some(n) => counted(n, one, many),
+        None => format!("? {many}"),
+    }
+}
+
 /// An error and its causes on one line, each said once: some libraries' messages already end
 /// with their cause's.
 pub fn causes(e: &anyhow::Error) -> String {
@@ -341,13 +360,17 @@ pub fn causes(e: &anyhow::Error) -> String {
     out
 }
 
-/// The bus the D-Bus commands use. A daemon named by its socket is asked there: the one on the
-/// system bus may be another (an installed daemon beside a trial one).
+/// The bus the D-Bus commands use. A daemon named by its socket (`--socket` or
+/// `$PRECOG_SOCKET`) is asked there: the one on the system bus may be another (an installed
+/// daemon beside a trial one).
 fn bus_of(cli: &Cli) -> Bus {
-    cli.bus.clone().unwrap_or(match cli.socket {
-        Some(_) => Bus::None,
-        None => Bus::System,
-    })
+    let socket_named = cli.socket.is_some() || client::socket_from_env().is_some();
+    default_bus(cli.bus.clone(), socket_named)
+}
+
+/// `--bus` when given, else none for a daemon named by its socket, else the system bus.
+fn default_bus(given: Option<Bus>, socket_named: bool) -> Bus {
+    given.unwrap_or(if socket_named { Bus::None } else { Bus::System })
 }
 
 /// The result cache's line of `stats`: its figures, or that it is off and why.
@@ -362,8 +385,8 @@ fn cache_line(cache: &Value) -> String {
         return "cache: not reported by this precogd".into();
     }
     format!(
-        "cache: {} entries, {} of {} bytes  hits {}  misses {}  evicted {}{}",
-        cache["entries"],
+        "cache: {}, {} of {} bytes  hits {}  misses {}  evicted {}{}",
+        counted_value(&cache["entries"], "entry", "entries"),
         cache["bytes"],
         cache["capacity"],
         cache["hits"],
@@ -430,7 +453,7 @@ mod tests {
             format!("cannot connect to the system bus: connect: {io_text}")
         );
 
-        if std::env::var_os("PRECOG_BUS").is_none() {
+        if std::env::var_os("PRECOG_BUS").is_none() && client::socket_from_env().is_none() {
             let parse = |argv: &[&str]| bus_of(&Cli::try_parse_from(argv).expect("parses"));
             assert_eq!(parse(&["precogctl", "status"]), Bus::System);
             assert_eq!(parse(&["precogctl", "--socket", "/s", "status"]), Bus::None);
@@ -452,6 +475,27 @@ mod tests {
         ])
         .expect("set-pool parses with --bus last");
         assert_eq!(set_pool.bus, Some(Bus::Session));
+    }
+
+    #[test]
+    fn a_socket_from_the_environment_keeps_commands_off_the_system_bus() {
+        assert_eq!(default_bus(None, false), Bus::System);
+        assert_eq!(default_bus(None, true), Bus::None);
+        assert_eq!(default_bus(Some(Bus::Session), true), Bus::Session);
+        assert_eq!(default_bus(Some(Bus::System), false), Bus::System);
+    }
+
+    #[test]
+    fn counts_take_the_singular_for_one() {
+        assert_eq!(counted(1, "session", "sessions"), "1 session");
+        assert_eq!(counted(0, "session", "sessions"), "0 sessions");
+        assert_eq!(counted_value(&json!(1), "entry", "entries"), "1 entry");
+        assert_eq!(counted_value(&Value::Null, "entry", "entries"), "? entries");
+        let line = cache_line(
+            &json!({"open": true, "entries": 1, "bytes": 10, "capacity": 20,
+            "hits": 0, "misses": 1, "evicted": 0}),
+        );
+        assert!(line.starts_with("cache: 1 entry, 10 of 20 bytes"), "{line}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde_json::Value;
 use zbus::zvariant;
 
 use crate::dbus_client::{Source, proxy, runtime};
+use crate::pool_table;
 
 #[derive(clap::Args, Debug)]
 pub struct SetPoolArgs {
@@ -65,7 +66,11 @@ pub fn status(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
     );
     let cache = match s["cache_off"].as_str() {
         Some(why) => format!("off ({why})"),
-        None => format!("{} entries, {} bytes", s["cache_entries"], s["cache_bytes"]),
+        None => format!(
+            "{}, {}",
+            crate::counted_value(&s["cache_entries"], "entry", "entries"),
+            crate::counted_value(&s["cache_bytes"], "byte", "bytes")
+        ),
     };
     println!(
         "sessions {}  cache {cache}  in flight {}",
@@ -95,58 +100,29 @@ pub fn pools(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
                 crate::causes(&e)
             ),
         }
-        // The socket's stats carry the live figures only; limits need the bus.
+        // The socket's stats carry the live figures, the limits in force and the tuner's
+        // state; the configured limits and the timeout are the bus's alone.
         let mut source = Source::Socket(crate::client::Client::connect(socket)?);
-        let stats = source.stats().await?;
-        let live = stats["pools"].as_object().cloned().unwrap_or_default();
-        Ok::<_, anyhow::Error>(
-            live.into_iter()
-                .map(|(name, live)| (name, serde_json::json!({"live": live})))
-                .collect(),
-        )
+        Ok::<_, anyhow::Error>(view::pools_from_stats(&source.stats().await?))
     })?;
     if json {
         println!("{pools}");
         return Ok(());
     }
-    println!(
-        "{:<12} {:>7} {:>5} {:>5} {:>5} {:>9} {:>10} {:>8} {:>7}",
-        "POOL", "WORKERS", "BUSY", "WARM", "MAX", "CPU", "MEMORY", "TIMEOUT", "FAILED"
-    );
-    for (name, p) in pools.as_object().into_iter().flatten() {
-        println!("{}", pool_row(name, p));
+    let rows: Vec<String> = pools
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, p)| pool_table::row(name, p))
+        .collect();
+    println!("{}", pool_table::header());
+    for r in &rows {
+        println!("{r}");
+    }
+    for line in pool_table::legend(&rows) {
+        println!("{line}");
     }
     Ok(())
-}
-
-/// One line of `pools`: live figures, then the limits when the daemon gave them.
-fn pool_row(name: &str, p: &Value) -> String {
-    let (live, limits) = (&p["live"], &p["limits"]);
-    let or_dash = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let memory = limits["memory_max"]
-        .as_u64()
-        .map(|b| format!("{}M", b >> 20))
-        .unwrap_or_else(|| "-".into());
-    let timeout = limits["timeout_ms"]
-        .as_u64()
-        .map(|ms| format!("{ms}ms"))
-        .unwrap_or_else(|| "-".into());
-    format!(
-        "{:<12} {:>7} {:>5} {:>5} {:>5} {:>9} {:>10} {:>8} {:>7}",
-        name,
-        or_dash(&live["workers"]),
-        or_dash(&live["busy"]),
-        or_dash(&limits["warm_min"]),
-        or_dash(&live["workers_max"]),
-        or_dash(&limits["cpu_quota"]),
-        memory,
-        timeout,
-        or_dash(&live["jobs_failed"]),
-    )
 }
 
 /// Splits `key=value` arguments.
@@ -186,7 +162,7 @@ pub fn set_pool(args: &SetPoolArgs, bus: &Bus, json: bool) -> anyhow::Result<()>
     if json {
         println!("{pool}");
     } else {
-        println!("{}", pool_row(&args.pool, &pool));
+        println!("{}", pool_table::row(&args.pool, &pool));
     }
     Ok(())
 }
@@ -221,7 +197,10 @@ pub fn flush(bus: &Bus) -> anyhow::Result<()> {
             .await
             .context("cache not flushed")
     })?;
-    println!("flushed {flushed} cached results");
+    println!(
+        "flushed {}",
+        crate::counted(flushed, "cached result", "cached results")
+    );
     Ok(())
 }
 

@@ -215,12 +215,16 @@ pub fn render_screen(stats: &Value, runs_per_s: Option<f64>) -> Vec<String> {
             num(&stats["run_latency_us"]["p99"]),
         ),
         format!(
-            "speculation  used {}  wasted {}  precision {:.1}%   sessions {}  cache {} entries",
+            "speculation  used {}  wasted {}  precision {:.1}%   sessions {}  cache {}",
             num(&spec["used"]),
             num(&spec["wasted"]),
             spec["precision"].as_f64().unwrap_or(0.0) * 100.0,
             num(&stats["sessions"]["active"]),
-            num(&stats["cache"]["entries"]),
+            crate::counted(
+                stats["cache"]["entries"].as_u64().unwrap_or(0),
+                "entry",
+                "entries"
+            ),
         ),
         String::new(),
         format!(

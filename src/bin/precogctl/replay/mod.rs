@@ -52,7 +52,8 @@ pub enum ModeChoice {
 pub struct ReplayArgs {
     /// A session file of the data set, or a directory of them.
     pub file: PathBuf,
-    /// The data set's layout: jd, rees46, otto or events (precog's NDJSON events).
+    /// The data set's layout: jd, rees46, otto or events (precog's NDJSON events; see
+    /// docs/session-formats.md).
     #[arg(long, value_parser = parse_format)]
     pub format: Format,
     /// How much faster than real time to play: the recorded gaps are divided by this.
@@ -142,11 +143,15 @@ pub fn run(
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
+        let all = if m.runs == 1 {
+            "the one run".to_string()
+        } else {
+            format!("every one of the {} runs", m.runs)
+        };
         bail!(
-            "every one of the {} runs of mode `{}` failed ({}); nothing was measured. Workers \
-             that cannot serve the data (a shop catalogue built from another data set, say) \
-             fail this way: the daemon's log says why",
-            m.runs,
+            "{all} of mode `{}` failed ({}); nothing was measured. Workers that cannot serve \
+             the data (a shop catalogue built from another data set, say) fail this way: the \
+             daemon's log says why",
             m.mode,
             errors.join(", ")
         );

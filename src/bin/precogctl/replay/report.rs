@@ -234,8 +234,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "replay of {} ({}): {} sessions, {} recorded events, {:.0} s of shop time at {}x",
-            self.file, self.format, self.sessions, self.recorded_events, self.span_s, self.speed
+            "replay of {} ({}): {}, {}, {:.0} s of shop time at {}x",
+            self.file,
+            self.format,
+            crate::counted(self.sessions as u64, "session", "sessions"),
+            crate::counted(
+                self.recorded_events as u64,
+                "recorded event",
+                "recorded events"
+            ),
+            self.span_s,
+            self.speed
         );
         let names: Vec<&str> = self.modes.iter().map(|m| m.mode.as_str()).collect();
         let mut row = |label: &str, cells: Vec<String>| {
