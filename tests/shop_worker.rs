@@ -392,3 +392,73 @@ fn quote_carriers_prepare_phase_does_the_route_lookups() {
     assert_eq!(result["resumed_from"], 0);
     assert_eq!(result["delivery_hub"], "Glasgow");
 }
+
+/// A worker started as `nobody`, as the packaged service starts its workers as an unprivileged
+/// user, on `catalog`.
+fn shop_as_nobody(catalog: &std::path::Path) -> Worker {
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", WORKER])
+        .arg("--catalog")
+        .arg(catalog)
+        .env_clear();
+    Worker::start(command)
+}
+
+#[test]
+fn a_catalogue_the_worker_may_not_use_is_named_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = nix::unistd::geteuid().is_root();
+    if !root || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        println!("SKIPPED: needs root and setpriv to run the worker as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = dir.path().join("sessions.jsonl");
+    std::fs::write(
+        &sessions,
+        r#"{"session":0,"events":[{"aid":1517085,"ts":1,"type":"clicks"}]}"#,
+    )
+    .unwrap();
+    let catalog = dir.path().join("shop.sqlite");
+    build_catalog(&sessions, &catalog);
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let shown = catalog.display().to_string();
+    let sku = json!({"sku": "1517085"});
+
+    // A directory on the way the worker's user may not enter.
+    mode(dir.path(), 0o700);
+    let error = shop_as_nobody(&catalog).error("price_quote", sku.clone());
+    assert!(error.contains("Permission denied"), "{error}");
+    assert!(error.contains(&shown), "{error}");
+    assert!(!error.contains("build-catalog"), "{error}");
+    assert_eq!(
+        error.matches("Permission denied").count(),
+        1,
+        "said once: {error}"
+    );
+
+    // A file the worker's user may not read.
+    mode(dir.path(), 0o755);
+    mode(&catalog, 0o600);
+    let error = shop_as_nobody(&catalog).error("check_inventory", sku.clone());
+    assert!(error.contains("cannot read shop catalogue"), "{error}");
+    assert!(
+        error.contains("Permission denied") && error.contains(&shown),
+        "{error}"
+    );
+
+    // A file it may read but not write: prices answer, a reservation says what it lacks.
+    mode(&catalog, 0o644);
+    let mut worker = shop_as_nobody(&catalog);
+    assert!(worker.result("price_quote", sku.clone())["price_cents"].as_i64() > Some(0));
+    let error = worker.error("reserve_stock", sku);
+    assert!(error.contains("cannot reserve stock"), "{error}");
+    assert!(
+        error.contains("Permission denied") && error.contains(&shown),
+        "{error}"
+    );
+    assert!(worker.finish().success());
+}

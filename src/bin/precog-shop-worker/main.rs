@@ -76,21 +76,25 @@ fn build_catalog(sources: &[PathBuf], out: &std::path::Path) -> anyhow::Result<(
     let mut products = Vec::new();
     for source in sources {
         let found = catalog::import::read_source(source)?;
-        println!("{}: {} products", source.display(), found.len());
+        println!("{}: {}", source.display(), products_count(found.len()));
         products.extend(found);
     }
     let stored = catalog::import::build(&products, out)?;
-    println!("catalogue {}: {stored} products", out.display());
+    println!("catalogue {}: {}", out.display(), products_count(stored));
     Ok(())
+}
+
+/// `1 product`, `2 products`.
+fn products_count(n: usize) -> String {
+    format!("{n} {}", if n == 1 { "product" } else { "products" })
 }
 
 /// Answers jobs from stdin until it ends.
 fn serve(mut catalogue: Catalogue) -> anyhow::Result<()> {
-    if !catalogue.is_open() {
+    if let Err(e) = catalogue.check() {
         eprintln!(
-            "precog-shop-worker: no readable catalogue at {}; check_inventory, price_quote, \
-             cart_total and reserve_stock answer errors until one is built",
-            catalogue.path().display()
+            "precog-shop-worker: {e}. Until then check_inventory, price_quote, cart_total and \
+             reserve_stock answer errors"
         );
     }
 
@@ -153,13 +157,17 @@ fn answer(text: &[u8], catalogue: &mut Catalogue) -> Vec<String> {
     replies
 }
 
-/// The error and its causes, as one line for the daemon.
+/// The error and its causes, as one line for the daemon; a cause the message already quotes is
+/// not said twice.
 fn error_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text

@@ -1,7 +1,8 @@
 //! The shop catalogue: products, prices, weights and stock in a SQLite file.
 //!
 //! The worker opens the catalogue read-only once and keeps it; if the file is missing it answers
-//! the catalogue processes with an error saying how to build it and looks again on the next job,
+//! the catalogue processes with an error saying how to build it (or, when the worker's user may
+//! not read it, what the file system refused, with the path) and looks again on the next job,
 //! and if the file is replaced (a rebuild renames a new one into place) it reopens it. Reserving
 //! stock is the one write, on a separate read-write connection opened when first needed, with a
 //! busy timeout because the other workers of the pool share the file.
@@ -9,7 +10,7 @@
 pub mod import;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -38,6 +39,22 @@ pub enum CatalogError {
          --out PATH` and point the worker at it (--catalog or PRECOG_SHOP_CATALOG)"
     )]
     Missing(PathBuf),
+    /// The path is there, maybe, but the worker's user may not look it up.
+    #[error(
+        "cannot reach shop catalogue {path}: {source}; the worker's user needs search access to \
+         every directory on the way to it"
+    )]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read shop catalogue {path}: {source}; the worker's user needs read access to it"
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "cannot open shop catalogue {path}; rebuild it with `precog-shop-worker build-catalog`"
     )]
@@ -52,10 +69,21 @@ pub enum CatalogError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("cannot reserve stock in shop catalogue {path}; the worker needs write access to it")]
+    #[error(
+        "cannot reserve stock in shop catalogue {path}: {source}; the worker's user needs write \
+         access to it and to its directory (SQLite writes a journal beside it)"
+    )]
     Write {
         path: PathBuf,
         source: rusqlite::Error,
+    },
+    #[error(
+        "cannot reserve stock in shop catalogue {path}: {source}; the worker's user needs write \
+         access to it and to its directory (SQLite writes a journal beside it)"
+    )]
+    WriteAccess {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("unknown sku {0:?}: not in the shop catalogue")]
     UnknownSku(String),
@@ -96,18 +124,28 @@ impl Catalogue {
         catalogue
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether the catalogue file is there and opened.
+    #[cfg(test)]
     pub fn is_open(&self) -> bool {
         self.reader.is_some()
     }
 
+    /// Opens the catalogue now if it is not open yet; says why it cannot be read.
+    pub fn check(&mut self) -> Result<(), CatalogError> {
+        self.reader().map(|_| ())
+    }
+
     fn current_file(&self) -> Result<FileId, CatalogError> {
-        let meta =
-            std::fs::metadata(&self.path).map_err(|_| CatalogError::Missing(self.path.clone()))?;
+        let meta = std::fs::metadata(&self.path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                CatalogError::Missing(self.path.clone())
+            } else {
+                CatalogError::Unreachable {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })?;
         Ok((meta.dev(), meta.ino()))
     }
 
@@ -118,6 +156,11 @@ impl Catalogue {
             .as_ref()
             .is_none_or(|(_, opened)| *opened != file)
         {
+            // SQLite says only "unable to open database file"; the file system says why.
+            std::fs::File::open(&self.path).map_err(|source| CatalogError::Unreadable {
+                path: self.path.clone(),
+                source,
+            })?;
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let db = Connection::open_with_flags(&self.path, flags).map_err(|source| {
                 CatalogError::Open {
@@ -141,6 +184,15 @@ impl Catalogue {
                 path: self.path.clone(),
                 source,
             };
+            // SQLite would open a file it may not write read-only, and fail only at the write.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(|source| CatalogError::WriteAccess {
+                    path: self.path.clone(),
+                    source,
+                })?;
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let db = Connection::open_with_flags(&self.path, flags).map_err(write_err)?;
             db.busy_timeout(BUSY_TIMEOUT).map_err(write_err)?;
