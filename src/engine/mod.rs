@@ -15,6 +15,7 @@ mod predict;
 mod run;
 mod speculative;
 mod stats;
+mod stored;
 mod tuning;
 
 use std::collections::HashMap;
@@ -363,7 +364,9 @@ impl Engine {
                                     self.job_done(key, seq, outcome);
                                     self.run_later();
                                 }
-                                Command::Checkpoint { key, latest } => self.save_latest(&key, &latest),
+                                Command::Checkpoint { key, latest } => {
+                                    self.save_latest(&key, &latest)
+                                }
                                 _ => {}
                             },
                             _ = tokio::time::sleep(Duration::from_millis(20)) => {}

@@ -18,7 +18,11 @@
 //! rounds without). A short slice for precogd's own thread (0.1 ms), so that it preempts a
 //! guess at once on Linux's EEVDF scheduler, did not change the ratio either (elastic, 48
 //! rounds: 1.21 against 1.24 the same hour; on alternating runs the p99 of both modes moved
-//! within their noise).
+//! within their noise). Stopping every running guess (`SIGSTOP` to its process group) while a
+//! real job ran on a host of two CPUs, and continuing it after, made the median better but p99
+//! more than three times worse (elastic, two runs of 16 rounds: 3.75 and 3.43, against 1.27 and
+//! 0.97 for runs without it taking turns with them), most of the loss outside the worker: the
+//! held guesses ran all at once when the real job ended, and kept their workers busy longer.
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but

@@ -1,0 +1,121 @@
+//! The engine's side of the stores: results kept for later requests, and the partial states
+//! (checkpoints) jobs resume from.
+
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+
+use super::Engine;
+use super::run::{JobKey, now_ms};
+use crate::store::{CacheKey, StoreError, canonical_json};
+
+impl Engine {
+    pub(super) fn is_cacheable(&self, process: &str) -> bool {
+        self.cache.is_some() && self.config.process(process).is_some_and(|p| p.idempotent)
+    }
+
+    pub(super) fn cache_get(&mut self, key: &JobKey) -> Option<Value> {
+        let cache = self.cache.as_mut()?;
+        let ck = CacheKey {
+            owner: key.owner,
+            process: &key.process,
+            inputs: &key.inputs,
+        };
+        let bytes = cache.get(&ck, now_ms())?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps a result for later requests; results of processes not declared idempotent are
+    /// never kept.
+    pub(super) fn cache_put(&mut self, key: &JobKey, result: &Value) {
+        if !self.is_cacheable(&key.process) {
+            return;
+        }
+        let ttl = self
+            .config
+            .process(&key.process)
+            .map(|p| p.ttl.0.as_millis() as u64)
+            .unwrap_or(0);
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        let ck = CacheKey {
+            owner: key.owner,
+            process: &key.process,
+            inputs: &key.inputs,
+        };
+        let bytes = serde_json::to_vec(result).unwrap_or_default();
+        if let Err(e) = cache.put(&ck, &bytes, now_ms(), ttl) {
+            self.store_error("result cache", &e);
+        }
+    }
+
+    /// The partial-state key of a job: its owner, process and the inputs its `prepare` phase
+    /// needs (all inputs when it declares none), so a prepare run and the full run share it.
+    pub(super) fn state_key(&self, key: &JobKey, inputs: &Map<String, Value>) -> Vec<u8> {
+        let prepare = self
+            .config
+            .process(&key.process)
+            .map(|p| p.prepare.clone())
+            .unwrap_or_default();
+        let basis = if prepare.is_empty() {
+            key.inputs.clone()
+        } else {
+            let subset: Map<String, Value> = inputs
+                .iter()
+                .filter(|(k, _)| prepare.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            canonical_json(&Value::Object(subset))
+        };
+        format!("{}\u{0}{}\u{0}{}", key.owner, key.process, basis).into_bytes()
+    }
+
+    pub(super) fn saved_state(&mut self, state_key: &[u8]) -> Option<Value> {
+        let bytes = self.states.as_mut()?.get(state_key, now_ms())?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Stores the checkpoint waiting in `latest`, if another message has not taken it yet.
+    pub(super) fn save_latest(&mut self, state_key: &[u8], latest: &Mutex<Option<Value>>) {
+        let state = latest.lock().expect("latest checkpoint").take();
+        if let Some(state) = state {
+            self.save_state(state_key, &state);
+        }
+    }
+
+    pub(super) fn save_state(&mut self, state_key: &[u8], state: &Value) {
+        let ttl = 3_600_000;
+        let Some(states) = self.states.as_mut() else {
+            return;
+        };
+        let bytes = serde_json::to_vec(state).unwrap_or_default();
+        if let Err(e) = states.put(state_key, &bytes, now_ms(), ttl) {
+            self.store_error("partial-state store", &e);
+        }
+    }
+
+    pub(super) fn forget_state(&mut self, key: &JobKey) {
+        if self.states.is_none() {
+            return;
+        }
+        let inputs: Map<String, Value> = serde_json::from_str(&key.inputs).unwrap_or_default();
+        let state_key = self.state_key(key, &inputs);
+        if let Some(states) = self.states.as_mut() {
+            states.remove(&state_key);
+        }
+    }
+
+    /// A store error is said once per store; the store keeps serving what it has. An entry
+    /// too large to keep is no fault of the store: it is said at debug level, each time.
+    pub(super) fn store_error(&mut self, which: &'static str, e: &StoreError) {
+        if let StoreError::TooLarge { .. } = e {
+            tracing::debug!(store = which, error = %e, "not stored");
+            return;
+        }
+        if self.store_warned.insert(which) {
+            let error = e.with_causes();
+            tracing::warn!(store = which, %error, "storing failed; precog keeps serving");
+        }
+    }
+}
