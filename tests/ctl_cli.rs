@@ -100,6 +100,8 @@ fn pools_over_the_socket_show_the_limits_and_tell_error_answers_from_lost_worker
     let cells = pool_cells(&table, "shop");
     let stats = daemon.call(json!({"op": "stats"}));
     let enforced = stats["pools"]["shop"]["cgroup"]["limits"].is_object();
+    assert_eq!(stats["pools"]["shop"]["job_errors"], json!(1), "{stats}");
+    assert_eq!(stats["pools"]["shop"]["timeout_ms"], json!(2000), "{stats}");
     let mark = if enforced { "" } else { "*" };
     // POOL WORKERS BUSY WARM MAX CPU MEMORY TIMEOUT FAILED LOST
     assert_eq!(cells.len(), 10, "{table}");
@@ -107,6 +109,7 @@ fn pools_over_the_socket_show_the_limits_and_tell_error_answers_from_lost_worker
     assert_eq!(cells[4], "8", "MAX: {table}");
     assert_eq!(cells[5], format!("150%{mark}"), "CPU: {table}");
     assert_eq!(cells[6], format!("256M{mark}"), "MEMORY: {table}");
+    assert_eq!(cells[7], "2s", "TIMEOUT: {table}");
     assert_eq!(cells[8], "1", "FAILED: {table}");
     assert_eq!(cells[9], "0", "LOST counts no error answer: {table}");
     if !enforced {

@@ -214,6 +214,8 @@ pub struct PoolStats {
     pub starting: usize,
     pub target_warm: usize,
     pub workers_max: usize,
+    /// The pool's job timeout in force.
+    pub timeout_ms: u64,
     pub queued_on_demand: usize,
     pub queued_speculative: usize,
     pub spawned: u64,
@@ -222,6 +224,9 @@ pub struct PoolStats {
     pub cold_starts: u64,
     pub jobs_ok: u64,
     pub jobs_failed: u64,
+    /// Failed jobs the worker answered with an error of the job's own (`job_error`), counted in
+    /// `jobs_failed` too: the rest of `jobs_failed` are jobs whose worker was lost.
+    pub job_errors: u64,
     pub timeouts: u64,
     pub crashes: u64,
     pub oom_kills: u64,
@@ -445,12 +450,10 @@ impl Pool {
         s.busy = st.workers.values().filter(|w| w.busy.is_some()).count();
         s.starting = st.starting;
         s.target_warm = st.target_warm;
-        s.workers_max = self
-            .shared
-            .settings
-            .lock()
-            .expect("pool settings")
-            .workers_max;
+        let settings = self.shared.settings.lock().expect("pool settings");
+        s.workers_max = settings.workers_max;
+        s.timeout_ms = settings.timeout.as_millis() as u64;
+        drop(settings);
         s.queued_on_demand = st.on_demand.len();
         s.queued_speculative = st.speculative.len();
         s.cgroup = self.shared.placement.as_ref().map(|p| {

@@ -189,7 +189,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 if outcome.result.is_ok() {
                     st.stats.jobs_ok += 1;
                 } else {
+                    // The worker answered with an error of the job's own (an unknown SKU, say).
                     st.stats.jobs_failed += 1;
+                    st.stats.job_errors += 1;
                 }
                 if cold {
                     st.stats.cold_starts += 1;

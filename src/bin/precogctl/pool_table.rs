@@ -60,6 +60,7 @@ pub fn row(name: &str, p: &Value) -> String {
     );
     let timeout = limits["timeout_ms"]
         .as_u64()
+        .or_else(|| live["timeout_ms"].as_u64())
         .map(millis)
         .unwrap_or_else(|| "-".into());
     // Workers lost while or between jobs: crashed, killed at the timeout, killed for memory.
@@ -145,7 +146,7 @@ mod tests {
 
     fn live(with_cgroup: bool) -> Value {
         let mut live = json!({"workers": 2, "busy": 1, "target_warm": 2, "workers_max": 8,
-            "jobs_failed": 5, "crashes": 1, "timeouts": 0, "oom_kills": 1});
+            "timeout_ms": 2000, "jobs_failed": 5, "crashes": 1, "timeouts": 0, "oom_kills": 1});
         if with_cgroup {
             live["cgroup"] = json!({"limits": {"cpu_quota_pct": 150.0,
                 "memory_max": 64u64 << 20, "pids_max": 64}});
@@ -187,7 +188,7 @@ mod tests {
         let line = row("shop", &pool);
         assert_eq!(
             cells(&line),
-            ["shop", "2", "1", "2", "8", "150%", "64M", "-", "5", "2"],
+            ["shop", "2", "1", "2", "8", "150%", "64M", "2s", "5", "2"],
             "{line}"
         );
         assert!(legend(&[line]).is_empty());
