@@ -154,12 +154,14 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
         Some(_) => return Err(bad("`op` must be a string")),
         None => return Err(bad("the request has no `op`")),
     };
-    Ok(match op.as_str() {
+    let op = match op.as_str() {
         "ping" => Op::Ping,
         "stats" => Op::Stats,
         "event" => Op::Event(EventRequest {
             session: session(obj)?,
-            kind: name_field(obj, "type")?.ok_or_else(|| bad("`event` needs a `type`"))?,
+            kind: name_field(obj, "type")?
+                .filter(|kind| !kind.is_empty())
+                .ok_or_else(|| bad("`event` needs a `type`"))?,
             target: name_field(obj, "target")?,
             ms: u64_field(obj, "ms")?,
             depth: match obj.get("depth") {
@@ -218,7 +220,16 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
                 format!("unknown op `{shown}`"),
             ));
         }
-    })
+    };
+    if let Op::Event(e) = &op
+        && e.kind == "run"
+        && e.target.is_none()
+    {
+        return Err(bad(
+            "an event of type `run` needs a `target`: the process that ran",
+        ));
+    }
+    Ok(op)
 }
 
 fn bad(msg: &str) -> ErrorReply {

@@ -184,3 +184,17 @@ fn names_the_daemon_keeps_are_limited_in_length() {
     assert!(decode_request(end(&at_limit).as_bytes()).is_ok());
     assert_eq!(err_code(&end(&over)).1, "bad_request");
 }
+
+#[test]
+fn an_event_needs_a_type_and_a_run_event_its_process() {
+    for line in [
+        r#"{"op":"event","session":"s","type":""}"#,
+        r#"{"op":"event","session":"s","type":"run"}"#,
+        r#"{"op":"event","session":"s","type":"run","target":null}"#,
+    ] {
+        let (_, e) = decode_request(line.as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{line}: {e:?}");
+    }
+    let ok = r#"{"op":"event","session":"s","type":"run","target":"calc_shipping"}"#;
+    assert!(decode_request(ok.as_bytes()).is_ok());
+}
