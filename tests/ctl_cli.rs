@@ -137,6 +137,19 @@ fn pools_over_the_socket_show_the_limits_and_tell_error_answers_from_lost_worker
     assert!(lost >= victim.len() as u64, "LOST: {table}");
 }
 
+/// `precogctl --socket SOCKET ping` as user and group nobody, with no other groups.
+fn ping_as_nobody(socket: &std::path::Path) -> (bool, String, String) {
+    output(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_precogctl"))
+            .arg("--socket")
+            .arg(socket)
+            .arg("ping")
+            .env_remove("PRECOG_SOCKET"),
+    )
+}
+
 #[test]
 fn a_user_the_socket_refuses_is_told_which_group_to_join() {
     let setpriv = Path::new("/usr/bin/setpriv").exists();
@@ -150,15 +163,7 @@ fn a_user_the_socket_refuses_is_told_which_group_to_join() {
     // The directory lets anyone through; the socket (0660, group root) does not.
     std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
-    let (ok, _, err) = output(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_precogctl"))
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .arg("ping")
-            .env_remove("PRECOG_SOCKET"),
-    );
+    let (ok, _, err) = ping_as_nobody(&daemon.socket);
     assert!(!ok);
     assert!(err.contains("group `root`"), "{err}");
     assert!(err.contains("usermod -aG root"), "{err}");
@@ -167,14 +172,7 @@ fn a_user_the_socket_refuses_is_told_which_group_to_join() {
     // A directory on the way that does not let the user through is said to be the cause.
     std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o700))
         .expect("chmod");
-    let (ok, _, err) = output(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_precogctl"))
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .arg("ping"),
-    );
+    let (ok, _, err) = ping_as_nobody(&daemon.socket);
     assert!(!ok);
     assert!(err.contains("directory on the way"), "{err}");
     let reply: Value = daemon.call(json!({"op": "ping"}));
