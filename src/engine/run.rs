@@ -44,9 +44,6 @@ pub(super) struct Waiter {
     joined: bool,
 }
 
-/// Numbers the runs of processes that are not idempotent, which nothing shares.
-static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 /// Largest inputs object a request may carry once encoded.
 const MAX_INPUTS: usize = 64 * 1024;
 
@@ -144,7 +141,7 @@ impl Engine {
     /// Checks the process and its inputs (`given`, else the session's known ones); returns the
     /// job key, the inputs and the pool name.
     fn prepare_run(
-        &self,
+        &mut self,
         client: Client,
         session: &str,
         process: &str,
@@ -204,10 +201,12 @@ impl Engine {
                 ),
             ));
         }
+        // A number of its own, from the job sequence, for a run that nothing may share.
         let run = if proc_cfg.idempotent {
             0
         } else {
-            NEXT_RUN.fetch_add(1, Ordering::Relaxed)
+            self.next_seq += 1;
+            self.next_seq
         };
         let key = JobKey {
             owner: client.uid,
