@@ -5,7 +5,7 @@
 //! often the visitor came back to it, how many items the visit saw) and the known inputs taken
 //! from event attributes. Apart from the input values a profile stays near a fixed size: the
 //! recent-item list and the pending credit window are capped (see the test that prints the figure),
-//! and so is the number of known inputs ([`MAX_INPUTS`]).
+//! and so are the number of known inputs ([`MAX_INPUTS`]) and their size ([`MAX_INPUT_BYTES`]).
 //!
 //! [`Profiles`] holds all sessions, with a cap on their number (the least recently active is
 //! evicted first) and idle expiry. Pure code: the caller passes the clock. The signals read the
@@ -39,6 +39,10 @@ pub const RECENT_ITEMS: usize = 12;
 
 /// Most inputs (attribute keys) one session keeps; values of known ones may still change.
 pub const MAX_INPUTS: usize = 256;
+
+/// Most bytes a session's known inputs take, keys and JSON-encoded values together: the most one
+/// `run` may carry, since any more could never be passed to a worker in one piece.
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 
 /// The attribute that names the item (product) an event concerns.
 pub const ITEM_ATTR: &str = "sku";
@@ -76,6 +80,8 @@ pub struct Profile {
     pub scroll_depth: f64,
     /// Inputs taken from event attributes; processes run with these.
     pub known_inputs: Map<String, Value>,
+    /// What the known inputs take, as [`input_bytes`] counts them.
+    known_input_bytes: usize,
     /// Processes (by index in the configuration) the app asked for in this session.
     pub runs_done: u64,
     /// Contexts still waiting to learn which processes followed them: (context keys, credited).
@@ -181,14 +187,30 @@ impl Profile {
             let room = self.known_inputs.len() < MAX_INPUTS;
             match self.known_inputs.get_mut(k) {
                 Some(known) if known == v => {}
-                Some(known) => *known = v.clone(),
+                Some(known) => {
+                    self.known_input_bytes -= input_bytes(k, known);
+                    self.known_input_bytes += input_bytes(k, v);
+                    *known = v.clone();
+                }
                 None if room => {
+                    self.known_input_bytes += input_bytes(k, v);
                     self.known_inputs.insert(k.clone(), v.clone());
                 }
                 None => {}
             }
         }
         Observed { same_item }
+    }
+
+    /// What the known inputs would take once `attrs` were applied.
+    pub fn input_bytes_with(&self, attrs: &Map<String, Value>) -> usize {
+        attrs.iter().fold(self.known_input_bytes, |total, (k, v)| {
+            let old = self
+                .known_inputs
+                .get(k)
+                .map_or(0, |known| input_bytes(k, known));
+            total - old + input_bytes(k, v)
+        })
     }
 
     /// How many of `attrs` are inputs this session does not know yet.
@@ -264,6 +286,25 @@ impl Profile {
             .sum();
         self.memory_bytes() - inputs
     }
+}
+
+/// An input's size as limited: its key and its value as JSON.
+pub fn input_bytes(key: &str, value: &Value) -> usize {
+    /// Counts what is written and keeps nothing.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(key.len());
+    // Writing a Value to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn value_bytes(v: &Value) -> usize {
@@ -490,6 +531,24 @@ mod tests {
         assert_eq!(p.new_input_keys(&e.attrs), 0);
         p.observe(&e);
         assert_eq!(p.known_inputs["field0"], json!("changed"));
+    }
+
+    #[test]
+    fn the_size_of_known_inputs_is_followed_as_values_change() {
+        let mut p = Profile::new(0);
+        let mut e = ev("s", "input", None, 1);
+        e.attrs.insert("cart".into(), json!(["a", "b"]));
+        e.attrs.insert("zip".into(), json!("10115"));
+        // "cart" + ["a","b"] and "zip" + "10115"
+        assert_eq!(p.input_bytes_with(&e.attrs), 4 + 9 + 3 + 7);
+        p.observe(&e);
+        assert_eq!(p.input_bytes_with(&Map::new()), 23);
+
+        let mut e = ev("s", "input", None, 2);
+        e.attrs.insert("cart".into(), json!([]));
+        assert_eq!(p.input_bytes_with(&e.attrs), 23 - 9 + 2);
+        p.observe(&e);
+        assert_eq!(p.input_bytes_with(&Map::new()), 16);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Black-box tests of what the prediction side keeps from clients, on the real daemon: names are
-//! limited in length, processes must be configured, a session's inputs are capped, and the
-//! daemon's own clock (not the client's `ts`) decides when sessions expire and how the model
-//! fades, also in the saved model.
+//! limited in length, processes must be configured, a session's inputs are capped in number and
+//! in size, and the daemon's own clock (not the client's `ts`) decides when sessions expire and
+//! how the model fades, also in the saved model.
 
 mod common;
 
@@ -133,6 +133,38 @@ fn a_sessions_known_inputs_are_capped_and_stay_updatable() {
     let many: serde_json::Map<String, Value> =
         (0..300).map(|i| (format!("k{i}"), json!(i))).collect();
     let r = c.call(&json!({"op": "event", "session": "new", "type": "input", "attrs": many}));
+    assert_eq!(error_code(&r), "bad_request", "{r}");
+}
+
+#[test]
+fn a_sessions_inputs_are_limited_in_size_and_a_refused_event_changes_nothing() {
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    address(&mut c, "big");
+    // Inputs that add up to more than 64 KiB, in events of 40 KB each: the second is refused.
+    let r = c.call(&json!({"op": "event", "session": "big", "type": "input",
+        "attrs": {"cart": "x".repeat(40_000)}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = c.call(&json!({"op": "event", "session": "big", "type": "input",
+        "attrs": {"notes": "y".repeat(40_000), "postal_code": "99999"}}));
+    assert_eq!(error_code(&r), "bad_request", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("65536"),
+        "{r}"
+    );
+    // Nothing of the refused event was applied: the session runs from the address it knew.
+    let r = c.call(&json!({"op": "run", "session": "big", "process": "validate_postal_code"}));
+    assert_eq!(r["result"]["postal_code"], json!("10115"), "{r}");
+    // A known input may shrink, which makes room again.
+    let r = c.call(&json!({"op": "event", "session": "big", "type": "input",
+        "attrs": {"cart": "small"}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = c.call(&json!({"op": "event", "session": "big", "type": "input",
+        "attrs": {"notes": "y".repeat(40_000)}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    // One value over the limit on a new session is refused too.
+    let r = c.call(&json!({"op": "event", "session": "new", "type": "input",
+        "attrs": {"cart": "z".repeat(70_000)}}));
     assert_eq!(error_code(&r), "bad_request", "{r}");
 }
 

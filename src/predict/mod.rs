@@ -66,7 +66,7 @@ use serde_json::{Map, Value};
 use crate::config::{Config, ProcessConfig};
 pub use crate::partition::{HotEntry, ProcessFeedback, SpeculativeJob};
 use crate::partition::{Partitioner, declared_inputs};
-use crate::profile::{Event, MAX_INPUTS, Profile, Profiles};
+use crate::profile::{Event, MAX_INPUT_BYTES, MAX_INPUTS, Profile, Profiles};
 pub use codec::Mended;
 pub use graph::DepGraph;
 pub use runs::{HORIZON, RunModel};
@@ -197,12 +197,22 @@ impl Predictor {
     }
 
     /// Why an event would be refused: its attributes would take the session past
-    /// [`MAX_INPUTS`] known inputs.
+    /// [`MAX_INPUTS`] known inputs, or past [`MAX_INPUT_BYTES`].
     pub fn check_inputs(&self, session: &str, attrs: &Map<String, Value>) -> Result<(), String> {
-        let (known, new) = match self.profiles.get(session) {
-            Some(p) => (p.known_inputs.len(), p.new_input_keys(attrs)),
-            None => (0, attrs.len()),
+        let (known, new, bytes) = match self.profiles.get(session) {
+            Some(p) => (
+                p.known_inputs.len(),
+                p.new_input_keys(attrs),
+                p.input_bytes_with(attrs),
+            ),
+            None => (0, attrs.len(), Profile::default().input_bytes_with(attrs)),
         };
+        if bytes > MAX_INPUT_BYTES {
+            return Err(format!(
+                "a session's inputs may take at most {MAX_INPUT_BYTES} bytes (keys and JSON \
+                 values); with this event they would take {bytes}"
+            ));
+        }
         if known + new > MAX_INPUTS {
             return Err(format!(
                 "a session keeps at most {MAX_INPUTS} inputs; this one knows {known} and the \
