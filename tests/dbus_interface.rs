@@ -184,6 +184,13 @@ async fn methods_and_properties_match_the_socket_stats() {
     );
     let socket = daemon.call(json!({"op": "stats"}));
     assert_eq!(socket["pools"]["shop"]["workers_max"], 3);
+    // A worker's start-up allowance can be raised while a slow worker is looked into.
+    let changed = p
+        .set_pool_limits("shop", HashMap::from([("start_timeout", "30s")]))
+        .await
+        .unwrap();
+    let changed: Value = serde_json::from_str(&changed).unwrap();
+    assert_eq!(changed["limits"]["start_timeout_ms"], 30_000);
 
     let policy = p
         .set_policy(HashMap::from([("threshold", zvariant::Value::from(0.25))]))

@@ -34,8 +34,8 @@ pub enum EngineEvent {
 #[derive(Debug, Clone)]
 pub enum ControlOp {
     Pools,
-    /// Keys: `warm_min`, `workers_max`, `timeout`, `cpu_quota`, `cpu_weight`, `memory_max`,
-    /// `memory_reserve`, `pids_max`, with values as written in the configuration.
+    /// Keys: `warm_min`, `workers_max`, `timeout`, `start_timeout`, `cpu_quota`, `cpu_weight`,
+    /// `memory_max`, `memory_reserve`, `pids_max`, with values as written in the configuration.
     SetPool {
         pool: String,
         changes: Map<String, Value>,
@@ -127,6 +127,7 @@ impl Engine {
                 "warm_min",
                 "workers_max",
                 "timeout",
+                "start_timeout",
                 "cpu_quota",
                 "cpu_weight",
                 "memory_max",
