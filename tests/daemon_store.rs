@@ -1,6 +1,6 @@
 //! Black-box tests of the daemon's result cache and partial states: served from the cache after
 //! a crash, damaged files set aside at start, a full cache disk, a cache that cannot be opened
-//! at all, resuming from checkpoints.
+//! at all, resuming from checkpoints, stores that a reload does not move.
 
 mod common;
 
@@ -248,4 +248,36 @@ fn a_worker_flooding_checkpoints_keeps_precogd_small_and_only_the_latest_is_stor
         "precogd grew by {grown_mib} MiB while a worker wrote checkpoints"
     );
     assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}
+
+#[test]
+fn a_reload_that_moves_the_stores_leaves_them_and_the_model_where_they_are_until_a_restart() {
+    let mut d = Daemon::start("");
+    let state = d.dir.path().join("state");
+    let moved = d.dir.path().join("moved");
+    assert_eq!(postal(&d, "1012 AB")["served"], json!("warm"));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let new = text.replace(&state.display().to_string(), &moved.display().to_string())
+        + "[sessions]\nmax = 500\n";
+    assert_ne!(new, text);
+    d.reload(&new);
+    let warned = common::wait_until(Duration::from_secs(10), || {
+        d.log().contains("restart precogd to apply them")
+    });
+    assert!(
+        warned,
+        "no word that state_dir needs a restart:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("state_dir"), "{}", d.log());
+    // The daemon goes on with what it opened: the cache still answers.
+    assert_eq!(postal(&d, "1012 AB")["served"], json!("cache"));
+    // The model saved at the stop goes beside the states it was started with.
+    assert!(d.stop(), "precogd did not stop cleanly:\n{}", d.log());
+    assert!(state.join("model.bin").exists(), "{}", d.log());
+    assert!(!moved.exists(), "a reload wrote to the new state_dir");
+    // A restart applies the new directory.
+    d.spawn();
+    assert!(d.stop());
+    assert!(moved.join("model.bin").exists(), "{}", d.log());
 }

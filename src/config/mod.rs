@@ -93,6 +93,37 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<String>,
 }
 
+impl DaemonConfig {
+    /// For a reload: takes from `running` the keys the daemon uses only at start (the socket,
+    /// the stores, the cgroup parent, the metrics listener, the shutdown grace), so the running
+    /// daemon goes on as it started until a restart. Names those whose new value is left for
+    /// the restart.
+    pub fn keep_start_only(&mut self, running: &DaemonConfig) -> Vec<&'static str> {
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($key:ident),*) => {$(
+                if self.$key != running.$key {
+                    kept.push(stringify!($key));
+                    self.$key = running.$key.clone();
+                }
+            )*};
+        }
+        keep!(
+            socket,
+            socket_mode,
+            socket_group,
+            cache_dir,
+            cache_size,
+            state_dir,
+            state_max,
+            cgroup_parent,
+            metrics_listen,
+            shutdown_grace
+        );
+        kept
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
@@ -437,4 +468,27 @@ fn find_cycle(cfg: &Config) -> Option<String> {
     cfg.processes
         .iter()
         .find_map(|p| visit(cfg, &p.name, &mut colour))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_start_only_keys_and_names_those_it_left() {
+        let running = Config::builtin().daemon;
+        let mut new = running.clone();
+        new.state_dir = "/elsewhere".into();
+        new.cgroup_parent = "other".into();
+        new.max_line = ByteSize(4096);
+        new.idle_close = Span(std::time::Duration::from_secs(1));
+        let left = new.keep_start_only(&running);
+        assert_eq!(left, vec!["state_dir", "cgroup_parent"]);
+        assert_eq!(new.state_dir, running.state_dir);
+        assert_eq!(new.cgroup_parent, running.cgroup_parent);
+        // What a reload applies is kept as the new configuration says.
+        assert_eq!(new.max_line, ByteSize(4096));
+        assert_eq!(new.idle_close, Span(std::time::Duration::from_secs(1)));
+        assert!(running.clone().keep_start_only(&running).is_empty());
+    }
 }

@@ -73,7 +73,8 @@ impl Engine {
         Ok(placement)
     }
 
-    pub(super) fn reload(&mut self, config: Config) -> Result<(), String> {
+    pub(super) fn reload(&mut self, mut config: Config) -> Result<(), String> {
+        let left = config.daemon.keep_start_only(&self.config.daemon);
         let describe = |e: EngineError| {
             let source = std::error::Error::source(&e).map(|s| s.to_string());
             format!("{e}: {}", source.unwrap_or_default())
@@ -141,6 +142,12 @@ impl Engine {
         self.predictor.reconfigure(&config);
         self.config = config;
         tracing::info!(pools = self.pools.len(), "configuration reloaded");
+        if !left.is_empty() {
+            tracing::warn!(
+                keys = %left.join(", "),
+                "the reload left changed [daemon] keys as they were; restart precogd to apply them"
+            );
+        }
         Ok(())
     }
 }
