@@ -138,6 +138,32 @@ fn a_hot_process_is_prepared_from_partial_inputs_and_the_full_run_resumes() {
 }
 
 #[test]
+fn the_model_is_saved_while_precogd_serves_and_loads_at_the_next_start() {
+    let mut d = Daemon::start("[predict]\nsave_interval = \"1s\"\n");
+    let mut c = d.connect();
+    for i in 0..20 {
+        visit(&mut c, &format!("s{i}"), &format!("{}", 10115 + i));
+    }
+    let model = d.dir.path().join("state").join("model.bin");
+    let saved = common::wait_until(Duration::from_secs(10), || model.exists());
+    assert!(saved, "no model saved while running:\n{}", d.log());
+    // Saves go on, and requests are answered meanwhile.
+    for i in 20..40 {
+        visit(&mut c, &format!("s{i}"), &format!("{}", 10115 + i));
+    }
+    let first = std::fs::metadata(&model).unwrap().modified().unwrap();
+    let again = common::wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&model).is_ok_and(|m| m.modified().unwrap() > first)
+    });
+    assert!(again, "the model was saved only once:\n{}", d.log());
+    d.kill9();
+    // What a running precogd saved loads, after a crash too.
+    d.spawn();
+    assert!(d.log().contains("model loaded"), "{}", d.log());
+    assert!(!d.log().contains("set aside"), "{}", d.log());
+}
+
+#[test]
 fn a_symlink_planted_for_the_saved_model_is_not_followed() {
     let mut d = Daemon::start("");
     let mut c = d.connect();

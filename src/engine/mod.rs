@@ -10,6 +10,7 @@
 //! The socket server and the D-Bus interface only forward.
 
 mod control;
+mod model;
 mod pools;
 mod predict;
 mod run;
@@ -229,6 +230,10 @@ struct Engine {
     speculative: speculative::Speculative,
     spec: predict::SpeculationCounters,
     last_model_save: Instant,
+    /// A save of the model under way, a slice at a time.
+    model_save: Option<model::Saving>,
+    /// A failed model save was reported; reset by one that succeeds.
+    model_warned: Arc<std::sync::atomic::AtomicBool>,
     tuning: tuning::Tuning,
     /// Numbers each job submission, so a replaced job's late report is told apart.
     next_seq: u64,
@@ -262,6 +267,8 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         speculative: Default::default(),
         spec: Default::default(),
         last_model_save: Instant::now(),
+        model_save: None,
+        model_warned: Default::default(),
         next_seq: 0,
         tuning: Default::default(),
         later: Vec::new(),
@@ -312,6 +319,11 @@ impl Engine {
                     Some(cmd) => cmd,
                     None => break,
                 },
+                // Nothing waits: the model save under way gets a slice.
+                () = std::future::ready(()), if self.saving_model() => {
+                    self.continue_model_save();
+                    continue;
+                }
             };
             match cmd {
                 Command::Request {
@@ -329,6 +341,7 @@ impl Engine {
                     result,
                 } => self.limits_written(pool, limits, result),
                 Command::Reload { config, reply } => {
+                    self.restart_model_save();
                     let _ = reply.send(self.reload(*config));
                 }
                 Command::Snapshot { reply } => {

@@ -401,42 +401,10 @@ impl Engine {
         if let Some(states) = self.states.as_mut() {
             states.remove_expired(now_ms());
         }
-        if self.last_model_save.elapsed() >= self.config.predict.save_interval.0 {
-            self.save_model();
-        }
+        self.maybe_begin_model_save();
+        // At least a slice a second, however busy the engine is.
+        self.continue_model_save();
         self.tuning_tick();
-    }
-
-    /// Writes the learned model to `state_dir/model.bin` (atomically: a new file, renamed).
-    pub(super) fn save_model(&mut self) {
-        self.last_model_save = std::time::Instant::now();
-        let dir = &self.config.daemon.state_dir;
-        let bytes = self.predictor.save();
-        let tmp = dir.join("model.bin.new");
-        // A symlink planted where the file is written is refused, not followed.
-        let write = || {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?
-                .write_all(&bytes)
-        };
-        let done = std::fs::create_dir_all(dir)
-            .and_then(|_| write())
-            .and_then(|_| std::fs::rename(&tmp, dir.join("model.bin")));
-        match done {
-            Ok(()) => tracing::debug!(bytes = bytes.len(), "model saved"),
-            Err(e) => {
-                if self.store_warned.insert("model") {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot save the model");
-                }
-            }
-        }
     }
 
     /// The job key of `process` for this owner from the known inputs, if all are known.

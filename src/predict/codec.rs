@@ -6,6 +6,13 @@
 //! JSON, ids out of range, non-finite numbers — is refused with an error and leaves the running
 //! model untouched. Sessions are not saved: they are short-lived and end with the daemon.
 //!
+//! A large model takes a while to encode (some 0.5 µs a context; a full step model holds a
+//! million), too long to hold up requests. So it is encoded a slice of contexts at a time
+//! ([`ModelSave`]), between which the model goes on learning: like a fuzzy checkpoint, the saved
+//! model is every context as it was when its slice was written, not the whole model at one
+//! instant. Contexts that appear meanwhile wait for the next save; those pruned meanwhile are
+//! left out. Each context's own counts are always whole, which is all the model needs.
+//!
 //! Two kinds of damage an older build could save are mended rather than refused, so the model
 //! is kept: names longer than any name is now allowed to be are emptied (see
 //! `StepModel::restore`, `RunModel::restore`), and times ahead of the clock are brought back to
@@ -15,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::steps::{CONFIDENCE, Counts, StepTuning};
 use super::{PredictError, Predictor, ProcessFeedback, RunModel, StepModel};
 
 /// What loading a saved model mended.
@@ -59,27 +67,157 @@ fn bring_back_times(steps: &mut StepModel, runs: &mut RunModel, now_ms: u64) -> 
     brought_back
 }
 
+/// A save in progress: the payload so far, and the contexts still to write. The JSON is the
+/// same as [`Saved`]'s, written piece by piece: each model's contexts first, then the rest of it
+/// as it is by then, so every id a written context uses has its name (names are only added).
+pub struct ModelSave {
+    payload: Vec<u8>,
+    step_keys: Vec<u64>,
+    run_keys: Vec<u64>,
+    /// Contexts written so far, step contexts first.
+    done: usize,
+    /// Whether the step model is complete and the run model's contexts have begun.
+    runs_begun: bool,
+}
+
+/// The step model apart from its contexts.
+#[derive(Serialize)]
+struct StepHead<'a> {
+    names: &'a [String],
+    order0: &'a Counts,
+    weights: &'a [[f32; CONFIDENCE]],
+    tuning: &'a StepTuning,
+    mixer_belief: f32,
+}
+
+/// The run model apart from its contexts.
+#[derive(Serialize)]
+struct RunHead<'a> {
+    processes: &'a [String],
+}
+
+/// The partitioner's part.
+#[derive(Serialize)]
+struct Tail<'a> {
+    threshold: f64,
+    used: u64,
+    wasted: u64,
+    per_process: &'a BTreeMap<String, ProcessFeedback>,
+}
+
+/// Appends the fields of `value`, a struct, without the braces around them.
+fn write_fields(out: &mut Vec<u8>, value: &impl Serialize) {
+    let json = serde_json::to_vec(value).expect("the model serialises to JSON");
+    debug_assert!(json.len() >= 2 && json[0] == b'{' && json[json.len() - 1] == b'}');
+    out.extend_from_slice(&json[1..json.len() - 1]);
+}
+
+/// Writes `"key":value`, preceded by a comma unless it is the table's first.
+fn write_entry(out: &mut Vec<u8>, key: u64, value: &impl Serialize) {
+    use std::io::Write;
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    // Map keys are strings in JSON; serde reads them back as the u64 they were.
+    let _ = write!(out, "\"{key}\":");
+    serde_json::to_writer(&mut *out, value).expect("the model serialises to JSON");
+}
+
+impl ModelSave {
+    /// Whether every context has been written.
+    pub fn is_done(&self) -> bool {
+        self.runs_begun && self.done == self.step_keys.len() + self.run_keys.len()
+    }
+}
+
 impl Predictor {
-    /// What the model has learned, as bytes for `state_dir`.
+    /// What the model has learned, as bytes for `state_dir`, at once.
     pub fn save(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct SavedRef<'a> {
-            steps: &'a StepModel,
-            runs: &'a RunModel,
-            threshold: f64,
-            used: u64,
-            wasted: u64,
-            per_process: &'a BTreeMap<String, ProcessFeedback>,
+        let mut save = self.save_begin();
+        self.save_some(&mut save, usize::MAX);
+        self.save_finish(save)
+    }
+
+    /// Starts a save that [`Predictor::save_some`] carries on, a slice at a time.
+    pub fn save_begin(&self) -> ModelSave {
+        ModelSave {
+            payload: b"{\"steps\":{\"tables\":{".to_vec(),
+            step_keys: self.steps.tables.keys().copied().collect(),
+            run_keys: self.runs.tables.keys().copied().collect(),
+            done: 0,
+            runs_begun: false,
         }
-        let payload = serde_json::to_vec(&SavedRef {
-            steps: &self.steps,
-            runs: &self.runs,
-            threshold: self.partition.threshold,
-            used: self.partition.used,
-            wasted: self.partition.wasted,
-            per_process: &self.partition.per_process,
-        })
-        .expect("the model serialises to JSON");
+    }
+
+    /// Writes up to `contexts` more contexts of `save`, as they are now (those gone meanwhile
+    /// are left out); returns whether the save has written them all.
+    pub fn save_some(&self, save: &mut ModelSave, contexts: usize) -> bool {
+        let steps = save.step_keys.len();
+        let end = save
+            .done
+            .saturating_add(contexts)
+            .min(steps + save.run_keys.len());
+        loop {
+            if save.done >= steps && !save.runs_begun {
+                // The step contexts end; the rest of the step model as it is now.
+                save.payload.extend_from_slice(b"},");
+                let s = &self.steps;
+                write_fields(
+                    &mut save.payload,
+                    &StepHead {
+                        names: &s.names,
+                        order0: &s.order0,
+                        weights: &s.weights,
+                        tuning: &s.tuning,
+                        mixer_belief: s.mixer_belief,
+                    },
+                );
+                save.payload.extend_from_slice(b"},\"runs\":{\"tables\":{");
+                save.runs_begun = true;
+            }
+            if save.done >= end {
+                break;
+            }
+            let i = save.done;
+            if i < steps {
+                let key = save.step_keys[i];
+                if let Some(c) = self.steps.tables.get(&key) {
+                    write_entry(&mut save.payload, key, c);
+                }
+            } else {
+                let key = save.run_keys[i - steps];
+                if let Some(c) = self.runs.tables.get(&key) {
+                    write_entry(&mut save.payload, key, c);
+                }
+            }
+            save.done += 1;
+        }
+        save.is_done()
+    }
+
+    /// The bytes of a save that [`Predictor::save_some`] has finished: the rest of the run
+    /// model and the partitioner's part are taken as they are now.
+    pub fn save_finish(&self, save: ModelSave) -> Vec<u8> {
+        assert!(save.is_done(), "the save is not finished");
+        let mut payload = save.payload;
+        payload.extend_from_slice(b"},");
+        write_fields(
+            &mut payload,
+            &RunHead {
+                processes: &self.runs.processes,
+            },
+        );
+        payload.extend_from_slice(b"},");
+        write_fields(
+            &mut payload,
+            &Tail {
+                threshold: self.partition.threshold,
+                used: self.partition.used,
+                wasted: self.partition.wasted,
+                per_process: &self.partition.per_process,
+            },
+        );
+        payload.push(b'}');
 
         let mut bytes = Vec::with_capacity(HEADER + payload.len());
         bytes.extend_from_slice(MAGIC);

@@ -27,7 +27,7 @@ pub const CONTEXTS: usize = 18;
 pub const EXPERTS: usize = CONTEXTS + 1;
 
 /// Confidence buckets per expert, by how many observations its context has seen.
-const CONFIDENCE: usize = 6;
+pub(crate) const CONFIDENCE: usize = 6;
 
 /// Most distinct steps the model interns; beyond it, new steps share one id.
 pub const MAX_STEPS: usize = 1024;
@@ -36,8 +36,8 @@ pub const MAX_STEPS: usize = 1024;
 /// bytes, with its `end:` or `run:` prefix or its `=` mark.
 pub const MAX_STEP_NAME: usize = crate::protocol::MAX_NAME_LEN + "end:".len();
 
-/// Contexts kept before the least-seen ones are pruned.
-const MAX_CONTEXTS: usize = 1 << 20;
+/// Contexts kept before the least-seen ones are pruned (by the run model too).
+pub(crate) const MAX_CONTEXTS: usize = 1 << 20;
 
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;

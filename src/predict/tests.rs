@@ -171,6 +171,53 @@ fn save_and_load_round_trip_and_damage_is_refused() {
 }
 
 #[test]
+fn a_model_saved_a_slice_at_a_time_while_it_learns_loads_with_every_context_it_kept() {
+    let mut p = Predictor::new(&Config::builtin());
+    let kinds = ["page_view", "hover", "scroll", "input", "run"];
+    let learn = |p: &mut Predictor, from: u64, to: u64| {
+        for i in from..to {
+            let kind = kinds[(i * 7 % 5) as usize];
+            let target = (kind == "run").then_some("price_quote");
+            p.event(ev(&format!("s{}", i / 9), kind, target, i * 100));
+        }
+    };
+    learn(&mut p, 0, 400);
+    let before: Vec<u64> = p.steps.tables.keys().copied().collect();
+    let mut save = p.save_begin();
+    let mut slices = 0;
+    while !p.save_some(&mut save, 7) {
+        // The model goes on learning between slices, new contexts included.
+        learn(&mut p, 400 + slices * 3, 403 + slices * 3);
+        p.event(ev("late", &format!("late{slices}"), None, 50_000 + slices));
+        slices += 1;
+    }
+    assert!(slices > 10, "saved in {slices} slices");
+    let bytes = p.save_finish(save);
+
+    let mut q = Predictor::new(&Config::builtin());
+    q.load(&bytes, 1_000_000)
+        .expect("a model saved in slices loads");
+    // Every context there was when the save began is there, with the counts it had when its
+    // slice was written: no more than it has now. Those learned since wait for the next save.
+    assert!(before.iter().all(|k| q.steps.tables.contains_key(k)));
+    assert_eq!(q.steps.tables.len(), before.len());
+    assert!(!q.runs.tables.is_empty());
+    for (key, c) in &q.steps.tables {
+        assert!(c.total <= p.steps.tables[key].total + 1e-3, "context {key}");
+    }
+    assert!(
+        p.steps.tables.len() > before.len(),
+        "nothing new was learned meanwhile"
+    );
+    // A model with nothing learned saves and loads too.
+    let empty = Predictor::new(&Config::builtin());
+    let mut save = empty.save_begin();
+    assert!(empty.save_some(&mut save, 0));
+    q.load(&empty.save_finish(save), 0)
+        .expect("an empty model loads");
+}
+
+#[test]
 fn a_busy_session_stays_near_a_kibibyte() {
     let mut p = Predictor::new(&Config::builtin());
     let kinds = ["page_view", "hover", "dwell", "scroll", "input", "run"];
