@@ -319,9 +319,11 @@ impl Engine {
                     Some(cmd) => cmd,
                     None => break,
                 },
-                // Nothing waits: the model save under way gets a slice.
+                // Nothing waits: the model save under way gets a slice, and then the other
+                // tasks (connections, workers) a turn, in which new requests may come.
                 () = std::future::ready(()), if self.saving_model() => {
                     self.continue_model_save();
+                    tokio::task::yield_now().await;
                     continue;
                 }
             };

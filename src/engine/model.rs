@@ -54,12 +54,13 @@ impl Engine {
             return;
         }
         let Saving { save, began } = self.model_save.take().expect("a save under way");
-        let bytes = self.predictor.save_finish(save);
+        let unsealed = self.predictor.save_finish(save);
         let encoded_ms = began.elapsed().as_millis() as u64;
         self.last_model_save = Instant::now();
         let dir = self.config.daemon.state_dir.clone();
         let warned = self.model_warned.clone();
         tokio::task::spawn_blocking(move || {
+            let bytes = unsealed.seal();
             let done = write_model(&dir, &bytes);
             report(done, &dir, bytes.len(), encoded_ms, &warned);
         });

@@ -123,6 +123,23 @@ fn write_entry(out: &mut Vec<u8>, key: u64, value: &impl Serialize) {
     serde_json::to_writer(&mut *out, value).expect("the model serialises to JSON");
 }
 
+/// A saved model whose header (length, checksum) is still to be written: the checksum of a
+/// large model takes some milliseconds, which a thread of its own can spend.
+pub struct Unsealed(Vec<u8>);
+
+impl Unsealed {
+    /// The bytes for `state_dir`.
+    pub fn seal(self) -> Vec<u8> {
+        let mut bytes = self.0;
+        let (header, payload) = bytes.split_at_mut(HEADER);
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        header[20..24].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        bytes
+    }
+}
+
 impl ModelSave {
     /// Whether every context has been written.
     pub fn is_done(&self) -> bool {
@@ -135,13 +152,16 @@ impl Predictor {
     pub fn save(&self) -> Vec<u8> {
         let mut save = self.save_begin();
         self.save_some(&mut save, usize::MAX);
-        self.save_finish(save)
+        self.save_finish(save).seal()
     }
 
     /// Starts a save that [`Predictor::save_some`] carries on, a slice at a time.
     pub fn save_begin(&self) -> ModelSave {
+        // Room for the header, filled in by `Unsealed::seal`, so the payload is never copied.
+        let mut payload = vec![0u8; HEADER];
+        payload.extend_from_slice(b"{\"steps\":{\"tables\":{");
         ModelSave {
-            payload: b"{\"steps\":{\"tables\":{".to_vec(),
+            payload,
             step_keys: self.steps.tables.keys().copied().collect(),
             run_keys: self.runs.tables.keys().copied().collect(),
             done: 0,
@@ -195,9 +215,9 @@ impl Predictor {
         save.is_done()
     }
 
-    /// The bytes of a save that [`Predictor::save_some`] has finished: the rest of the run
-    /// model and the partitioner's part are taken as they are now.
-    pub fn save_finish(&self, save: ModelSave) -> Vec<u8> {
+    /// A save that [`Predictor::save_some`] has finished, given the rest of the run model and
+    /// the partitioner's part as they are now; [`Unsealed::seal`] makes the bytes.
+    pub fn save_finish(&self, save: ModelSave) -> Unsealed {
         assert!(save.is_done(), "the save is not finished");
         let mut payload = save.payload;
         payload.extend_from_slice(b"},");
@@ -218,14 +238,7 @@ impl Predictor {
             },
         );
         payload.push(b'}');
-
-        let mut bytes = Vec::with_capacity(HEADER + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        bytes
+        Unsealed(payload)
     }
 
     /// Replaces the learned model with saved bytes; live sessions stay. `now_ms` is the clock:

@@ -67,7 +67,7 @@ use crate::config::{Config, ProcessConfig};
 pub use crate::partition::{HotEntry, ProcessFeedback, SpeculativeJob};
 use crate::partition::{Partitioner, declared_inputs};
 use crate::profile::{Event, MAX_INPUT_BYTES, MAX_INPUTS, Profile, Profiles};
-pub use codec::{Mended, ModelSave};
+pub use codec::{Mended, ModelSave, Unsealed};
 pub use graph::DepGraph;
 pub use runs::{HORIZON, RunModel};
 pub use steps::{CONTEXTS, Context, StepModel, StepTuning, context_of};

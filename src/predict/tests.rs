@@ -192,7 +192,7 @@ fn a_model_saved_a_slice_at_a_time_while_it_learns_loads_with_every_context_it_k
         slices += 1;
     }
     assert!(slices > 10, "saved in {slices} slices");
-    let bytes = p.save_finish(save);
+    let bytes = p.save_finish(save).seal();
 
     let mut q = Predictor::new(&Config::builtin());
     q.load(&bytes, 1_000_000)
@@ -213,7 +213,7 @@ fn a_model_saved_a_slice_at_a_time_while_it_learns_loads_with_every_context_it_k
     let empty = Predictor::new(&Config::builtin());
     let mut save = empty.save_begin();
     assert!(empty.save_some(&mut save, 0));
-    q.load(&empty.save_finish(save), 0)
+    q.load(&empty.save_finish(save).seal(), 0)
         .expect("an empty model loads");
 }
 
