@@ -57,6 +57,7 @@ mod codec;
 mod graph;
 mod runs;
 mod steps;
+mod tables;
 
 use std::collections::BTreeMap;
 

@@ -9,7 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::steps::{Context, KeyMap, MAX_CONTEXTS};
+use super::steps::Context;
+use super::tables::{Evidence, KeyMap, MAX_CONTEXTS, prune_over};
 use crate::profile::Profile;
 
 /// Events after a context within which a run counts as following it.
@@ -40,6 +41,16 @@ impl RunCounts {
             }
         }
         self.last_ms = self.last_ms.max(now_ms);
+    }
+}
+
+impl Evidence for RunCounts {
+    fn fade_to(&mut self, now_ms: u64, half_life_ms: f64) {
+        self.decay_to(now_ms, half_life_ms);
+    }
+
+    fn evidence(&self) -> f32 {
+        self.total
     }
 }
 
@@ -167,25 +178,9 @@ impl RunModel {
             profile.pending.remove(0);
         }
         profile.pending.push((keys, 0));
-        self.prune_over(MAX_CONTEXTS, now_ms);
-    }
-
-    /// Once more than `cap` contexts are kept, drops the half that carries least evidence, as
-    /// the step model does: orders 2 and 3 have no bound of their own. A credit window still
-    /// open on a dropped context starts it again.
-    fn prune_over(&mut self, cap: usize, now_ms: u64) {
-        if self.tables.len() <= cap {
-            return;
-        }
-        let hl = self.half_life_ms;
-        for c in self.tables.values_mut() {
-            c.decay_to(now_ms, hl);
-        }
-        let mut totals: Vec<f32> = self.tables.values().map(|c| c.total).collect();
-        let cut = totals.len() / 2;
-        totals.select_nth_unstable_by(cut, |a, b| a.total_cmp(b));
-        let floor = totals[cut];
-        self.tables.retain(|_, c| c.total > floor);
+        // Orders 2 and 3 have no bound of their own; a credit window still open on a dropped
+        // context starts it again.
+        prune_over(&mut self.tables, MAX_CONTEXTS, now_ms, hl);
     }
 
     /// The chance each process (by run-model id) is asked for within the horizon after `ctx`.
@@ -209,28 +204,5 @@ impl RunModel {
             *x = x.clamp(0.0, 1.0);
         }
         p
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn contexts_past_the_cap_are_pruned_to_those_seen_most() {
-        let mut m = RunModel::new(3_600_000.0);
-        for key in 0..1_000u64 {
-            let c = m.tables.entry(key).or_default();
-            c.total = if key < 10 { 100.0 } else { 1.0 };
-            c.runs.push((0, 1.0));
-        }
-        m.prune_over(2_000, 0);
-        assert_eq!(m.tables.len(), 1_000, "pruned below the cap");
-        m.prune_over(999, 0);
-        assert!(m.tables.len() <= 500, "{} kept", m.tables.len());
-        assert!(
-            (0..10).all(|k| m.tables.contains_key(&k)),
-            "the well-seen ones went"
-        );
     }
 }

@@ -13,11 +13,11 @@
 //! a context is touched, so changed habits show within hours.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
 use super::belief::{even_odds, updated_belief};
+use super::tables::{Evidence, KeyMap, MAX_CONTEXTS, prune_over};
 use crate::profile::Profile;
 
 /// Contexts the model keeps counts for (see [`context_keys`]).
@@ -35,9 +35,6 @@ pub const MAX_STEPS: usize = 1024;
 /// Longest step name: an event type or outcome of at most [`crate::protocol::MAX_NAME_LEN`]
 /// bytes, with its `end:` or `run:` prefix or its `=` mark.
 pub const MAX_STEP_NAME: usize = crate::protocol::MAX_NAME_LEN + "end:".len();
-
-/// Contexts kept before the least-seen ones are pruned (by the run model too).
-pub(crate) const MAX_CONTEXTS: usize = 1 << 20;
 
 /// Weight sets the first mixer selects among by the last step (the last set is shared).
 const WEIGHT_SETS: usize = 64;
@@ -111,6 +108,16 @@ impl Counts {
     }
 }
 
+impl Evidence for Counts {
+    fn fade_to(&mut self, now_ms: u64, half_life_ms: f64) {
+        self.decay_to(now_ms, half_life_ms);
+    }
+
+    fn evidence(&self) -> f32 {
+        self.total
+    }
+}
+
 /// Evidence a context keeps however long it was quiet: fading memory weighs old observations
 /// against new ones, and without new ones the old shape is still the best guess. (Measured: a
 /// shop with a visit an hour, OTTO, fell below the plain chain when quiet contexts faded to
@@ -126,28 +133,6 @@ pub(crate) fn fading(total: f32, elapsed_ms: u64, half_life_ms: f64) -> f32 {
         (KEPT_EVIDENCE / total).min(1.0)
     }
 }
-
-/// Keys are already hashes; mixing them once more is enough.
-#[derive(Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    }
-}
-
-pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
 /// The learned state of the step model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -445,9 +430,7 @@ impl StepModel {
             counts.decay_to(now_ms, hl);
             counts.add(step);
         }
-        if self.tables.len() > MAX_CONTEXTS {
-            self.prune(now_ms);
-        }
+        prune_over(&mut self.tables, MAX_CONTEXTS, now_ms, hl);
         self.scratch = scratch;
     }
 
@@ -461,19 +444,6 @@ impl StepModel {
             counts.decay_to(now_ms, hl);
             counts.add(step);
         }
-    }
-
-    /// Drops the contexts that carry least evidence once the table is full.
-    fn prune(&mut self, now_ms: u64) {
-        let hl = self.half_life_ms;
-        for c in self.tables.values_mut() {
-            c.decay_to(now_ms, hl);
-        }
-        let mut totals: Vec<f32> = self.tables.values().map(|c| c.total).collect();
-        let cut = totals.len() / 2;
-        totals.select_nth_unstable_by(cut, |a, b| a.total_cmp(b));
-        let floor = totals[cut];
-        self.tables.retain(|_, c| c.total > floor);
     }
 }
 
