@@ -1,7 +1,8 @@
 //! Black-box tests of workers that end, start or answer in ways the daemon must tell apart: a
 //! worker that recycles itself with status 0, one slow to start, one that follows its replies
 //! with blank lines, one whose replies carry the wrong job id, one that exits while a child it
-//! left holds its pipes, and one that closes its output but lives on.
+//! left holds its pipes, one that closes its output but lives on, and one that dies of a
+//! traceback longer than the log takes in a second.
 
 mod common;
 
@@ -98,8 +99,10 @@ fn a_worker_that_exits_0_after_its_reply_is_no_crash_and_the_next_job_goes_to_a_
     pids.dedup();
     assert_eq!(pids.len(), 4, "each job on a new worker: {pids:?}");
     assert!(
-        d.log().contains("the job goes to another worker"),
-        "no job reached a worker that was exiting:\n{}",
+        d.log()
+            .lines()
+            .any(|l| l.contains("the job goes to another worker") && l.contains("process=echo")),
+        "no job reached a worker that was exiting, or its process is not named:\n{}",
         d.log()
     );
     let stats = pool_stats(&d, "recycling");
@@ -264,6 +267,12 @@ fn a_worker_that_exits_while_its_child_holds_the_pipes_is_reported_at_once() {
     let message = r["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("exit status: 7"), "{r}");
     assert!(took < Duration::from_secs(10), "reported after {took:?}");
+    let log = d.log();
+    let lost = log.lines().find(|l| l.contains("replacing the worker"));
+    assert!(
+        lost.is_some_and(|l| l.contains("pool=leaver") && l.contains("process=leave")),
+        "the lost job's pool and process are not named:\n{log}"
+    );
 }
 
 #[test]
@@ -281,4 +290,43 @@ fn a_worker_that_closed_its_output_is_not_said_to_have_exited() {
     assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
     let message = r["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("worker closed its output"), "{r}");
+}
+
+#[test]
+fn a_worker_dying_of_a_long_traceback_leaves_its_last_line_in_the_log() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // 20 lines at once, past the 5 a second logged: the end of the traceback, which names the
+    // error, comes when the worker's stderr ends, with the count of the lines left out.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool("tracer", &python("traceback_at_start.py", &[]), ""),
+        process("look_up", "tracer")
+    );
+    let d = Daemon::start(&config);
+    let logged = wait_until(Duration::from_secs(20), || {
+        let log = d.log();
+        log.contains("KeyError: 'nope'") && log.contains("worker failed at start")
+    });
+    let log = d.log();
+    assert!(
+        logged,
+        "the traceback's last line is not in the log:\n{log}"
+    );
+    let line = |needle: &str| log.lines().find(|l| l.contains(needle)).unwrap_or_default();
+    assert!(line("KeyError: 'nope'").contains("pool=tracer"), "{log}");
+    assert!(
+        line("Traceback (most recent call last)").contains("pool=tracer"),
+        "{log}"
+    );
+    assert!(
+        line("worker stderr lines not logged").contains("pool=tracer"),
+        "the lines left out are not counted:\n{log}"
+    );
+    // With several pools, the failure says whose it is.
+    assert!(
+        line("worker failed at start").contains("pool=tracer"),
+        "{log}"
+    );
 }

@@ -20,12 +20,13 @@ pub(super) fn remove_slot(
     served: u64,
     death: Option<String>,
 ) {
+    let pool = pool_name(shared);
     let mut st = shared.state.lock().expect("pool state");
     st.workers.remove(&id);
     if let Some(why) = death.filter(|_| !shared.shutting_down.load(Ordering::Relaxed)) {
         st.stats.crashes += 1;
         if served == 0 && started.elapsed() < HEALTHY_AFTER {
-            note_start_failure(&mut st, why);
+            note_start_failure(&mut st, &pool, why);
         }
     }
     drop(st);
@@ -33,14 +34,21 @@ pub(super) fn remove_slot(
 }
 
 pub(super) fn started_failed(shared: &Shared, why: String) {
+    let pool = pool_name(shared);
     let mut st = shared.state.lock().expect("pool state");
     st.starting -= 1;
-    note_start_failure(&mut st, why);
+    note_start_failure(&mut st, &pool, why);
     drop(st);
     shared.supervisor_wake.notify_one();
 }
 
-fn note_start_failure(st: &mut State, why: String) {
+/// The pool's name, for the log: with several pools, a failure must say whose it is. Taken
+/// before the state's lock, never under it.
+fn pool_name(shared: &Shared) -> String {
+    shared.settings.lock().expect("pool settings").name.clone()
+}
+
+fn note_start_failure(st: &mut State, pool: &str, why: String) {
     st.stats.start_failures += 1;
     // Starts that were under way together fail together: while a pause is in force, another
     // failure belongs to the same episode and does not lengthen it.
@@ -54,6 +62,7 @@ fn note_start_failure(st: &mut State, why: String) {
         .min(BACKOFF_MAX);
     if st.failures == 1 || st.failures.is_power_of_two() {
         tracing::warn!(
+            pool = %pool,
             failures = st.failures,
             backoff_ms = backoff.as_millis() as u64,
             "worker failed at start: {why}"
@@ -71,7 +80,7 @@ mod tests {
     fn starts_failing_together_count_as_one_failure() {
         let mut st = State::default();
         for _ in 0..32 {
-            note_start_failure(&mut st, "no such file".into());
+            note_start_failure(&mut st, "p", "no such file".into());
         }
         assert_eq!(st.failures, 1);
         let pause = st
@@ -82,7 +91,7 @@ mod tests {
 
         // Once the pause is over, the next failure doubles it.
         st.backoff_until = Some(Instant::now());
-        note_start_failure(&mut st, "no such file".into());
+        note_start_failure(&mut st, "p", "no such file".into());
         assert_eq!(st.failures, 2);
         let pause = st
             .backoff_until

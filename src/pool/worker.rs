@@ -217,8 +217,8 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 } else {
                     (kind, message)
                 };
-                tracing::warn!(pool = %settings.name, worker = id, pid, reason = ?kind,
-                    "{message}; replacing the worker");
+                tracing::warn!(pool = %settings.name, process = %queued.job.process,
+                    worker = id, pid, reason = ?kind, "{message}; replacing the worker");
                 let mut queued = queued;
                 if queued.job.joins.any() {
                     // A guess that real requests joined is retried as the real thing, also
@@ -239,7 +239,8 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 checkpoint,
                 exec_us,
             } => {
-                tracing::info!(pool = %settings.name, worker = id, pid,
+                tracing::info!(pool = %settings.name, process = %queued.job.process,
+                    worker = id, pid,
                     "worker exited (status 0) before answering its job; the job goes to \
                      another worker");
                 // Whatever it left behind goes with it.
