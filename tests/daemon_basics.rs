@@ -326,6 +326,30 @@ fn check_config_reports_file_line_and_key() {
         "{err}"
     );
 
+    // So is a path that does not exist, or names a file no one may execute.
+    let plain = dir.path().join("worker.py");
+    std::fs::write(&plain, "print('hi')\n").unwrap();
+    for (command, why) in [
+        ("/nonexistent/precog-worker".to_string(), "does not exist"),
+        (plain.display().to_string(), "is not executable"),
+        (dir.path().display().to_string(), "is not a file"),
+    ] {
+        let text = format!("[[pool]]\nname = \"gone\"\ncommand = [\"{command}\"]\n");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(common::precogd())
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} passed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("pool `gone`") && err.contains(&command) && err.contains(why),
+            "{err}"
+        );
+    }
+
     std::fs::write(&path, "[sessions]\nmax = 10\n").unwrap();
     let out = std::process::Command::new(common::precogd())
         .arg("--config")

@@ -267,9 +267,11 @@ fn a_worker_crashing_at_start_fails_requests_fast_with_growing_backoff_and_low_c
 
 #[test]
 fn a_worker_that_cannot_be_executed_is_counted_and_named_in_stats_and_metrics() {
+    // The file is there and executable, so the configuration passes; its `#!` interpreter is not.
+    let script = worker("bad_interpreter.py");
     let config = format!(
         "{NO_SHOP}{}{}",
-        pool("missing", "[\"/nonexistent/precog-worker\"]", ""),
+        pool("missing", &format!("[\"{script}\"]"), ""),
         process("lost", "missing", "x")
     );
     let d = Daemon::start(&config);
@@ -284,7 +286,8 @@ fn a_worker_that_cannot_be_executed_is_counted_and_named_in_stats_and_metrics() 
     let p = &stats["pools"]["missing"];
     assert_eq!(p["spawned"], json!(0), "{p}");
     let why = p["last_failure"].as_str().unwrap_or_default();
-    assert!(why.contains("/nonexistent/precog-worker"), "{p}");
+    assert!(why.contains(&script), "{p}");
+    assert!(why.contains("interpreter named on its `#!` line"), "{p}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_precogctl"))
         .arg("--socket")

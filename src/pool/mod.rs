@@ -61,6 +61,8 @@ pub trait Placement: Send + Sync {
 pub enum PoolError {
     #[error("worker executable `{0}` was not found beside precogd, in /usr/lib/precog or in PATH")]
     NoExecutable(String),
+    #[error("worker command `{path}` {why}")]
+    NotExecutable { path: String, why: String },
     #[error("cannot start worker {program}")]
     Spawn {
         program: PathBuf,
@@ -530,7 +532,23 @@ mod tests {
             resolve_command("precog-no-such-worker"),
             Err(PoolError::NoExecutable(_))
         ));
-        assert_eq!(resolve_command("/x/y").unwrap(), PathBuf::from("/x/y"));
+    }
+
+    #[test]
+    fn a_path_must_name_an_executable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("worker.py");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let why = |p: &std::path::Path| match resolve_command(&p.display().to_string()) {
+            Err(PoolError::NotExecutable { why, .. }) => why,
+            other => panic!("{}: {other:?}", p.display()),
+        };
+        assert!(why(&script).contains("not executable"));
+        assert!(why(dir.path()).contains("not a file"));
+        assert!(why(&dir.path().join("gone")).contains("does not exist"));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(resolve_command(script.to_str().unwrap()).unwrap(), script);
     }
 
     #[test]

@@ -29,12 +29,21 @@ pub fn lookup_user(name: &str) -> Result<WorkerIdentity, PoolError> {
     }
 }
 
-/// Finds the worker executable: a path is used as it is; a bare name is looked up beside the
-/// running binary first (so a build tree or `/usr/lib/precog` works without `PATH`), then in
-/// `PATH`.
+/// Finds the worker executable: a path must name an executable file; a bare name is looked up
+/// beside the running binary first (so a build tree or `/usr/lib/precog` works without `PATH`),
+/// then in precogd's own `PATH` (not the workers' clean one), taking the first executable file.
+/// Checked at start, at reload and by `--check-config`, so a command that cannot run is refused
+/// there rather than failing every start.
 pub fn resolve_command(program: &str) -> Result<PathBuf, PoolError> {
     if program.contains('/') {
-        return Ok(PathBuf::from(program));
+        let path = PathBuf::from(program);
+        return match not_executable(&path) {
+            None => Ok(path),
+            Some(why) => Err(PoolError::NotExecutable {
+                path: program.to_string(),
+                why,
+            }),
+        };
     }
     let beside = std::env::current_exe()
         .ok()
@@ -45,8 +54,24 @@ pub fn resolve_command(program: &str) -> Result<PathBuf, PoolError> {
         .into_iter()
         .chain(std::iter::once(lib))
         .chain(std::env::split_paths(&path_dirs).map(|d| d.join(program)))
-        .find(|p| p.is_file())
+        .find(|p| not_executable(p).is_none())
         .ok_or_else(|| PoolError::NoExecutable(program.to_string()))
+}
+
+/// Why `path` cannot be run as a worker, if it cannot: it does not exist, is not a file, or no
+/// one may execute it. Whether the worker's user may is left to the start: only the mode bits
+/// are checked here, as the daemon's user may differ from the workers'.
+fn not_executable(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".into()),
+        Err(e) => Some(format!("cannot be looked at: {e}")),
+        Ok(m) if !m.is_file() => Some("is not a file".into()),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Some(
+            "is not executable (chmod +x it, or put its interpreter first in the command)".into(),
+        ),
+        Ok(_) => None,
+    }
 }
 
 /// Everything the child needs between fork and exec, prepared in the parent.
@@ -160,7 +185,51 @@ fn spawn_now(plan: SpawnPlan) -> Result<Child, PoolError> {
     }
 
     cmd.spawn().map_err(|e| PoolError::Spawn {
-        program: plan.program.clone(),
-        source: e,
+        source: explain_not_found(&plan.program, e),
+        program: plan.program,
     })
+}
+
+/// A start that fails with "No such file or directory" although the file is there failed on
+/// its interpreter: the one its `#!` line names (or a binary's loader). Said so, as the plain
+/// error points at the file that does exist.
+fn explain_not_found(program: &Path, e: std::io::Error) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::NotFound || !program.is_file() {
+        return e;
+    }
+    std::io::Error::new(
+        e.kind(),
+        format!("{e} (or the interpreter named on its `#!` line)"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interpreter_is_named_as_a_possible_cause_when_the_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("badinterp.py");
+        std::fs::write(&script, "#!/nonexistent/python9\n").unwrap();
+        let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let said = explain_not_found(&script, not_found()).to_string();
+        assert!(
+            said.contains("interpreter named on its `#!` line"),
+            "{said}"
+        );
+        // A file that is really missing, or another error, is left as it is.
+        let gone = dir.path().join("gone.py");
+        assert!(
+            !explain_not_found(&gone, not_found())
+                .to_string()
+                .contains("#!")
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(
+            !explain_not_found(&script, denied)
+                .to_string()
+                .contains("#!")
+        );
+    }
 }
