@@ -296,3 +296,41 @@ fn workers_run_as_the_worker_user_with_no_new_privileges_clean_env_and_only_stdi
     fds.sort_unstable();
     assert_eq!(fds, [0, 1, 2], "the worker holds descriptors beyond stdio");
 }
+
+#[test]
+fn a_socket_group_the_daemon_may_not_give_is_named_and_leaves_no_socket_behind() {
+    if skip_unless(is_root(), "needs root to start precogd as nobody") {
+        return;
+    }
+    // An unprivileged trial of a configuration written for root, which sets the socket's group.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = dir.path().join("precogd.toml");
+    let socket = dir.path().join("precogd.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncache_dir = \"{0}/cache\"\nstate_dir = \"{0}/state\"\n\
+             cgroup_parent = \"{1}\"\nsocket_group = \"root\"\nallowed_groups = []\n",
+            dir.path().display(),
+            common::cgroup_parent()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::precogd())
+        .arg("--config")
+        .arg(&config)
+        .args(["--bus", "none", "--socket"])
+        .arg(&socket)
+        .env_remove("JOURNAL_STREAM")
+        .current_dir("/")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("start precogd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "precogd started: {err}");
+    assert!(err.contains("daemon.socket_group"), "{err}");
+    assert!(err.contains("member of group `root`"), "{err}");
+    assert!(!socket.exists(), "the socket was left behind: {err}");
+}

@@ -274,6 +274,8 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
             (l, Some(cfg.daemon.socket.clone()))
         }
     };
+    // Removed when `run` returns, whether the daemon stopped or failed to start.
+    let socket_file = own_socket.clone().map(SocketFile);
 
     let (cache, states) = open_stores(&cfg)?;
     let parts = EngineParts {
@@ -354,11 +356,19 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     engine.shutdown(grace).await;
-    if let Some(path) = own_socket {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(socket_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The socket file precogd made, removed when dropped: at a stop, and when a start fails after
+/// the bind (a store held by another precogd, an engine that cannot start).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Reloads the configuration; SIGHUP and the D-Bus `Reload` method both come here.

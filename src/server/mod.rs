@@ -40,6 +40,16 @@ pub enum ServerError {
     AlreadyRunning(PathBuf),
     #[error("{0} exists and is not a socket; remove it or choose another --socket")]
     NotASocket(PathBuf),
+    #[error(
+        "cannot set the group of {path} to `{group}`, as daemon.socket_group asks: {cause}; \
+         remove daemon.socket_group from the configuration, or run precogd as root or as a \
+         member of group `{group}`"
+    )]
+    SocketGroup {
+        path: PathBuf,
+        group: String,
+        cause: nix::Error,
+    },
     #[error("cannot {op} {path}")]
     Io {
         op: &'static str,
@@ -140,21 +150,42 @@ pub fn bind(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener,
     }
 
     let listener = UnixListener::bind(path).map_err(io("bind"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("set the mode of"))?;
-    if let Some(group) = group {
-        match nix::unistd::Group::from_name(group) {
-            Ok(Some(g)) => {
-                nix::unistd::chown(path, None, Some(g.gid))
-                    .map_err(|e| io("set the group of")(e.into()))?;
-            }
-            _ => tracing::warn!(
-                group,
-                "socket group does not exist; the socket keeps its group"
-            ),
-        }
-    }
+    // A socket this start made and cannot set up goes again: a daemon that did not start leaves
+    // nothing behind.
+    set_access(path, mode, group).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })?;
     Ok(listener)
+}
+
+/// Gives the new socket its mode and, if configured, its group.
+fn set_access(path: &Path, mode: u32, group: Option<&str>) -> Result<(), ServerError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServerError::Io {
+            op: "set the mode of",
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let Some(group) = group else {
+        return Ok(());
+    };
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => {
+            nix::unistd::chown(path, None, Some(g.gid)).map_err(|cause| {
+                ServerError::SocketGroup {
+                    path: path.to_path_buf(),
+                    group: group.to_string(),
+                    cause,
+                }
+            })?;
+        }
+        _ => tracing::warn!(
+            group,
+            "socket group does not exist; the socket keeps its group"
+        ),
+    }
+    Ok(())
 }
 
 /// Whether a daemon serves the socket: it must accept and answer a `ping` within a second. A
