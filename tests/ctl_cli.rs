@@ -55,6 +55,16 @@ fn a_socket_from_the_environment_keeps_the_commands_off_the_system_bus() {
     assert!(!ok);
     assert!(err.contains("give --bus"), "{err}");
     assert!(!err.contains("cannot connect to the system bus"), "{err}");
+    // A reload has the signal too, sent to the daemon behind the socket.
+    let hup = format!("kill -HUP {}", daemon.pid());
+    assert!(err.contains(&hup), "{err}");
+    let (ok, _, err) = output(
+        precogctl()
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("reload"),
+    );
+    assert!(!ok && err.contains(&hup), "{err}");
 
     // Without a socket named, the default stays the system bus.
     let (ok, _, err) = output(precogctl().arg("reload"));

@@ -251,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Pools => ops::pools(&bus, &socket, cli.json)?,
         Cmd::SetPool(args) => ops::set_pool(&args, &bus, cli.json)?,
         Cmd::Policy(args) => ops::policy(&args, &bus)?,
-        Cmd::Reload => ops::reload(&bus)?,
+        Cmd::Reload => ops::reload(&bus, &socket)?,
         Cmd::Flush => ops::flush(&bus)?,
         Cmd::Top(args) => top::run(&args, &bus, &socket)?,
         Cmd::Generate(args) => generate::run(&args)?,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use precog::control::{Bus, view};
+use precog::control::{Bus, ControlError, view};
 use serde_json::Value;
 use zbus::zvariant;
 
@@ -183,10 +183,26 @@ pub fn policy(args: &PolicyArgs, bus: &Bus) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn reload(bus: &Bus) -> anyhow::Result<()> {
+/// Reloads over the bus. Without one, SIGHUP does the same, so the error says how to send it,
+/// to the daemon that serves `socket` when it answers there.
+pub fn reload(bus: &Bus, socket: &Path) -> anyhow::Result<()> {
+    if *bus == Bus::None {
+        let pid = daemon_pid(socket).map_or_else(|| "<pid of precogd>".into(), |p| p.to_string());
+        bail!(
+            "{}; or send precogd the signal that reloads it: kill -HUP {pid}",
+            ControlError::NoBus
+        );
+    }
     runtime()?.block_on(async { proxy(bus).await?.reload().await.context("reload failed") })?;
     println!("configuration reloaded");
     Ok(())
+}
+
+/// The process that serves `socket`, as the kernel tells its peers.
+fn daemon_pid(socket: &Path) -> Option<i32> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+    cred.ok().map(|c| c.pid()).filter(|pid| *pid > 0)
 }
 
 pub fn flush(bus: &Bus) -> anyhow::Result<()> {
