@@ -304,6 +304,32 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_past_a_century_names_its_key() {
+        for (text, at) in [
+            (
+                "[daemon]\nidle_close = \"18446744073709551615s\"\n",
+                "x.toml:2: daemon.idle_close:",
+            ),
+            (
+                "[daemon]\nshutdown_grace = \"36501d\"\n",
+                "x.toml:2: daemon.shutdown_grace:",
+            ),
+            (
+                "[[pool]]\nname = \"shop\"\ntimeout = \"99999999999h\"\n",
+                "x.toml:3: pool.timeout:",
+            ),
+        ] {
+            let msg = load_sources(&[Source::builtin(), src("x.toml", text)])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(at), "{msg}");
+            assert!(msg.contains("longer than a century"), "{msg}");
+        }
+        let century = src("x.toml", "[daemon]\nidle_close = \"36500d\"\n");
+        load_sources(&[Source::builtin(), century]).expect("a century is the longest span");
+    }
+
+    #[test]
     fn limits_no_worker_could_live_under_are_refused() {
         for (line, key) in [
             ("memory_max = \"0\"", "memory_max"),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
 
-/// A span of time: `250ms`, `2s`, `10m`, `6h`, `1d`, `100us`.
+/// A span of time: `250ms`, `2s`, `10m`, `6h`, `1d`, `100us`; at most [`Span::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Span(pub Duration);
 
@@ -54,6 +54,12 @@ impl FromStr for ByteSize {
     }
 }
 
+impl Span {
+    /// The longest span a key may be given: a century (36500 days). Longer ones mean "never"
+    /// in practice, and past this the deadlines made from them would not fit in a clock value.
+    pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
+}
+
 impl FromStr for Span {
     type Err = String;
 
@@ -77,6 +83,11 @@ impl FromStr for Span {
                 ));
             }
         };
+        if d > Span::MAX {
+            return Err(format!(
+                "`{s}` is longer than a century; give at most 36500d"
+            ));
+        }
         Ok(Span(d))
     }
 }
@@ -302,6 +313,11 @@ mod tests {
             Duration::from_secs(6 * 3600)
         );
         assert!("2 weeks".parse::<Span>().is_err());
+        assert_eq!("36500d".parse::<Span>().unwrap().0, Span::MAX);
+        for huge in ["36501d", "18446744073709551615s", "18446744073709551615h"] {
+            let e = huge.parse::<Span>().unwrap_err();
+            assert!(e.contains("longer than a century"), "{huge}: {e}");
+        }
         assert!("-1s".parse::<Span>().is_err());
     }
 

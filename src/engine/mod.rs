@@ -361,7 +361,11 @@ impl Engine {
                         tokio::spawn(async move { p.shutdown(grace).await });
                     }
                     // Keep answering finished jobs until the pools have drained.
-                    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(4);
+                    let deadline = crate::pool::later(
+                        Instant::now(),
+                        grace.saturating_add(Duration::from_secs(4)),
+                    );
+                    let deadline = tokio::time::Instant::from_std(deadline);
                     loop {
                         let live: usize = pools
                             .iter()

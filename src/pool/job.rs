@@ -140,10 +140,12 @@ impl Deadline {
     }
 }
 
-/// `t + d`, or a century on when that is past what an `Instant` holds.
-fn later(t: Instant, d: Duration) -> Instant {
+/// `t + d`, or a century on when that is past what an `Instant` holds. Deadlines made from
+/// configured durations go through here, so no value can make the daemon panic.
+pub fn later(t: Instant, d: Duration) -> Instant {
     t.checked_add(d)
-        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 86_400))
+        .or_else(|| t.checked_add(crate::config::Span::MAX))
+        .unwrap_or(t)
 }
 
 /// Real requests joining a job that started as a guess. The engine tells of each join; the

@@ -35,7 +35,7 @@ use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-pub use job::Joins;
+pub use job::{Joins, later};
 pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command};
 
@@ -497,7 +497,8 @@ impl Pool {
         self.shared.job_ready.notify_waiters();
         self.shared.supervisor_wake.notify_one();
 
-        let deadline = Instant::now() + grace;
+        let deadline = later(Instant::now(), grace);
+        let given_up = later(deadline, Duration::from_secs(3));
         loop {
             let live = {
                 let st = self.shared.state.lock().expect("pool state");
@@ -514,7 +515,7 @@ impl Pool {
             }
             self.shared.job_ready.notify_waiters();
             tokio::time::sleep(Duration::from_millis(20)).await;
-            if Instant::now() >= deadline + Duration::from_secs(3) {
+            if Instant::now() >= given_up {
                 return;
             }
         }

@@ -137,7 +137,8 @@ async fn read_requests(
             }
         }
         if ended {
-            idle.as_mut().reset(Instant::now() + settings.idle_close);
+            let at = crate::pool::later(std::time::Instant::now(), settings.idle_close);
+            idle.as_mut().reset(Instant::from_std(at));
         }
         if !share.set(framer.pending(), lines_total) {
             let e = ErrorReply::new(
