@@ -1,6 +1,7 @@
 //! Black-box, in this machine's real (v1) cgroups: the tuner raises a pool's memory limit after
-//! an OOM kill until the job succeeds, and a CPU-bound pool's quota past the one it started with.
-//! Each daemon uses a cgroup parent of its own, removed when it stops.
+//! an OOM kill until the job succeeds, and a CPU-bound pool's quota past the one it started with;
+//! limits the kernel took in a write it partly refused are undone by the next reload. Each daemon
+//! uses a cgroup parent of its own, removed when it stops.
 
 mod common;
 
@@ -139,4 +140,45 @@ fn a_cpu_bound_pool_gets_a_higher_quota() {
     assert!(*seen.last().unwrap() <= 150_000, "{seen:?}");
     let r = job.join().unwrap();
     assert_eq!(r["ok"], json!(true), "{r}");
+}
+
+#[test]
+fn a_partly_refused_write_leaves_nothing_a_reload_cannot_undo() {
+    if !cgroups_usable() {
+        return;
+    }
+    let plain = config("");
+    let d = Daemon::start(&plain);
+    let memory = v1("memory", &d, "memory.limit_in_bytes");
+    let unlimited = read_i64(&memory);
+    assert!(unlimited >= 1 << 62, "{unlimited}");
+    // On v1 the kernel refuses a quota above the parent's: cap the daemon's own parent (at the
+    // built-in pool's 150%), so the pool's quota below is refused while its memory limit is
+    // taken.
+    let parent = Path::new("/sys/fs/cgroup/cpu")
+        .join(&d.cgroup_parent)
+        .join("cpu.cfs_quota_us");
+    std::fs::write(&parent, "150000").unwrap();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let limited = text.replace(
+        "timeout = \"20s\"",
+        "timeout = \"20s\"\nmemory_max = \"128M\"\ncpu_quota = \"400%\"",
+    );
+    assert_ne!(limited, text);
+    d.reload(&limited);
+    let taken = common::wait_until(Duration::from_secs(10), || {
+        // 128M, or where the tuner moved it since.
+        read_i64(&memory) < unlimited && d.log().contains("cannot apply tuned limits")
+    });
+    assert!(taken, "memory limit {}:\n{}", read_i64(&memory), d.log());
+
+    d.reload(&text);
+    let undone = common::wait_until(Duration::from_secs(10), || read_i64(&memory) == unlimited);
+    assert!(
+        undone,
+        "memory limit {} after the reload:\n{}",
+        read_i64(&memory),
+        d.log()
+    );
+    assert_eq!(read_i64(&v1("cpu", &d, "cpu.cfs_quota_us")), -1);
 }

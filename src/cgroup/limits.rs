@@ -8,8 +8,9 @@ use crate::config::{CpuList, PoolConfig};
 
 use super::layout::{Controller, Version};
 
-/// The CFS period the kernel and systemd use by default.
-pub const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+/// The CFS period the kernel and systemd use by default, which the configuration's checks of
+/// a quota assume.
+pub const DEFAULT_CPU_PERIOD_US: u64 = crate::config::CPU_PERIOD_US;
 
 /// v2 `cpu.weight` default, and v1 `cpu.shares` default, which mean the same share.
 pub const WEIGHT_DEFAULT: u64 = 100;

@@ -335,6 +335,10 @@ mod tests {
             ("memory_max = \"0\"", "memory_max"),
             ("memory_max = \"1M\"", "memory_max"),
             ("pids_max = 0", "pids_max"),
+            ("pids_max = 4194305", "pids_max"),
+            ("cpu_quota = \"0.5%\"", "cpu_quota"),
+            ("cpu_min = \"0.99%\"", "cpu_min"),
+            ("cpu_max = \"0.1%\"", "cpu_max"),
         ] {
             let pool = format!("[[pool]]\nname = \"tiny\"\ncommand = [\"w\"]\n{line}\n");
             let layer = src("z.toml", &pool);
@@ -345,9 +349,15 @@ mod tests {
         }
         let fine = src(
             "z.toml",
-            "[[pool]]\nname = \"tiny\"\ncommand = [\"w\"]\nmemory_max = \"4M\"\npids_max = 1\n",
+            "[[pool]]\nname = \"tiny\"\ncommand = [\"w\"]\nmemory_max = \"4M\"\npids_max = 1\n\
+             cpu_quota = \"1%\"\ncpu_min = \"1%\"\n",
         );
         load_sources(&[Source::builtin(), fine]).expect("the smallest limits that work");
+        let fine = src(
+            "z.toml",
+            "[[pool]]\nname = \"tiny\"\ncommand = [\"w\"]\npids_max = 4194304\n",
+        );
+        load_sources(&[Source::builtin(), fine]).expect("the largest task limit");
     }
 
     #[test]

@@ -195,6 +195,16 @@ fn default_warm_min() -> usize {
 /// The smallest `memory_max` a pool may have.
 const MEMORY_MAX_LEAST: u64 = 4 << 20;
 
+/// The scheduling period a pool's CPU quota is written for (the kernel's and systemd's default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The least CPU time per period the kernel takes as a quota (`cpu.cfs_quota_us` on v1,
+/// `cpu.max` on v2).
+const CPU_QUOTA_LEAST_US: u64 = 1_000;
+
+/// The most tasks the kernel can count in `pids.max` (`PID_MAX_LIMIT` on 64-bit).
+const PIDS_MAX_MOST: u64 = 4 << 20;
+
 fn default_workers_max() -> usize {
     4
 }
@@ -335,6 +345,26 @@ pub(crate) fn validate(
         if p.pids_max == Some(0) {
             let why = "must be at least 1: a worker is a task".to_string();
             return Err(err("pool", &p.name, "pids_max", why));
+        }
+        if let Some(n) = p.pids_max.filter(|&n| n > PIDS_MAX_MOST) {
+            let why = format!("{n} is above {PIDS_MAX_MOST}, the most the kernel can count");
+            return Err(err("pool", &p.name, "pids_max", why));
+        }
+        for (key, pct) in [
+            ("cpu_quota", p.cpu_quota),
+            ("cpu_min", p.cpu_min),
+            ("cpu_max", p.cpu_max),
+        ] {
+            // Rounded as the quota written to the kernel is.
+            let quota_us = |q: Percent| (q.0 / 100.0 * CPU_PERIOD_US as f64).round();
+            if let Some(pct) = pct.filter(|&q| quota_us(q) < CPU_QUOTA_LEAST_US as f64) {
+                let least = CPU_QUOTA_LEAST_US as f64 * 100.0 / CPU_PERIOD_US as f64;
+                let why = format!(
+                    "{pct} is under {least}%: the kernel takes no less than \
+                     {CPU_QUOTA_LEAST_US} µs of CPU time per {CPU_PERIOD_US} µs period"
+                );
+                return Err(err("pool", &p.name, key, why));
+            }
         }
         if let (Some(max), Some(res)) = (p.memory_max, p.memory_reserve)
             && res.0 > max.0

@@ -70,6 +70,8 @@ pub enum Command {
     /// New limits reached a pool's cgroup, or were refused.
     LimitsWritten {
         pool: String,
+        /// The limits in force now: those written, or after a refusal what the cgroup holds,
+        /// read back (the settings before and after the refused one were still written).
         limits: PoolLimits,
         result: Result<(), String>,
     },

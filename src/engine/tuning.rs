@@ -58,11 +58,13 @@ struct PoolTuning {
     finished: BTreeSet<String>,
     /// Limits the configuration sets, which the tuner and the allocator adjust.
     configured: PoolLimits,
-    /// Limits last written to the cgroup.
+    /// Limits the cgroup holds: those last written, or read back after a refused write (which
+    /// may have put some of its settings in force), so the next write is never skipped as done.
     applied: PoolLimits,
     /// A write of new limits is on its way; the next waits for it.
     writing: bool,
-    /// A write was refused: the limits are tried again from this time on.
+    /// A write was refused: the tuner's limits are tried again from this time on (a change of
+    /// the configured limits is written at once).
     retry_at: Option<Instant>,
     plan: Option<PoolPlan>,
     window: Option<WarmWindow>,
@@ -391,6 +393,8 @@ impl Engine {
         tracing::info!(pool = %new.name, old = ?t.configured, new = ?limits,
             "configured limits changed; writing them to the pool's cgroup");
         t.configured = limits;
+        // The operator's new limits go out now, even while an earlier refusal waits its retry.
+        t.retry_at = None;
         self.apply_quota(&new.name);
     }
 
@@ -412,7 +416,10 @@ impl Engine {
                 next.cpu_weight = Some(plan.cpu_weight);
             }
         }
-        if next == t.applied || t.writing {
+        // After a refusal the next try waits for `retry_at`: a value the kernel refuses is not
+        // written (and warned about) at every tick.
+        let waiting = t.retry_at.is_some_and(|at| at > Instant::now());
+        if next == t.applied || t.writing || waiting {
             return;
         }
         t.writing = true;
@@ -420,16 +427,21 @@ impl Engine {
         let pool = pool.to_string();
         // Off the runtime: lowering a memory limit makes the kernel reclaim in the writer.
         tokio::task::spawn_blocking(move || {
-            let result = pl.pool().set_limits(&next).map_err(|e| e.to_string());
+            let cgroup = pl.pool();
+            let (limits, result) = match cgroup.set_limits(&next) {
+                Ok(()) => (next, Ok(())),
+                Err(e) => (cgroup.limits(), Err(e.to_string())),
+            };
             let _ = to_engine.send(Command::LimitsWritten {
                 pool,
-                limits: next,
+                limits,
                 result,
             });
         });
     }
 
-    /// A write of new limits ended; limits wanted meanwhile are written next.
+    /// A write of new limits ended; limits wanted meanwhile are written next. After a refusal,
+    /// `limits` is what the cgroup holds, and the write is tried again in [`WRITE_RETRY`].
     pub(super) fn limits_written(
         &mut self,
         pool: String,
@@ -441,8 +453,9 @@ impl Engine {
         };
         t.writing = false;
         if let Err(error) = result {
-            tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(),
+            tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(), held = ?limits,
                 "cannot apply tuned limits");
+            t.applied = limits;
             t.retry_at = Some(Instant::now() + WRITE_RETRY);
             return;
         }
