@@ -272,6 +272,45 @@ async fn bad_arguments_are_invalid_args_with_the_engine_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pool_keeps_the_operators_policy_until_a_reload() {
+    let Some((bus, daemon)) = setup() else {
+        return;
+    };
+    let p = proxy(&bus).await;
+    let policy = HashMap::from([
+        ("threshold", zvariant::Value::from(0.9)),
+        ("hot_path", zvariant::Value::from(3u64)),
+    ]);
+    p.set_policy(policy).await.unwrap();
+    p.set_pool_limits("shop", HashMap::from([("warm_min", "1")]))
+        .await
+        .unwrap();
+    let policy = &daemon.call(json!({"op": "stats"}))["policy"];
+    assert_eq!(policy["threshold"], 0.9, "{policy}");
+    assert_eq!(policy["hot_path"], 3, "{policy}");
+
+    // The pinned threshold still decides: a process at even odds is not guessed, a likely one is.
+    let issued = |p: f64| {
+        let r = daemon.call_many(&[
+            json!({"op": "event", "session": "g", "type": "page_view",
+                   "attrs": {"country": "DE", "postal_code": "10115"}}),
+            json!({"op": "hint", "session": "g",
+                   "predictions": [{"process": "validate_postal_code", "p": p}]}),
+            json!({"op": "stats"}),
+        ]);
+        assert_eq!(r[1]["ok"], json!(true), "{}", r[1]);
+        r[2]["speculation"]["issued"].as_u64().unwrap()
+    };
+    assert_eq!(issued(0.5), 0, "guessed under the pinned threshold");
+    assert_eq!(issued(0.95), 1, "not guessed above the pinned threshold");
+
+    // A reload from the file ends the policy.
+    p.reload().await.unwrap();
+    let policy = &daemon.call(json!({"op": "stats"}))["policy"];
+    assert_eq!(policy["hot_path"], 5, "{policy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_property_is_announced() {
     let Some((bus, daemon)) = setup() else {
         return;

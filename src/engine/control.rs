@@ -161,7 +161,14 @@ impl Engine {
         }]);
         let cfg = check.map_err(|e| e.to_string())?;
         let old = self.config.pool(name).cloned();
+        // The running configuration carries the policy's hot path and speculation; a pinned
+        // threshold is the predictor's, which a reload unpins. The policy holds until the next
+        // reload from the files, which this is not.
+        let pinned = self.predictor.pinned_threshold();
         self.reload(cfg)?;
+        if pinned.is_some() {
+            self.apply_policy(pinned);
+        }
         if let (Some(old), Some(new)) = (old, self.config.pool(name).cloned()) {
             for (what, o, n) in [
                 (

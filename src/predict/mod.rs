@@ -438,6 +438,13 @@ impl Predictor {
         self.partition.threshold
     }
 
+    /// The threshold an operator pinned with [`Self::set_policy`], while it holds.
+    pub fn pinned_threshold(&self) -> Option<f64> {
+        self.partition
+            .threshold_pinned
+            .then_some(self.partition.threshold)
+    }
+
     pub fn stats(&self) -> PredictStats {
         PredictStats {
             sessions: self.profiles.len(),
