@@ -311,6 +311,46 @@ async fn set_pool_keeps_the_operators_policy_until_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pool_errors_say_what_is_wrong_without_echoing_what_was_sent() {
+    let Some((bus, _daemon)) = setup() else {
+        return;
+    };
+    let p = proxy(&bus).await;
+    let e = p
+        .set_pool_limits(
+            "shop",
+            HashMap::from([("workers_max", "18446744073709551615")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`workers_max` = 18446744073709551615 is out of range"),
+        "{e}"
+    );
+    let key = "x".repeat(120_000);
+    let e = p
+        .set_pool_limits("shop", HashMap::from([(key.as_str(), "1")]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be changed"), "{e}");
+    assert!(e.to_string().len() < 1000, "{} bytes", e.to_string().len());
+    let e = p
+        .set_pool_limits(&key, HashMap::from([("warm_min", "1")]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no pool named"), "{e}");
+    assert!(e.to_string().len() < 1000, "{} bytes", e.to_string().len());
+    for (k, v) in [("pids_max", "4194305"), ("cpu_quota", "0.5%")] {
+        let e = p
+            .set_pool_limits("shop", HashMap::from([(k, v)]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(&format!("pool.shop.{k}:")), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_property_is_announced() {
     let Some((bus, daemon)) = setup() else {
         return;

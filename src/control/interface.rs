@@ -86,8 +86,9 @@ impl ControlObject {
         let mut json = Map::new();
         for (k, v) in changes {
             let value = variant_json(&v).ok_or_else(|| {
+                let shown: String = k.chars().take(64).collect();
                 fdo::Error::InvalidArgs(format!(
-                    "`{k}` has a value of type {}; give a boolean, a number or a string",
+                    "`{shown}` has a value of type {}; give a boolean, a number or a string",
                     v.value_signature()
                 ))
             })?;

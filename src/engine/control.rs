@@ -117,38 +117,11 @@ impl Engine {
         }
         let mut cfg = self.config.clone();
         let Some(pool) = cfg.pools.iter_mut().find(|p| p.name == name) else {
-            return Err(format!("no pool named `{name}`"));
+            return Err(format!("no pool named `{}`", shown(name)));
         };
         // Re-use the configuration parser so values are written and checked exactly as in the
         // file: build a one-pool TOML layer and merge it over the running configuration.
-        let mut table = toml::Table::new();
-        for (k, v) in &changes {
-            let allowed = [
-                "warm_min",
-                "workers_max",
-                "timeout",
-                "start_timeout",
-                "cpu_quota",
-                "cpu_weight",
-                "memory_max",
-                "memory_reserve",
-                "pids_max",
-            ];
-            if !allowed.contains(&k.as_str()) {
-                return Err(format!(
-                    "`{k}` cannot be changed; changeable: {}",
-                    allowed.join(", ")
-                ));
-            }
-            let tv = match v {
-                Value::String(s) => toml::Value::String(s.clone()),
-                Value::Number(n) if n.is_u64() => {
-                    toml::Value::Integer(n.as_u64().unwrap_or(0) as i64)
-                }
-                _ => return Err(format!("`{k}` needs a string or a whole number")),
-            };
-            table.insert(k.clone(), tv);
-        }
+        let table = pool_changes(&changes)?;
         let mut merged = toml::Table::try_from(&*pool).map_err(|e| e.to_string())?;
         merged.extend(table);
         let updated: crate::config::PoolConfig = merged
@@ -235,7 +208,8 @@ impl Engine {
                 }
                 other => {
                     return Err(format!(
-                        "`{other}` is not a policy key; use hot_path, threshold or speculation"
+                        "`{}` is not a policy key; use hot_path, threshold or speculation",
+                        shown(other)
                     ));
                 }
             }
@@ -245,6 +219,64 @@ impl Engine {
         tracing::info!(?changes, "prediction policy changed by operator");
         let _ = self.events.send(super::EngineEvent::PolicyChanged);
         Ok(self.policy_view())
+    }
+}
+
+/// The keys `set-pool` may change.
+const CHANGEABLE: [&str; 9] = [
+    "warm_min",
+    "workers_max",
+    "timeout",
+    "start_timeout",
+    "cpu_quota",
+    "cpu_weight",
+    "memory_max",
+    "memory_reserve",
+    "pids_max",
+];
+
+/// The longest value `set-pool` takes: every valid one is far shorter, and a refused one is
+/// echoed in the error.
+const VALUE_MAX: usize = 64;
+
+/// `set-pool`'s changes as a one-pool TOML table, for the configuration parser to check as if
+/// written in the file. What the parser cannot be given is refused here, with a message that
+/// names the key but never echoes more than [`VALUE_MAX`] characters of what the client sent.
+fn pool_changes(changes: &Map<String, Value>) -> Result<toml::Table, String> {
+    let mut table = toml::Table::new();
+    for (k, v) in changes {
+        if !CHANGEABLE.contains(&k.as_str()) {
+            return Err(format!(
+                "`{}` cannot be changed; changeable: {}",
+                shown(k),
+                CHANGEABLE.join(", ")
+            ));
+        }
+        let tv = match v {
+            Value::String(s) if s.len() > VALUE_MAX => {
+                return Err(format!(
+                    "the value of `{k}` is {} bytes long; no valid one is over {VALUE_MAX}",
+                    s.len()
+                ));
+            }
+            Value::String(s) => toml::Value::String(s.clone()),
+            // The file's integers are signed 64-bit: a larger number is no value of any key.
+            Value::Number(n) if n.is_u64() => match n.as_u64().map(i64::try_from) {
+                Some(Ok(i)) => toml::Value::Integer(i),
+                _ => return Err(format!("`{k}` = {n} is out of range; at most {}", i64::MAX)),
+            },
+            _ => return Err(format!("`{k}` needs a string or a whole number")),
+        };
+        table.insert(k.clone(), tv);
+    }
+    Ok(table)
+}
+
+/// A name a client sent, cut for an error message.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(VALUE_MAX) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_string(),
     }
 }
 
@@ -260,4 +292,52 @@ pub(super) fn policy_json(hot_path: usize, threshold: f64, speculation: bool) ->
         "threshold": threshold,
         "speculation": speculation,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(v: Value) -> Map<String, Value> {
+        json_map(v)
+    }
+
+    #[test]
+    fn pool_changes_become_toml_values_as_in_the_file() {
+        let t = pool_changes(&changes(json!({"workers_max": 3, "memory_max": "256M"}))).unwrap();
+        assert_eq!(t["workers_max"], toml::Value::Integer(3));
+        assert_eq!(t["memory_max"], toml::Value::String("256M".into()));
+    }
+
+    #[test]
+    fn a_number_past_the_files_integers_is_out_of_range() {
+        let e = pool_changes(&changes(json!({"workers_max": u64::MAX}))).unwrap_err();
+        assert_eq!(
+            e,
+            "`workers_max` = 18446744073709551615 is out of range; at most 9223372036854775807"
+        );
+        let t = pool_changes(&changes(json!({"pids_max": i64::MAX as u64}))).unwrap();
+        assert_eq!(t["pids_max"], toml::Value::Integer(i64::MAX));
+    }
+
+    #[test]
+    fn errors_echo_at_most_a_short_part_of_what_was_sent() {
+        let key = "k".repeat(120_000);
+        let e = pool_changes(&changes(json!({key: 1}))).unwrap_err();
+        assert!(
+            e.starts_with(&format!("`{}…` cannot be changed", "k".repeat(64))),
+            "{e}"
+        );
+        assert!(e.len() < 300, "{} bytes", e.len());
+        let e = pool_changes(&changes(json!({"memory_max": "9".repeat(120_000)}))).unwrap_err();
+        assert_eq!(
+            e,
+            "the value of `memory_max` is 120000 bytes long; no valid one is over 64"
+        );
+        assert_eq!(
+            shown("é".repeat(70).as_str()),
+            format!("{}…", "é".repeat(64))
+        );
+        assert_eq!(shown("shop"), "shop");
+    }
 }
