@@ -259,3 +259,45 @@ fn describe_names_the_hierarchies_and_the_subtree() {
     assert!(text.contains(&t.parent), "{text}");
     assert!(text.starts_with("v1") || text.starts_with("v2"), "{text}");
 }
+
+#[test]
+fn a_pool_whose_limits_are_refused_leaves_no_directory() {
+    let Some(t) = subtree("refused") else { return };
+    let impossible = PoolLimits {
+        cpus: Some(vec![4000]),
+        pids_max: Some(8),
+        ..PoolLimits::default()
+    };
+    let err = t.cgroups.create_pool("refused", &impossible).unwrap_err();
+    assert!(err.to_string().contains("cpuset.cpus"), "{err}");
+    for h in std::fs::read_dir(SYS).unwrap().flatten() {
+        let dir = h.path().join(&t.parent).join("refused");
+        assert!(!dir.exists(), "{} remains", dir.display());
+    }
+}
+
+#[test]
+fn a_pool_cgroup_shared_with_a_pool_of_the_same_name_goes_with_the_last_release() {
+    let Some(t) = subtree("shared") else { return };
+    let old = t.cgroups.create_pool("p", &PoolLimits::default()).unwrap();
+    // Added again while the old pool still stops: the same directories.
+    let new = t.cgroups.create_pool("p", &PoolLimits::default()).unwrap();
+    assert_eq!(old.paths(), new.paths());
+    let worker = new.worker(2).unwrap();
+    let mut child = spawn_in(worker.join_handle().unwrap(), "sleep 60");
+
+    old.release().unwrap();
+    old.release().unwrap();
+    assert!(new.paths().iter().all(|p| p.is_dir()));
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the new pool's worker was killed"
+    );
+
+    new.release().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    for p in new.paths() {
+        assert!(!p.exists(), "{} remains", p.display());
+    }
+}

@@ -23,17 +23,21 @@
 mod layout;
 mod limits;
 mod node;
+mod pool;
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use layout::{Controller, Layout, Membership, Version, own_path, parse_proc_cgroup};
 pub use limits::{PoolLimits, Usage, shares_to_weight, weight_to_shares};
 
-use node::{CpuCounter, Node, NodeDir};
+use node::{Node, NodeDir};
+pub use pool::{PoolCgroup, WorkerCgroup};
 
 /// The leaf a delegated daemon moves itself into on v2, so its own cgroup holds no processes
 /// and can hand controllers to the pools.
@@ -106,10 +110,15 @@ struct Subtree {
 }
 
 /// The cgroup subtree precog may use, in every hierarchy that carries a controller it needs.
+/// Clones share which pool cgroups are in use.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     layout: Layout,
     subtrees: Vec<Subtree>,
+    /// How many pools use each pool's cgroup, by name: a pool a reload removed still stops in
+    /// it when a pool added again under its name takes the same directory. Held while a pool
+    /// cgroup is made or removed, so a removal never takes a directory being taken again.
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Cgroups {
@@ -198,7 +207,11 @@ impl Cgroups {
             return Ok(None);
         }
 
-        let cgroups = Cgroups { layout, subtrees };
+        let cgroups = Cgroups {
+            layout,
+            subtrees,
+            in_use: Arc::default(),
+        };
         cgroups.prepare()?;
         Ok(Some(cgroups))
     }
@@ -287,7 +300,9 @@ impl Cgroups {
         Ok(names.len())
     }
 
-    /// Makes the cgroup for pool `name` and puts `limits` in force before any worker joins.
+    /// Makes the cgroup for pool `name` and puts `limits` in force before any worker joins. A
+    /// directory that exists already (that of a pool of the same name still stopping) is taken
+    /// as it is. When the cgroup cannot be set up, the directories this call made go again.
     pub fn create_pool(&self, name: &str, limits: &PoolLimits) -> Result<PoolCgroup, CgroupError> {
         check_name(name)?;
         if name == DAEMON_LEAF {
@@ -295,14 +310,31 @@ impl Cgroups {
         }
 
         let node = self.base().child(name);
-        node.create()?;
-        node.set_limits(limits)?;
-        node.enable_for_children()?;
-        Ok(PoolCgroup { node })
+        let mut in_use = self.in_use.lock().expect("pool cgroups");
+        let new_dirs: Vec<PathBuf> = node
+            .paths()
+            .into_iter()
+            .filter(|dir| !dir.exists())
+            .collect();
+        let made = node
+            .create()
+            .and_then(|()| node.set_limits(limits))
+            .and_then(|()| node.enable_for_children());
+        if let Err(e) = made {
+            for dir in &new_dirs {
+                if let Err(undo) = node::remove_tree(dir) {
+                    tracing::warn!(error = %undo, "cannot remove a pool cgroup that failed");
+                }
+            }
+            return Err(e);
+        }
+        *in_use.entry(name.to_string()).or_default() += 1;
+        Ok(PoolCgroup::new(node, name, self.in_use.clone()))
     }
 
     /// Removes every pool and, where precog made it, the subtree itself (at daemon stop).
     pub fn remove(self) -> Result<(), CgroupError> {
+        let _in_use = self.in_use.lock().expect("pool cgroups");
         self.remove_stale()?;
         for s in self.subtrees.iter().filter(|s| !s.delegated) {
             node::remove_tree(&s.base)?;
@@ -342,163 +374,6 @@ impl Cgroups {
             .map(|s| s.base.display().to_string())
             .collect();
         format!("{kind}: {}{suffix}", places.join(", "))
-    }
-}
-
-/// A pool's cgroup: the limits sit here; workers run in leaves below it.
-#[derive(Debug)]
-pub struct PoolCgroup {
-    node: Node,
-}
-
-impl PoolCgroup {
-    /// Puts new limits in force (the tuner moves the quota this way); each value is read back.
-    /// On an error the values written before the refused one stay in force: [`Self::limits`]
-    /// says which.
-    pub fn set_limits(&self, l: &PoolLimits) -> Result<(), CgroupError> {
-        self.node.set_limits(l)
-    }
-
-    /// The limits in force now, read back from the kernel. A value at the kernel's default
-    /// (no quota, weight 100, no memory or task limit) reads as `None`; `cpus` always reads as
-    /// the CPUs in force.
-    pub fn limits(&self) -> PoolLimits {
-        self.node.limits()
-    }
-
-    /// Makes the leaf for worker `id`; the worker joins it through its [`JoinHandle`].
-    pub fn worker(&self, id: u64) -> Result<WorkerCgroup, CgroupError> {
-        let node = self.node.child(&format!("w{id}"));
-        node.create()?;
-        for d in node.dirs.iter().filter(|d| d.version == Version::V2) {
-            // A worker OOM-killed dies whole, with whatever it forked.
-            let group = d.dir.join("memory.oom.group");
-            if d.controllers.contains(&Controller::Memory) && group.exists() {
-                node::write_file(&group, "1")?;
-            }
-        }
-        Ok(WorkerCgroup {
-            id,
-            node,
-            cpu: std::sync::OnceLock::new(),
-            idle: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// A handle that moves a process straight into the pool's cgroup (without a worker leaf).
-    pub fn join_handle(&self) -> Result<JoinHandle, CgroupError> {
-        JoinHandle::open(&self.node)
-    }
-
-    /// Usage of the whole pool, all workers included.
-    pub fn usage(&self) -> Usage {
-        self.node.usage()
-    }
-
-    /// The pool's directory in each hierarchy.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.node.paths()
-    }
-
-    /// Process ids in the pool and its workers' leaves.
-    pub fn tasks(&self) -> Vec<i32> {
-        self.node.tasks().into_iter().collect()
-    }
-
-    /// Kills every task in the pool, including those its workers forked.
-    pub fn kill_all(&self) -> Result<(), CgroupError> {
-        self.node.kill_all()
-    }
-
-    /// Kills what runs in the pool and removes its cgroups, workers' leaves included.
-    pub fn remove(&self) -> Result<(), CgroupError> {
-        self.node.remove()
-    }
-}
-
-/// One worker's leaf under its pool.
-#[derive(Debug)]
-pub struct WorkerCgroup {
-    id: u64,
-    node: Node,
-    /// Opened on first use (the kernel makes the file with the directory).
-    cpu: std::sync::OnceLock<CpuCounter>,
-    /// `cpu.idle`, opened on first use; `None` where the kernel or hierarchy has none.
-    idle: std::sync::OnceLock<Option<(PathBuf, std::fs::File)>>,
-}
-
-impl WorkerCgroup {
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// A handle for the worker's `pre_exec` that moves it into this leaf.
-    pub fn join_handle(&self) -> Result<JoinHandle, CgroupError> {
-        JoinHandle::open(&self.node)
-    }
-
-    /// What this worker and everything it forked used.
-    pub fn usage(&self) -> Usage {
-        self.node.usage()
-    }
-
-    /// CPU time of the worker and what it forked, read cheaply enough to do after every job.
-    pub fn cpu_ns(&self) -> Option<u64> {
-        if self.cpu.get().is_none()
-            && let Some(counter) = self.node.cpu_counter()
-        {
-            let _ = self.cpu.set(counter);
-        }
-        self.cpu.get().and_then(CpuCounter::read_ns)
-    }
-
-    /// Puts the worker's leaf in the idle CPU class (`cpu.idle`, Linux 5.15), or back. Only a
-    /// cgroup-wide setting works here: a task's own `SCHED_IDLE` counts only against tasks of the
-    /// same cgroup, and every worker has a leaf of its own. `Ok(false)` when the kernel or the
-    /// hierarchy offers no `cpu.idle`.
-    pub fn set_cpu_idle(&self, idle: bool) -> Result<bool, CgroupError> {
-        use std::os::unix::fs::FileExt;
-        // Opened once: a worker switches class whenever guesses and real jobs alternate.
-        let file = self.idle.get_or_init(|| {
-            let path = self.node.dir_for(Controller::Cpu)?.dir.join("cpu.idle");
-            let file = OpenOptions::new().write(true).open(&path).ok()?;
-            Some((path, file))
-        });
-        let Some((path, file)) = file else {
-            return Ok(false);
-        };
-        let value = if idle { "1" } else { "0" };
-        file.write_at(value.as_bytes(), 0)
-            .map_err(|source| CgroupError::Write {
-                path: path.clone(),
-                value: value.into(),
-                source,
-            })?;
-        Ok(true)
-    }
-
-    /// Whether the kernel's OOM killer killed a task of this worker: a worker that died with
-    /// this set failed for lack of memory (`worker_failed`, reason `oom`), not by crashing.
-    pub fn oom_killed(&self) -> bool {
-        self.node.usage().oom_kills > 0
-    }
-
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.node.paths()
-    }
-
-    pub fn tasks(&self) -> Vec<i32> {
-        self.node.tasks().into_iter().collect()
-    }
-
-    /// Kills the worker and everything it forked.
-    pub fn kill_all(&self) -> Result<(), CgroupError> {
-        self.node.kill_all()
-    }
-
-    /// Kills what is left of the worker and removes its leaf.
-    pub fn remove(self) -> Result<(), CgroupError> {
-        self.node.remove()
     }
 }
 
