@@ -1,9 +1,11 @@
 //! Black-box: a burst of sessions predicted to need one process raises its pool's warm workers
 //! before their runs arrive, so none of the runs is a cold start; afterwards the pool falls back
-//! to `warm_min` once the keep-alive it learned from the gaps between requests has passed.
+//! to `warm_min` once the keep-alive it learned from the gaps between requests has passed. A
+//! lowered `workers_max` holds as soon as workers are free, whatever the keep-alive.
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{Conn, Daemon, have_python, skip_unless, worker};
@@ -120,5 +122,63 @@ fn a_predicted_burst_finds_warm_workers_and_they_go_after_the_keep_alive() {
     println!(
         "back to one worker {:.1} s after the sessions ended",
         ended.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_lowered_workers_max_holds_as_soon_as_workers_are_free() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let sized = |warm: usize, max: usize| format!("warm_min = {warm}\nworkers_max = {max}\n");
+    let d = Daemon::start(&config().replace(&sized(1, 6), &sized(3, 3)));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    wait_for("three warm workers", &d, 20, |p, _| {
+        p["workers"] == json!(3)
+    });
+
+    // Three jobs run and three wait when the limit drops to one: the waiting jobs are served
+    // by the one worker that stays, the others leave as their jobs end.
+    let send = |n: usize, sleep_ms: u64| {
+        let mut c = d.connect();
+        c.send(
+            &json!({"op": "run", "session": format!("b{n}"), "process": "work",
+            "inputs": {"sleep_ms": sleep_ms, "n": n}}),
+        );
+        c
+    };
+    let mut running: Vec<Conn> = (0..3).map(|n| send(n, 1500)).collect();
+    wait_for("three busy workers", &d, 10, |p, _| p["busy"] == json!(3));
+    let mut waiting: Vec<Conn> = (3..6).map(|n| send(n, 100)).collect();
+    wait_for("three queued jobs", &d, 10, |p, _| {
+        p["queued_on_demand"] == json!(3)
+    });
+    d.reload_applied(&text.replace(&sized(3, 3), &sized(1, 1)));
+    for c in &mut running {
+        assert_eq!(c.recv()["ok"], json!(true));
+    }
+    let pids: HashSet<u64> = waiting
+        .iter_mut()
+        .map(|c| {
+            let r = c.recv();
+            assert_eq!(r["ok"], json!(true), "{r}");
+            r["result"]["pid"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "served by {pids:?} under workers_max = 1");
+    wait_for("one worker", &d, 10, |p, _| p["workers"] == json!(1));
+
+    // Idle workers above a lowered limit leave at once, not after the keep-alive.
+    d.reload_applied(&text);
+    wait_for("three warm workers again", &d, 20, |p, _| {
+        p["workers"] == json!(3)
+    });
+    let keep_alive = pool_stats(&d).1["keep_alive_ms"].clone();
+    let lowered = Instant::now();
+    d.reload_applied(&text.replace(&sized(3, 3), &sized(1, 2)));
+    wait_for("two workers", &d, 10, |p, _| p["workers"] == json!(2));
+    println!(
+        "an idle worker left {:.1} s after workers_max was lowered; keep-alive {keep_alive} ms",
+        lowered.elapsed().as_secs_f64()
     );
 }

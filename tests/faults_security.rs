@@ -334,3 +334,58 @@ fn a_socket_group_the_daemon_may_not_give_is_named_and_leaves_no_socket_behind()
     assert!(err.contains("member of group `root`"), "{err}");
     assert!(!socket.exists(), "the socket was left behind: {err}");
 }
+
+/// The uid a process runs as (its real one), from `/proc`.
+fn uid_of(pid: u64) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn a_reload_that_sets_the_worker_user_replaces_busy_and_idle_workers() {
+    if !preconditions() {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    if skip_unless(std::path::Path::new(python).exists(), "no /usr/bin/python3") {
+        return;
+    }
+    let scripts = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = scripts.path().join("echo.py");
+    std::fs::copy(worker("echo.py"), &script).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let d = Daemon::start(&echo_pool(python, &script.display().to_string()));
+    // One worker busy, one idle, both root, when the reload names the worker user.
+    let mut busy = d.connect();
+    busy.send(&json!({"op": "run", "session": "w", "process": "sleep",
+        "inputs": {"sleep_ms": 1000}}));
+    std::thread::sleep(Duration::from_millis(200));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let [before, after] =
+        ["", "worker_user = \"nobody\"\n"].map(|user| format!("allowed_groups = []\n{user}"));
+    d.reload_applied(&text.replace(&before, &after));
+    let r = busy.recv();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let old = r["result"]["pid"].as_u64().unwrap();
+
+    let all_nobody = || {
+        let workers = d.workers();
+        !workers.is_empty()
+            && workers
+                .iter()
+                .all(|&pid| uid_of(pid.into()).is_none_or(|u| u == NOBODY))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), all_nobody),
+        "workers still root: {:?}\n{}",
+        d.workers(),
+        d.log()
+    );
+    assert_eq!(uid_of(old), None, "the busy worker stayed after its job");
+    let r = d.call(json!({"op": "run", "session": "w", "process": "echo", "inputs": {"x": 2}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(uid_of(r["result"]["pid"].as_u64().unwrap()), Some(NOBODY));
+}

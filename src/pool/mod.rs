@@ -249,9 +249,19 @@ struct Queued {
     reply: Deliver,
 }
 
+#[derive(Default)]
 struct WorkerSlot {
     /// The job the worker runs, if any.
     busy: Option<Busy>,
+    /// The worker is on its way out and takes no more jobs.
+    retiring: bool,
+}
+
+impl WorkerSlot {
+    /// Free to take a job now.
+    fn idle(&self) -> bool {
+        self.busy.is_none() && !self.retiring
+    }
 }
 
 /// What a busy worker is doing.
@@ -402,7 +412,7 @@ impl Pool {
                 st.speculative.push_back(queued);
             }
         }
-        let idle = st.workers.values().filter(|w| w.busy.is_none()).count();
+        let idle = st.workers.values().filter(|w| w.idle()).count();
         drop(st);
         self.shared.job_ready.notify_one();
         if idle == 0 {
@@ -426,10 +436,11 @@ impl Pool {
         self.shared.keep_alive_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Applies new settings. Workers started with an older command finish their job and retire.
+    /// Applies new settings. Workers started with an older command, CPUs or user finish their
+    /// job and retire: none of these can change in a running process.
     pub fn reconfigure(&self, new: PoolSettings) {
         let mut s = self.shared.settings.lock().expect("pool settings");
-        let restart = s.program != new.program || s.args != new.args || s.cpus != new.cpus;
+        let restart = needs_new_workers(&s, &new);
         let (lo, hi) = (new.warm_min, new.workers_max);
         *s = new;
         drop(s);
@@ -522,50 +533,14 @@ impl Pool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bare_names_resolve_beside_the_binary_or_in_path() {
-        assert!(resolve_command("sh").is_ok());
-        assert!(matches!(
-            resolve_command("precog-no-such-worker"),
-            Err(PoolError::NoExecutable(_))
-        ));
-    }
-
-    #[test]
-    fn a_path_must_name_an_executable_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("worker.py");
-        std::fs::write(&script, "#!/bin/sh\n").unwrap();
-        let why = |p: &std::path::Path| match resolve_command(&p.display().to_string()) {
-            Err(PoolError::NotExecutable { why, .. }) => why,
-            other => panic!("{}: {other:?}", p.display()),
-        };
-        assert!(why(&script).contains("not executable"));
-        assert!(why(dir.path()).contains("not a file"));
-        assert!(why(&dir.path().join("gone")).contains("does not exist"));
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(resolve_command(script.to_str().unwrap()).unwrap(), script);
-    }
-
-    #[test]
-    fn an_outcome_is_reported_once_and_a_dropped_job_says_its_pool_stopped() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let report = |tx: std::sync::mpsc::Sender<JobOutcome>| {
-            Deliver::new(move |o| {
-                let _ = tx.send(o);
-            })
-        };
-        report(tx.clone()).send(JobOutcome::failed(FailureKind::Timeout, "slow"));
-        drop(report(tx));
-        let kinds: Vec<FailureKind> = rx
-            .iter()
-            .map(|o| o.result.expect_err("failures only").kind)
-            .collect();
-        assert_eq!(kinds, [FailureKind::Timeout, FailureKind::ShuttingDown]);
-    }
+/// Whether workers started with `old` must give way to new ones for `new`: what the worker
+/// runs, where it runs and who it runs as are fixed when its process starts.
+fn needs_new_workers(old: &PoolSettings, new: &PoolSettings) -> bool {
+    old.program != new.program
+        || old.args != new.args
+        || old.cpus != new.cpus
+        || old.identity != new.identity
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,7 +26,7 @@ pub(super) fn take_back_guess(st: &mut State, workers_max: usize) -> Option<Dura
 
 /// [`take_back_guess`] for `waiting` real requests.
 fn take_back_for(st: &mut State, workers_max: usize, waiting: usize) -> Option<Duration> {
-    let idle = st.workers.values().any(|w| w.busy.is_none());
+    let idle = st.workers.values().any(|w| w.idle());
     let backing_off = st.backoff_until.is_some_and(|until| until > Instant::now());
     if idle || (st.workers.len() + st.starting < workers_max && !backing_off) {
         return None;
@@ -77,7 +77,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             }
             let now = Instant::now();
             let backing_off = st.backoff_until.is_some_and(|u| u > now);
-            let idle = st.workers.values().filter(|w| w.busy.is_none()).count();
+            let idle = st.workers.values().filter(|w| w.idle()).count();
             let waiting = st.on_demand.len() + st.speculative.len();
             let live = st.workers.len() + st.starting;
             let wanted = st
@@ -131,7 +131,11 @@ mod tests {
             take_back: take_back.clone(),
             taken_back: false,
         };
-        (WorkerSlot { busy: Some(busy) }, take_back, joins)
+        let slot = WorkerSlot {
+            busy: Some(busy),
+            ..WorkerSlot::default()
+        };
+        (slot, take_back, joins)
     }
 
     /// Whether `notify` holds a signal, without waiting for one.
@@ -221,7 +225,7 @@ mod tests {
         let mut st = State::default();
         let (slot, signal, _) = guessing(200);
         st.workers.insert(1, slot);
-        st.workers.insert(2, WorkerSlot { busy: None });
+        st.workers.insert(2, WorkerSlot::default());
         take_back_for(&mut st, 2, 1);
         st.workers.remove(&2);
         take_back_for(&mut st, 2, 1);

@@ -21,7 +21,7 @@ use super::job::{Deadline, Joinable, Pipes, Proc, Ran, run_job};
 use super::observe::{log_stderr, worker_cpu_ns};
 use super::priority::{CpuClass, apply_cpu_class};
 use super::spawn::{SpawnPlan, spawn};
-use super::{Busy, FailureKind, JobOutcome, Priority, Queued, Shared, WorkerSlot};
+use super::{Busy, FailureKind, JobOutcome, Priority, Queued, Shared, State, WorkerSlot};
 
 /// A worker idle this long above the warm target retires, until the allocator learns better.
 pub(super) const IDLE_RETIRE: Duration = Duration::from_secs(30);
@@ -94,7 +94,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         let mut st = shared.state.lock().expect("pool state");
         st.starting -= 1;
         st.stats.spawned += 1;
-        st.workers.insert(id, WorkerSlot { busy: None });
+        st.workers.insert(id, WorkerSlot::default());
     }
     tracing::debug!(pool = %settings.name, worker = id, pid, "worker started");
 
@@ -321,20 +321,23 @@ async fn next_job(
         tokio::pin!(ready);
         ready.as_mut().enable();
         {
+            let workers_max = shared.settings.lock().expect("pool settings").workers_max;
             let mut st = shared.state.lock().expect("pool state");
             if shared.shutting_down.load(Ordering::Relaxed) || st.generation != generation {
                 return None;
+            }
+            if should_retire(&st, workers_max, false) {
+                return retire(&mut st, id);
             }
             // Speculation leaves one idle worker for the next real request: taking a worker
             // back from a speculative job costs that request a cold start.
             let idle_others = st
                 .workers
                 .iter()
-                .filter(|(w, slot)| **w != id && slot.busy.is_none())
+                .filter(|(w, slot)| **w != id && slot.idle())
                 .count();
             // ... and guesses hold at most half the pool's workers, so a burst of real
             // requests finds most of the pool free instead of waiting behind guesses.
-            let workers_max = shared.settings.lock().expect("pool settings").workers_max;
             let guessing = st
                 .workers
                 .values()
@@ -371,10 +374,9 @@ async fn next_job(
                 q.job.started.store(true, Ordering::Relaxed);
                 return Some((q, take_back));
             }
-            let surplus = st.workers.len() > st.target_warm;
             let keep_alive = Duration::from_millis(shared.keep_alive_ms.load(Ordering::Relaxed));
-            if surplus && idle_since.elapsed() >= keep_alive {
-                return None;
+            if should_retire(&st, workers_max, idle_since.elapsed() >= keep_alive) {
+                return retire(&mut st, id);
             }
         }
         tokio::select! {
@@ -386,6 +388,23 @@ async fn next_job(
             idle_since = Instant::now();
         }
     }
+}
+
+/// Whether an idle worker retires now: the pool has more workers than `workers_max` (a reload
+/// or `set-pool` lowered it: the limit holds as soon as a worker is free, whatever the
+/// keep-alive), or more than it keeps warm and this one has idled past the keep-alive
+/// (`idled_out`). Workers already retiring are not counted.
+pub(super) fn should_retire(st: &State, workers_max: usize, idled_out: bool) -> bool {
+    let staying = st.workers.values().filter(|w| !w.retiring).count();
+    staying > workers_max || (idled_out && staying > st.target_warm)
+}
+
+/// Marks the worker as retiring, so the workers that stay are counted without it.
+fn retire(st: &mut State, id: u64) -> Option<(Queued, Arc<Notify>)> {
+    if let Some(w) = st.workers.get_mut(&id) {
+        w.retiring = true;
+    }
+    None
 }
 
 /// What a lost job cost before its worker was lost.

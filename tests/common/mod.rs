@@ -186,6 +186,18 @@ impl Daemon {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     }
 
+    /// [`Daemon::reload`], then waits until the daemon says the reload was applied.
+    pub fn reload_applied(&self, text: &str) {
+        let applied = |d: &Daemon| d.log().matches("configuration reloaded").count();
+        let before = applied(self);
+        self.reload(text);
+        assert!(
+            wait_until(Duration::from_secs(10), || applied(self) > before),
+            "the reload was not applied:\n{}",
+            self.log()
+        );
+    }
+
     /// The worker processes precogd started (its direct children).
     pub fn workers(&self) -> Vec<u32> {
         children_of(self.pid())
