@@ -364,6 +364,63 @@ fn check_config_reports_file_line_and_key() {
     );
 }
 
+/// A CPU this process may not run on, nor precogd started from it: one past its last.
+fn unusable_cpu() -> usize {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let count = nix::sched::CpuSet::count();
+    (0..count)
+        .filter(|&c| set.is_set(c).unwrap())
+        .max()
+        .unwrap()
+        + 1
+}
+
+#[test]
+fn a_pool_on_a_cpu_precogd_may_not_use_is_refused_by_check_config_and_by_a_reload() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let cpu = unusable_cpu();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cpus.toml");
+    std::fs::write(
+        &path,
+        format!("[[pool]]\nname = \"shop\"\ncpus = \"{cpu}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("names CPU {cpu}")), "{err}");
+
+    // A pool kept by a reload cannot be moved there either: the running configuration stays.
+    let d = Daemon::start(&echo_pool());
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let moved = text.replace(
+        "workers_max = 2\n",
+        &format!("workers_max = 2\ncpus = \"{cpu}\"\n"),
+    );
+    d.reload(&moved);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || d
+            .log()
+            .contains("configuration not reloaded")),
+        "the reload was not refused:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains(&format!("names CPU {cpu}")), "{}", d.log());
+    for x in 0..3 {
+        let r = d.call(json!({"op": "run", "session": "c", "process": "echo",
+            "inputs": {"x": x}}));
+        assert_eq!(r["ok"], json!(true), "{r}");
+    }
+}
+
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))

@@ -414,3 +414,84 @@ fn a_pool_moved_to_other_cpus_by_a_reload_keeps_serving_and_ends_on_them() {
     }
     assert!(d.stop(), "precogd did not stop cleanly");
 }
+
+#[test]
+fn a_pool_a_reload_removed_leaves_no_cgroup_unless_a_pool_added_again_shares_it() {
+    if !cgroups_usable()
+        || skip_unless(
+            Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists(),
+            "reads cgroup v1 files",
+        )
+    {
+        return;
+    }
+    let d = Daemon::start(&pool(""));
+    let first = std::fs::read_to_string(&d.config).unwrap();
+    let with = |name: &str| {
+        format!(
+            "{first}\n[[pool]]\nname = \"{name}\"\ncommand = [\"python3\", \"{echo}\"]\n\
+             warm_min = 1\ntimeout = \"30s\"\n\n[[process]]\nname = \"{name}_nap\"\n\
+             pool = \"{name}\"\ninputs = [\"sleep_ms\"]\n",
+            echo = worker("echo.py")
+        )
+    };
+    let dirs = |name: &str| {
+        ["cpu", "cpuacct", "cpuset", "memory", "pids"]
+            .into_iter()
+            .map(|c| v1_dir(c, &d, name))
+            .filter(|dir| dir.exists())
+            .collect::<Vec<_>>()
+    };
+    let nap = |name: &str, ms: u64| {
+        json!({"op": "run", "session": "n", "process": format!("{name}_nap"),
+            "inputs": {"sleep_ms": ms}})
+    };
+    let released = |d: &Daemon| {
+        d.log()
+            .matches("a removed pool's cgroup was released")
+            .count()
+    };
+
+    // Added, then removed: its cgroup goes once its worker has stopped.
+    d.reload_applied(&with("added"));
+    let r = d.call(nap("added", 0));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert!(v1_dir("pids", &d, "added").is_dir());
+    d.reload_applied(&first);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || released(&d) == 1),
+        "the removed pool's cgroup was not released:\n{}",
+        d.log()
+    );
+    assert!(dirs("added").is_empty(), "left behind: {:?}", dirs("added"));
+
+    // Removed while a job runs on it, and added again before the job ends: the old pool's
+    // end leaves the directory to the new one, whose workers go on serving in it.
+    d.reload_applied(&with("again"));
+    let r = d.call(nap("again", 0));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let mut c = d.connect();
+    c.send(&nap("again", 1500));
+    std::thread::sleep(Duration::from_millis(300));
+    d.reload_applied(&first);
+    d.reload_applied(&with("again"));
+    let r = c.recv();
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert!(
+        common::wait_until(Duration::from_secs(20), || released(&d) == 2),
+        "the old pool's cgroup was not released:\n{}",
+        d.log()
+    );
+    assert!(v1_dir("pids", &d, "again").is_dir());
+    let r = d.call(nap("again", 0));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let pid = r["result"]["pid"]
+        .as_u64()
+        .expect("echo.py reports its pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let fenced = format!("pids:/{}/again/", d.cgroup_parent);
+    assert!(
+        cgroups.contains(&fenced),
+        "worker {pid} not in {fenced}: {cgroups}"
+    );
+}

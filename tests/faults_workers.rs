@@ -475,6 +475,26 @@ fn a_running_job_whose_pool_a_reload_removed_is_not_run_twice_unless_idempotent(
 }
 
 #[test]
+fn a_pool_a_reload_removed_gives_its_running_job_the_configured_shutdown_grace() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let pools = |owner: &str| one_worker_pool(owner, "charge", r#"["sleep_ms"]"#);
+    let d = Daemon::start_with("shutdown_grace = \"1s\"", &pools("old"));
+    let mut c = d.connect();
+    // Longer than the grace, well within the job's timeout.
+    c.send(
+        &json!({"id": 1, "op": "run", "session": "s", "process": "charge",
+        "inputs": {"sleep_ms": 4000}}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    d.reload(&text.replace(&pools("old"), &pools("new")));
+    let r = c.recv();
+    assert_eq!(r["error"]["reason"], json!("pool_removed"), "{r}");
+}
+
+#[test]
 fn identical_runs_of_a_process_that_is_not_idempotent_each_run_on_a_worker() {
     if skip_unless(have_python(), "python3 is not installed") {
         return;

@@ -40,8 +40,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.check_config {
-        // What a start or a reload would refuse: a worker command that cannot be found.
-        let missing: Vec<String> = config
+        // What a start or a reload would refuse: a worker command that cannot be found, CPUs
+        // this host does not let precogd use.
+        let mut missing: Vec<String> = config
             .pools
             .iter()
             .filter_map(|p| {
@@ -49,6 +50,11 @@ fn main() -> ExitCode {
                 Some(format!("pool `{}`: {e}", p.name))
             })
             .collect();
+        if let Some(allowed) = precog::pool::usable_cpus()
+            && let Err(e) = config::check_cpus(&config, &allowed)
+        {
+            missing.push(e.to_string());
+        }
         if !missing.is_empty() {
             for m in &missing {
                 eprintln!("precogd: {m}");

@@ -469,6 +469,43 @@ pub(crate) fn validate(
     Ok(())
 }
 
+/// A pool's `cpus` naming a CPU that precogd may not run on: no worker could be pinned there
+/// (`sched_setaffinity` fails with EINVAL) nor could the pool's cpuset hold it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[error(
+    "pool `{pool}`: cpus = \"{cpus}\" names CPU {cpu}, which precogd may not use; \
+         name CPUs among {allowed}"
+)]
+pub struct UnusableCpus {
+    pub pool: String,
+    pub cpus: CpuList,
+    pub cpu: usize,
+    pub allowed: CpuList,
+}
+
+/// Checks that each pool's `cpus` are among `allowed`, the CPUs precogd may run on (its
+/// affinity). The CPUs are the host's, not the file's, so the caller says which are allowed:
+/// the same file may suit one host and not another, and only a start, a reload or
+/// `--check-config` on the host itself can tell. `[budget] cpus` is only counted, never pinned
+/// to, so it is not checked.
+pub fn check_cpus(cfg: &Config, allowed: &[usize]) -> Result<(), UnusableCpus> {
+    for p in &cfg.pools {
+        let Some(cpus) = &p.cpus else { continue };
+        if let Some(&cpu) = cpus.0.iter().find(|c| !allowed.contains(c)) {
+            let mut allowed = allowed.to_vec();
+            allowed.sort_unstable();
+            allowed.dedup();
+            return Err(UnusableCpus {
+                pool: p.name.clone(),
+                cpus: cpus.clone(),
+                cpu,
+                allowed: CpuList(allowed),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Returns a process on a cycle of `after` edges, if there is one.
 fn find_cycle(cfg: &Config) -> Option<String> {
     // Colours: 0 unvisited, 1 on the stack, 2 done.
@@ -520,5 +557,24 @@ mod tests {
         assert_eq!(new.max_line, ByteSize(4096));
         assert_eq!(new.idle_close, Span(std::time::Duration::from_secs(1)));
         assert!(running.clone().keep_start_only(&running).is_empty());
+    }
+
+    #[test]
+    fn a_pool_on_a_cpu_precogd_may_not_use_is_named_with_the_cpus_it_may() {
+        let mut cfg = Config::builtin();
+        let shop = cfg.pools.iter_mut().find(|p| p.name == "shop").unwrap();
+        shop.cpus = Some("1-3".parse().unwrap());
+        let e = check_cpus(&cfg, &[1, 0]).unwrap_err();
+        assert_eq!((e.pool.as_str(), e.cpu), ("shop", 2));
+        assert_eq!(
+            e.to_string(),
+            "pool `shop`: cpus = \"1-3\" names CPU 2, which precogd may not use; \
+             name CPUs among 0-1"
+        );
+        assert!(check_cpus(&cfg, &[0, 1, 2, 3]).is_ok());
+        // A pool without `cpus` runs wherever precogd may, and the budget is only counted.
+        cfg.pools.iter_mut().for_each(|p| p.cpus = None);
+        cfg.budget.cpus = "0-7".parse().unwrap();
+        assert!(check_cpus(&cfg, &[0]).is_ok());
     }
 }

@@ -114,6 +114,8 @@ pub enum EngineError {
         #[source]
         source: crate::cgroup::CgroupError,
     },
+    #[error(transparent)]
+    Cpus(#[from] crate::config::UnusableCpus),
 }
 
 impl EngineHandle {
@@ -277,6 +279,10 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
     };
     // Whatever can fail comes before any worker starts, and a failure removes the cgroups made
     // so far: a daemon that cannot start leaves nothing behind.
+    if let Err(e) = pools::check_cpus(&config) {
+        engine.remove_cgroups();
+        return Err(e);
+    }
     let mut ready = Vec::new();
     for p in &config.pools {
         match engine.prepare_pool(p) {

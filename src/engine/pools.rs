@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Engine, EngineError};
 use crate::cgroup::PoolLimits;
@@ -35,6 +34,28 @@ pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings
         queue_max: cfg.daemon.queue_max,
         identity,
     })
+}
+
+/// Refuses pools pinned to CPUs precogd may not use: none of their workers could start.
+pub(super) fn check_cpus(cfg: &Config) -> Result<(), EngineError> {
+    match crate::pool::usable_cpus() {
+        Some(allowed) => Ok(crate::config::check_cpus(cfg, &allowed)?),
+        None => Ok(()),
+    }
+}
+
+/// Removes the cgroup of a pool a reload removed, once its workers are gone, unless a pool
+/// added again under its name uses the same directory. Emptying and removing a cgroup waits on
+/// the kernel, so it runs on a blocking thread.
+async fn release_cgroup(name: String, placement: Arc<CgroupPlacement>) {
+    let released = tokio::task::spawn_blocking(move || placement.pool().release()).await;
+    match released {
+        Ok(Ok(())) => tracing::debug!(pool = %name, "a removed pool's cgroup was released"),
+        Ok(Err(e)) => tracing::warn!(pool = %name, error = %e,
+            "cannot remove the cgroup of a pool a reload removed"),
+        Err(e) => tracing::warn!(pool = %name, error = %e,
+            "removing the cgroup of a pool a reload removed failed"),
+    }
 }
 
 impl Engine {
@@ -75,11 +96,12 @@ impl Engine {
 
     pub(super) fn reload(&mut self, mut config: Config) -> Result<(), String> {
         let left = config.daemon.keep_start_only(&self.config.daemon);
-        let describe = |e: EngineError| {
-            let source = std::error::Error::source(&e).map(|s| s.to_string());
-            format!("{e}: {}", source.unwrap_or_default())
+        let describe = |e: EngineError| match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
         };
         // All that can fail comes first, so a refused configuration changes nothing.
+        check_cpus(&config).map_err(describe)?;
         let mut settings = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             settings.push(pool_settings(&config, p).map_err(describe)?);
@@ -97,7 +119,7 @@ impl Engine {
                     // The cgroups made for the other new pools go too: nothing runs in them.
                     for name in added.keys() {
                         if let Some(pl) = self.placements.remove(name)
-                            && let Err(e) = pl.pool().remove()
+                            && let Err(e) = pl.pool().release()
                         {
                             tracing::warn!(pool = %name, error = %e,
                                 "cannot remove the cgroup of a pool a refused reload added");
@@ -129,13 +151,17 @@ impl Engine {
             .filter(|n| config.pool(n).is_none())
             .cloned()
             .collect();
+        // A removed pool's running jobs get the same grace as at a stop.
+        let grace = self.config.daemon.shutdown_grace.0;
         for name in gone {
             self.tuning.forget_pool(&name);
             if let Some(pool) = self.pools.remove(&name) {
                 let placement = self.placements.remove(&name);
                 tokio::spawn(async move {
-                    pool.shutdown(Duration::from_secs(5)).await;
-                    drop(placement);
+                    pool.shutdown(grace).await;
+                    if let Some(placement) = placement {
+                        release_cgroup(name, placement).await;
+                    }
                 });
             }
         }

@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 
 pub use job::{Joins, later};
 pub use placement::CgroupPlacement;
-pub use spawn::{WorkerIdentity, lookup_user, resolve_command};
+pub use spawn::{WorkerIdentity, lookup_user, resolve_command, usable_cpus};
 
 /// Where workers are placed and how their end is explained; implemented over cgroups.
 pub trait Placement: Send + Sync {

@@ -74,6 +74,25 @@ fn not_executable(path: &Path) -> Option<String> {
     }
 }
 
+/// The CPUs precogd may run on, and so pin its workers to: its own affinity, or the CPUs
+/// online where the affinity cannot be read; `None` when neither can be read.
+pub fn usable_cpus() -> Option<Vec<usize>> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    if let Ok(set) = sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        let cpus: Vec<usize> = (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect();
+        if !cpus.is_empty() {
+            return Some(cpus);
+        }
+    }
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|t| t.trim().parse::<crate::config::CpuList>().ok())
+        .map(|l| l.0)
+        .filter(|cpus| !cpus.is_empty())
+}
+
 /// Everything the child needs between fork and exec, prepared in the parent.
 pub struct SpawnPlan {
     pub program: PathBuf,
