@@ -459,11 +459,12 @@ fn a_pool_a_reload_removed_leaves_no_cgroup_unless_a_pool_added_again_shares_it(
     assert!(v1_dir("pids", &d, "added").is_dir());
     d.reload_applied(&first);
     assert!(
-        common::wait_until(Duration::from_secs(20), || released(&d) == 1),
-        "the removed pool's cgroup was not released:\n{}",
+        common::wait_until(Duration::from_secs(20), || dirs("added").is_empty()),
+        "left behind: {:?}\n{}",
+        dirs("added"),
         d.log()
     );
-    assert!(dirs("added").is_empty(), "left behind: {:?}", dirs("added"));
+    assert!(common::wait_until(Duration::from_secs(5), || released(&d) == 1));
 
     // Removed while a job runs on it, and added again before the job ends: the old pool's
     // end leaves the directory to the new one, whose workers go on serving in it.
