@@ -50,10 +50,11 @@ fn main() -> ExitCode {
                 Some(format!("pool `{}`: {e}", p.name))
             })
             .collect();
-        if let Some(allowed) = precog::pool::usable_cpus()
-            && let Err(e) = config::check_cpus(&config, &allowed)
-        {
-            missing.push(e.to_string());
+        if let Some(allowed) = precog::pool::usable_cpus() {
+            match config::fit_cpus(&mut config.clone(), &allowed) {
+                Ok(notes) => notes.iter().for_each(|n| eprintln!("precogd: note: {n}")),
+                Err(e) => missing.push(e.to_string()),
+            }
         }
         if !missing.is_empty() {
             for m in &missing {

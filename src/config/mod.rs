@@ -469,41 +469,54 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// A pool's `cpus` naming a CPU that precogd may not run on: no worker could be pinned there
-/// (`sched_setaffinity` fails with EINVAL) nor could the pool's cpuset hold it.
+/// A pool's `cpus` naming no CPU that precogd may run on: no worker could be pinned there
+/// (`sched_setaffinity` fails with EINVAL) nor could the pool's cpuset hold one.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
-#[error(
-    "pool `{pool}`: cpus = \"{cpus}\" names CPU {cpu}, which precogd may not use; \
-         name CPUs among {allowed}"
-)]
+#[error("pool `{pool}`: cpus = \"{cpus}\" names no CPU precogd may use; name CPUs among {allowed}")]
 pub struct UnusableCpus {
     pub pool: String,
     pub cpus: CpuList,
-    pub cpu: usize,
     pub allowed: CpuList,
 }
 
-/// Checks that each pool's `cpus` are among `allowed`, the CPUs precogd may run on (its
-/// affinity). The CPUs are the host's, not the file's, so the caller says which are allowed:
-/// the same file may suit one host and not another, and only a start, a reload or
-/// `--check-config` on the host itself can tell. `[budget] cpus` is only counted, never pinned
-/// to, so it is not checked.
-pub fn check_cpus(cfg: &Config, allowed: &[usize]) -> Result<(), UnusableCpus> {
-    for p in &cfg.pools {
+/// Fits each pool's `cpus` to `allowed`, the CPUs precogd may run on (its affinity). A pool
+/// that names none of them is refused: none of its workers could start. One that names some it
+/// may not use keeps those it may, so a file written for a larger host (the built-in one names
+/// CPUs 0-1) still serves on a smaller one; each such pool is described in the notes returned,
+/// for a warning. The CPUs are the host's, not the file's, so the caller says which are
+/// allowed: only a start, a reload or `--check-config` on the host itself can tell. `[budget]
+/// cpus` is only counted, never pinned to, so it is left alone.
+pub fn fit_cpus(cfg: &mut Config, allowed: &[usize]) -> Result<Vec<String>, UnusableCpus> {
+    let mut allowed = allowed.to_vec();
+    allowed.sort_unstable();
+    allowed.dedup();
+    let mut notes = Vec::new();
+    for p in &mut cfg.pools {
         let Some(cpus) = &p.cpus else { continue };
-        if let Some(&cpu) = cpus.0.iter().find(|c| !allowed.contains(c)) {
-            let mut allowed = allowed.to_vec();
-            allowed.sort_unstable();
-            allowed.dedup();
+        let usable: Vec<usize> = cpus
+            .0
+            .iter()
+            .copied()
+            .filter(|c| allowed.contains(c))
+            .collect();
+        if usable.is_empty() {
             return Err(UnusableCpus {
                 pool: p.name.clone(),
                 cpus: cpus.clone(),
-                cpu,
                 allowed: CpuList(allowed),
             });
         }
+        if usable.len() < cpus.0.len() {
+            let fitted = CpuList(usable);
+            notes.push(format!(
+                "pool `{}`: cpus = \"{cpus}\" names CPUs precogd may not use; its workers run \
+                 on {fitted}",
+                p.name
+            ));
+            p.cpus = Some(fitted);
+        }
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// Returns a process on a cycle of `after` edges, if there is one.
@@ -560,21 +573,25 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_on_a_cpu_precogd_may_not_use_is_named_with_the_cpus_it_may() {
+    fn pools_keep_the_cpus_precogd_may_use_and_one_with_none_is_refused() {
         let mut cfg = Config::builtin();
         let shop = cfg.pools.iter_mut().find(|p| p.name == "shop").unwrap();
-        shop.cpus = Some("1-3".parse().unwrap());
-        let e = check_cpus(&cfg, &[1, 0]).unwrap_err();
-        assert_eq!((e.pool.as_str(), e.cpu), ("shop", 2));
+        shop.cpus = Some("2-3".parse().unwrap());
+        let e = fit_cpus(&mut cfg.clone(), &[1, 0]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "pool `shop`: cpus = \"1-3\" names CPU 2, which precogd may not use; \
-             name CPUs among 0-1"
+            "pool `shop`: cpus = \"2-3\" names no CPU precogd may use; name CPUs among 0-1"
         );
-        assert!(check_cpus(&cfg, &[0, 1, 2, 3]).is_ok());
+        assert_eq!(fit_cpus(&mut cfg.clone(), &[0, 1, 2, 3]), Ok(vec![]));
+        // The built-in pool on a host of one CPU keeps the one, and says so.
+        let mut one = Config::builtin();
+        let notes = fit_cpus(&mut one, &[0]).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("its workers run on 0"), "{notes:?}");
+        assert_eq!(one.pool("shop").unwrap().cpus, Some(CpuList(vec![0])));
         // A pool without `cpus` runs wherever precogd may, and the budget is only counted.
         cfg.pools.iter_mut().for_each(|p| p.cpus = None);
         cfg.budget.cpus = "0-7".parse().unwrap();
-        assert!(check_cpus(&cfg, &[0]).is_ok());
+        assert_eq!(fit_cpus(&mut cfg, &[0]), Ok(vec![]));
     }
 }

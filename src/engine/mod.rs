@@ -279,10 +279,11 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
     };
     // Whatever can fail comes before any worker starts, and a failure removes the cgroups made
     // so far: a daemon that cannot start leaves nothing behind.
-    if let Err(e) = pools::check_cpus(&config) {
+    if let Err(e) = pools::fit_cpus(&mut engine.config) {
         engine.remove_cgroups();
         return Err(e);
     }
+    let config = engine.config.clone();
     let mut ready = Vec::new();
     for p in &config.pools {
         match engine.prepare_pool(p) {

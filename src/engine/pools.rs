@@ -36,12 +36,16 @@ pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings
     })
 }
 
-/// Refuses pools pinned to CPUs precogd may not use: none of their workers could start.
-pub(super) fn check_cpus(cfg: &Config) -> Result<(), EngineError> {
-    match crate::pool::usable_cpus() {
-        Some(allowed) => Ok(crate::config::check_cpus(cfg, &allowed)?),
-        None => Ok(()),
+/// Refuses pools pinned only to CPUs precogd may not use (none of their workers could start),
+/// and narrows those pinned to some to the ones it may, with a warning.
+pub(super) fn fit_cpus(cfg: &mut Config) -> Result<(), EngineError> {
+    let Some(allowed) = crate::pool::usable_cpus() else {
+        return Ok(());
+    };
+    for note in crate::config::fit_cpus(cfg, &allowed)? {
+        tracing::warn!("{note}");
     }
+    Ok(())
 }
 
 /// Removes the cgroup of a pool a reload removed, once its workers are gone, unless a pool
@@ -101,7 +105,7 @@ impl Engine {
             None => e.to_string(),
         };
         // All that can fail comes first, so a refused configuration changes nothing.
-        check_cpus(&config).map_err(describe)?;
+        fit_cpus(&mut config).map_err(describe)?;
         let mut settings = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             settings.push(pool_settings(&config, p).map_err(describe)?);
