@@ -292,17 +292,22 @@ fn an_idle_connection_is_closed_after_idle_close() {
     assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
 }
 
+/// `precogd --check-config` on the file at `path`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(path)
+        .arg("--check-config")
+        .output()
+        .expect("run precogd --check-config")
+}
+
 #[test]
 fn check_config_reports_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[daemon]\nqueue_max = \"many\"\n").unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:2: daemon.queue_max"), "{err}");
@@ -313,12 +318,7 @@ fn check_config_reports_file_line_and_key() {
         "[[pool]]\nname = \"gone\"\ncommand = [\"no-such-precog-worker\"]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -336,12 +336,7 @@ fn check_config_reports_file_line_and_key() {
     ] {
         let text = format!("[[pool]]\nname = \"gone\"\ncommand = [\"{command}\"]\n");
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(common::precogd())
-            .arg("--config")
-            .arg(&path)
-            .arg("--check-config")
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         assert!(!out.status.success(), "{command} passed");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -351,12 +346,7 @@ fn check_config_reports_file_line_and_key() {
     }
 
     std::fs::write(&path, "[sessions]\nmax = 10\n").unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(
         out.status.success(),
         "{}",
@@ -388,12 +378,7 @@ fn a_pool_on_a_cpu_precogd_may_not_use_is_refused_by_check_config_and_by_a_reloa
         format!("[[pool]]\nname = \"shop\"\ncpus = \"{cpu}\"\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("names no CPU precogd may use"), "{err}");

@@ -227,6 +227,17 @@ fn one_users_results_are_never_served_to_another() {
     );
 }
 
+/// A copy of the echo worker that every user can read and run, whatever the mode of the source
+/// tree; the directory goes when the first value is dropped.
+fn readable_echo_worker() -> (tempfile::TempDir, std::path::PathBuf) {
+    let scripts = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = scripts.path().join("echo.py");
+    std::fs::copy(worker("echo.py"), &script).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (scripts, script)
+}
+
 #[test]
 fn workers_run_as_the_worker_user_with_no_new_privileges_clean_env_and_only_stdio() {
     if !preconditions() {
@@ -237,12 +248,7 @@ fn workers_run_as_the_worker_user_with_no_new_privileges_clean_env_and_only_stdi
     if skip_unless(std::path::Path::new(python).exists(), "no /usr/bin/python3") {
         return;
     }
-    // A copy every user can read, whatever the mode of the source tree.
-    let scripts = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = scripts.path().join("echo.py");
-    std::fs::copy(worker("echo.py"), &script).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_scripts, script) = readable_echo_worker();
 
     let d = Daemon::start_with(
         "worker_user = \"nobody\"",
@@ -351,11 +357,7 @@ fn a_reload_that_sets_the_worker_user_replaces_busy_and_idle_workers() {
     if skip_unless(std::path::Path::new(python).exists(), "no /usr/bin/python3") {
         return;
     }
-    let scripts = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = scripts.path().join("echo.py");
-    std::fs::copy(worker("echo.py"), &script).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_scripts, script) = readable_echo_worker();
 
     let d = Daemon::start(&echo_pool(python, &script.display().to_string()));
     // One worker busy, one idle, both root, when the reload names the worker user.
