@@ -496,3 +496,67 @@ fn a_pool_a_reload_removed_leaves_no_cgroup_unless_a_pool_added_again_shares_it(
         "worker {pid} not in {fenced}: {cgroups}"
     );
 }
+
+/// A second precogd given the cgroup parent of one that runs (a hand-started daemon beside the
+/// service, say) refuses to start and says why; the first keeps its workers, its cgroups and
+/// its service.
+#[test]
+fn a_second_daemon_on_a_running_ones_cgroup_parent_refuses_and_leaves_its_workers_alone() {
+    if !cgroups_usable() {
+        return;
+    }
+    let first = Daemon::start(&pool(""));
+    let before = first.workers();
+    assert!(!before.is_empty(), "{}", first.log());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("precogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
+             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n{pools}",
+            d = dir.path().display(),
+            parent = first.cgroup_parent,
+            pools = pool(""),
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("precogd.sock");
+    let mut second = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--bus", "none"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = common::wait_until(Duration::from_secs(20), || {
+        second.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(ended, "the second precogd kept running:\n{log}");
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("held by another running precogd"), "{log}");
+    assert!(log.contains("cgroup_parent"), "{log}");
+    assert!(!socket.exists(), "the refused daemon left its socket file");
+
+    assert_eq!(
+        first.workers(),
+        before,
+        "the first daemon's workers were replaced"
+    );
+    for pid in before {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let leaf = format!("/{}/t/w", first.cgroup_parent);
+        assert!(cg.contains(&leaf), "worker {pid} left its cgroup: {cg}");
+    }
+    let r = first.call(json!({"op": "run", "session": "p", "process": "echo", "inputs": {"x": 2}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["served"], json!("warm"), "{r}");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use precog::cgroup::Cgroups;
+use precog::cgroup::{CgroupError, Cgroups};
 use precog::cli::DaemonArgs;
 use precog::config::{self, Config};
 use precog::control::{self, ReloadRequest};
@@ -139,8 +139,9 @@ fn user_dirs() -> (PathBuf, PathBuf, PathBuf) {
 }
 
 /// Finds the cgroup subtree for the pools and clears what a crashed earlier run left there.
-/// Without one, precog still runs; it says so once.
-fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
+/// Without one, precog still runs; it says so once. A subtree another running precogd holds is
+/// an error: clearing it would kill that daemon's workers.
+fn setup_cgroups(cfg: &Config) -> anyhow::Result<Option<Cgroups>> {
     // systemd starts a service with Delegate=yes in its own `<unit>.service` cgroup and says so
     // with INVOCATION_ID; a daemon started by hand uses a parent cgroup of its own instead.
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -162,19 +163,20 @@ fn setup_cgroups(cfg: &Config) -> Option<Cgroups> {
                 }
             }
             tracing::info!(cgroups = %cg.describe(), "worker pools run in cgroups");
-            Some(cg)
+            Ok(Some(cg))
         }
         Ok(None) => {
             tracing::warn!(
                 "cgroups are unavailable or not delegated to this user; pools run without CPU \
                  and memory limits"
             );
-            None
+            Ok(None)
         }
+        Err(e @ CgroupError::InUse { .. }) => Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %e,
                 "cannot set up cgroups; pools run without CPU and memory limits");
-            None
+            Ok(None)
         }
     }
 }
@@ -286,7 +288,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
 
     let (cache, states) = open_stores(&cfg)?;
     let parts = EngineParts {
-        cgroups: setup_cgroups(&cfg),
+        cgroups: setup_cgroups(&cfg)?,
         cache,
         states,
         predictor: load_predictor(&cfg),
@@ -369,7 +371,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
 }
 
 /// The socket file precogd made, removed when dropped: at a stop, and when a start fails after
-/// the bind (a store held by another precogd, an engine that cannot start).
+/// the bind (a store or cgroup subtree held by another precogd, an engine that cannot start).
 struct SocketFile(PathBuf);
 
 impl Drop for SocketFile {

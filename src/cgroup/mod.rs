@@ -26,12 +26,14 @@ mod node;
 mod pool;
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{Flock, FlockArg};
 
 pub use layout::{Controller, Layout, Membership, Version, own_path, parse_proc_cgroup};
 pub use limits::{PoolLimits, Usage, shares_to_weight, weight_to_shares};
@@ -95,6 +97,17 @@ pub enum CgroupError {
     MissingController { controller: Controller },
     #[error("`{name}` cannot name a pool's cgroup; use letters, digits, `-`, `_` and `.`")]
     BadName { name: String },
+    #[error(
+        "{path} is held by another running precogd; stop it or give this one a \
+         `daemon.cgroup_parent` of its own"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// One hierarchy precog uses and where its subtree sits in it.
@@ -119,6 +132,9 @@ pub struct Cgroups {
     /// it when a pool added again under its name takes the same directory. Held while a pool
     /// cgroup is made or removed, so a removal never takes a directory being taken again.
     in_use: Arc<Mutex<HashMap<String, usize>>>,
+    /// A lock on each subtree's directory, held while this daemon runs: a second precogd given
+    /// the same subtree would take the first one's pools for leftovers and kill its workers.
+    _held: Arc<Vec<Flock<File>>>,
 }
 
 impl Cgroups {
@@ -207,12 +223,15 @@ impl Cgroups {
             return Ok(None);
         }
 
-        let cgroups = Cgroups {
+        let mut cgroups = Cgroups {
             layout,
             subtrees,
             in_use: Arc::default(),
+            _held: Arc::default(),
         };
         cgroups.prepare()?;
+        let held = cgroups.subtrees.iter().map(|s| hold(&s.base));
+        cgroups._held = Arc::new(held.collect::<Result<_, _>>()?);
         Ok(Some(cgroups))
     }
 
@@ -427,6 +446,22 @@ fn check_name(name: &str) -> Result<(), CgroupError> {
         Ok(())
     } else {
         Err(CgroupError::BadName { name: name.into() })
+    }
+}
+
+/// Locks `dir` for as long as the returned lock lives; another precogd holding it is `InUse`.
+fn hold(dir: &Path) -> Result<Flock<File>, CgroupError> {
+    let lock_error = |source| CgroupError::Lock {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let file = File::open(dir).map_err(lock_error)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(held),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(CgroupError::InUse {
+            path: dir.to_path_buf(),
+        }),
+        Err((_, errno)) => Err(lock_error(io::Error::from(errno))),
     }
 }
 
