@@ -3,7 +3,7 @@
 //!
 //! Build the daemon first, then run: `cargo build --release --bins --example ondemand_bench &&
 //! target/release/examples/ondemand_bench [sessions] [clients] [rounds] [elastic|fixed]
-//! [guess_cpu_ms]`. Each client walks through sessions: an event that makes inputs known, a hint
+//! [guess_cpu_ms] [idle-loop]`. Each client walks through sessions: an event that makes inputs known, a hint
 //! that makes a CPU-heavy idempotent process hot (speculated when speculation is on, never asked
 //! for; its chance is above any threshold that feedback can set, so it is issued in every round),
 //! a short think time, then a timed `run` of a light process that is never speculated. Each
@@ -26,6 +26,13 @@
 //! Each guess burns `guess_cpu_ms` of CPU time (40 unless given). With 0, guesses cost their
 //! bookkeeping, the worker round trip and nothing else, which tells what precog's own handling
 //! of speculation costs real requests apart from the CPU time the guesses take.
+//!
+//! A sixth argument, `idle-loop`, measures the floor speculation is judged against: both daemons
+//! run without speculation, and the rounds marked `on` run one busy loop in the kernel's idle
+//! scheduling class instead, in the benchmark's own cgroup beside precogd and its clients. That
+//! is the most any background work can be kept out of the way by the scheduler: it yields to
+//! every other task at once. What it still costs on-demand runs is what CPU time spent beside
+//! them costs on the machine at hand, whoever spends it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -342,10 +349,15 @@ fn main() -> anyhow::Result<()> {
             .filter(|&ms| ms <= 10_000)
             .with_context(|| format!("[guess_cpu_ms] must be 0 to 10000, not `{a}`"))?,
     };
+    let idle_loop = match args.next().as_deref() {
+        None => false,
+        Some("idle-loop") => true,
+        Some(other) => bail!("the sixth argument is `idle-loop` or nothing, not `{other}`"),
+    };
     if let Some(extra) = args.next() {
         bail!(
             "unexpected argument `{extra}`: \
-             [sessions] [clients] [rounds] [elastic|fixed] [guess_cpu_ms]"
+             [sessions] [clients] [rounds] [elastic|fixed] [guess_cpu_ms] [idle-loop]"
         );
     }
     let exe = std::env::current_exe()?;
@@ -364,7 +376,7 @@ fn main() -> anyhow::Result<()> {
     let python = python()?;
     let daemons = [
         Daemon::start(&precogd, &python, false, fixed)?,
-        Daemon::start(&precogd, &python, true, fixed)?,
+        Daemon::start(&precogd, &python, !idle_loop, fixed)?,
     ];
     for d in &daemons {
         load(&d.socket, 30, clients, "warmup", 0, guess_cpu_ms)?;
@@ -373,6 +385,12 @@ fn main() -> anyhow::Result<()> {
         wait_quiet(&d.socket)?;
     }
 
+    let on_means = if idle_loop {
+        println!("control: no speculation; `on` rounds run a busy loop in the idle class");
+        "idle loop"
+    } else {
+        "speculation"
+    };
     let mut all: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
     let mut round_p99 = Vec::new();
     // Latencies of each round, by mode, for the interval below.
@@ -385,6 +403,7 @@ fn main() -> anyhow::Result<()> {
         let first_n = 1_000_000 * (round + 1);
         let issued_before = pool_counter(&d.socket, "issued")?;
         let cpu_before = cpu_ms(d.child.id());
+        let busy = (speculation && idle_loop).then(IdleLoop::start);
         let samples = load(
             &d.socket,
             sessions,
@@ -393,12 +412,13 @@ fn main() -> anyhow::Result<()> {
             first_n,
             guess_cpu_ms,
         )?;
+        drop(busy);
         wait_quiet(&d.socket)?;
         let issued = pool_counter(&d.socket, "issued")? - issued_before;
         let daemon_ms = cpu_ms(d.child.id()).saturating_sub(cpu_before);
         let p = p99(&samples);
         println!(
-            "round {round} speculation {:<3}: {} runs, {issued} guesses, precogd CPU {daemon_ms} \
+            "round {round} {on_means} {:<3}: {} runs, {issued} guesses, precogd CPU {daemon_ms} \
              ms, p50 {} us, p99 {p} us; {}",
             if speculation { "on" } else { "off" },
             samples.len(),
@@ -416,7 +436,7 @@ fn main() -> anyhow::Result<()> {
         }
         let socket = &daemons[mode].socket;
         println!(
-            "speculation {:<3}: {} runs, p50 {} us, p99 {} us; speculative issued {} (ran and \
+            "{on_means} {:<3}: {} runs, p50 {} us, p99 {} us; speculative issued {} (ran and \
              wasted {}, using {} ms of CPU; cancelled {}; pending {}), taken back {}, workers \
              started {}; {}",
             if mode == 1 { "on" } else { "off" },
@@ -453,7 +473,7 @@ fn main() -> anyhow::Result<()> {
     println!("per-round p99 ratios (on / off): {}", ratios.join(", "));
     if !all[0].is_empty() && !all[1].is_empty() {
         println!(
-            "on-demand p99 ratio (speculation on / off): {:.2}",
+            "on-demand p99 ratio ({on_means} on / off): {:.2}",
             p99(&all[1]) as f64 / p99(&all[0]).max(1) as f64
         );
         if let Some((low, high)) = ratio_interval(&round_latencies) {
@@ -463,6 +483,43 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A thread that spins in the kernel's idle scheduling class until dropped.
+struct IdleLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IdleLoop {
+    fn start() -> IdleLoop {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            assert_eq!(rc, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        });
+        IdleLoop {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for IdleLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// CPU time process `pid` has used so far (user and system), in milliseconds; 0 when unknown.
