@@ -329,11 +329,13 @@ impl Conn {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line}"))
     }
 
-    /// Like `call`, but `None` when the connection fails.
+    /// Like `call`, but `None` when the connection fails. A reply the daemon sent before it
+    /// closed the connection (a refusal at accept) is read even when the request could not be
+    /// sent any more.
     pub fn try_call(&mut self, req: &Value) -> Option<Value> {
         let mut line = serde_json::to_vec(req).ok()?;
         line.push(b'\n');
-        self.writer.write_all(&line).ok()?;
+        let _ = self.writer.write_all(&line);
         let mut reply = String::new();
         self.reader.read_line(&mut reply).ok().filter(|n| *n > 0)?;
         serde_json::from_str(&reply).ok()
