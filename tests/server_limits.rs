@@ -1,6 +1,7 @@
 //! Black-box tests of what a connection may hold: its slot while it never finishes a request
 //! line or never reads its replies, its share of the memory held by partial lines, and the
-//! connection limit after a reload; and that the errors the server answers itself are counted.
+//! connection limit after a reload (and the log line that says so); and that the errors the
+//! server answers itself are counted.
 
 mod common;
 
@@ -173,6 +174,11 @@ fn a_reload_applies_a_new_max_connections() {
         ping(&d).is_some_and(|r| r["ok"] == json!(true))
     });
     assert!(served, "a third client still refused: {:?}", ping(&d));
+    // The log says what the reload changed.
+    let said = wait_until(Duration::from_secs(10), || {
+        d.log().contains("[daemon] max_connections 2 -> 50")
+    });
+    assert!(said, "{}", d.log());
 
     d.reload(&text.replace("max_connections = 2", "max_connections = 1"));
     let refused = wait_until(Duration::from_secs(10), || {

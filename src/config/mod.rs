@@ -12,6 +12,7 @@
 //!
 //! Nothing here does I/O except [`load`], which reads the layer files.
 
+mod diff;
 mod layers;
 mod values;
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use diff::changes;
 pub use layers::{Source, load, load_sources};
 pub use values::{ByteSize, CpuList, FileMode, Percent, Span};
 

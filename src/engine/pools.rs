@@ -170,8 +170,13 @@ impl Engine {
             }
         }
         self.predictor.reconfigure(&config);
+        let changed = crate::config::changes(&self.config, &config);
         self.config = config;
-        tracing::info!(pools = self.pools.len(), "configuration reloaded");
+        let changed = match changed.is_empty() {
+            true => "nothing".to_string(),
+            false => changed.join("; "),
+        };
+        tracing::info!(pools = self.pools.len(), %changed, "configuration reloaded");
         if !left.is_empty() {
             tracing::warn!(
                 keys = %left.join(", "),
