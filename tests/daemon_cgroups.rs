@@ -207,6 +207,11 @@ fn read_u64(p: &Path) -> u64 {
 /// parent's name.
 fn own_config(dir: &Path, pools: &str) -> (std::path::PathBuf, String) {
     let parent = common::cgroup_parent();
+    (config_on(dir, pools, &parent), parent)
+}
+
+/// Writes a configuration with cgroup parent `parent` and `pools`; returns its path.
+fn config_on(dir: &Path, pools: &str, parent: &str) -> std::path::PathBuf {
     let config = dir.join("precogd.toml");
     std::fs::write(
         &config,
@@ -217,7 +222,7 @@ fn own_config(dir: &Path, pools: &str) -> (std::path::PathBuf, String) {
         ),
     )
     .unwrap();
-    (config, parent)
+    config
 }
 
 /// The directories of cgroup `parent` that remain in any hierarchy.
@@ -510,18 +515,7 @@ fn a_second_daemon_on_a_running_ones_cgroup_parent_refuses_and_leaves_its_worker
     assert!(!before.is_empty(), "{}", first.log());
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("precogd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\ncache_dir = \"{d}/cache\"\nstate_dir = \"{d}/state\"\n\
-             cgroup_parent = \"{parent}\"\nsocket_group = \"root\"\nallowed_groups = []\n{pools}",
-            d = dir.path().display(),
-            parent = first.cgroup_parent,
-            pools = pool(""),
-        ),
-    )
-    .unwrap();
+    let config = config_on(dir.path(), &pool(""), &first.cgroup_parent);
     let socket = dir.path().join("precogd.sock");
     let mut second = std::process::Command::new(common::precogd())
         .arg("--config")
