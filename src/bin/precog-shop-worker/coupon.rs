@@ -239,8 +239,12 @@ fn evaluate(coupon: &Coupon, cart: &Cart<'_>) -> Result<(i64, bool), Refusal> {
     }
 
     let discount = match coupon.kind {
-        // Round half up to the cent, as the till does.
-        Kind::Percent(percent) => (cart.total_cents * percent + 50) / 100,
+        // Round half up to the cent, as the till does; in 128 bits, so that no cart total is
+        // too large to take a percentage of.
+        Kind::Percent(percent) => {
+            let cents = (i128::from(cart.total_cents) * i128::from(percent) + 50) / 100;
+            i64::try_from(cents).unwrap_or(i64::MAX)
+        }
         Kind::Fixed(cents) => cents,
         Kind::FreeShipping => return Ok((0, true)),
     };
@@ -285,6 +289,24 @@ mod tests {
             "capped"
         );
         assert!(apply("FREESHIP", 3_000, &[]).free_shipping);
+    }
+
+    #[test]
+    fn the_largest_cart_totals_get_the_capped_discount() {
+        let most = apply("WELCOME10", i64::MAX, &[]);
+        assert_eq!(most.discount_cents, 5_000, "{most:?}");
+        assert_eq!(most.new_total_cents, i64::MAX - 5_000);
+        let autumn = apply_coupon(
+            "AUTUMN2019",
+            &Cart {
+                total_cents: i64::MAX,
+                categories: &[],
+                today: Date::new(2019, 10, 1),
+            },
+        );
+        // 12% of the total, uncapped, rounded half up.
+        let twelve = (i128::from(i64::MAX) * 12 + 50) / 100;
+        assert_eq!(i128::from(autumn.discount_cents), twelve, "{autumn:?}");
     }
 
     #[test]
