@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn build_catalog(sources: &[PathBuf], out: &std::path::Path) -> anyhow::Result<()> {
+    catalog::import::check_out(sources, out)?;
     let mut products = Vec::new();
     for source in sources {
         let found = catalog::import::read_source(source)?;

@@ -33,6 +33,8 @@ pub enum ImportError {
     UnknownFormat(PathBuf),
     #[error("no products found in {0}")]
     Empty(PathBuf),
+    #[error("the catalogue {0} would overwrite a data file it is built from; give another --out")]
+    OutIsSource(PathBuf),
     #[error("cannot write catalogue {path}; check the directory exists and is writable")]
     Write {
         path: PathBuf,
@@ -158,26 +160,35 @@ pub fn parse_rees46(text: &str) -> Result<Vec<ProductRecord>, LineError> {
             line: index + 1,
             message,
         };
-        let field = |at: usize| {
-            fields.get(at).map(|f| f.trim()).ok_or_else(|| {
-                bad(format!(
-                    "expected {} fields, found {}",
-                    header.len(),
-                    fields.len()
-                ))
-            })
-        };
-        let sku = field(id_at)?;
+        // A row cut short may still reach the price column, with the price cut too.
+        if fields.len() != header.len() {
+            return Err(bad(format!(
+                "expected {} fields, as in the header, found {} (a row cut short, or a comma \
+                 inside a field)",
+                header.len(),
+                fields.len()
+            )));
+        }
+        let field = |at: usize| fields[at].trim();
+        let sku = field(id_at);
         if sku.is_empty() || !sku.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(format!("product_id {sku:?} is not a number")));
         }
-        let price: f64 = field(price_at)?
+        let price_text = field(price_at);
+        let price: f64 = price_text
             .parse()
-            .map_err(|_| bad(format!("price {:?} is not a number", fields[price_at])))?;
+            .map_err(|_| bad(format!("price {price_text:?} is not a number")))?;
+        let price_cents = (price * 100.0).round();
+        if !(0.0..=super::PRICE_MAX_CENTS as f64).contains(&price_cents) {
+            return Err(bad(format!(
+                "price {price_text:?} is not a price from 0.00 to {}.00",
+                super::PRICE_MAX_CENTS / 100
+            )));
+        }
         let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
-        let category = non_empty(field(category_at)?);
-        let brand = non_empty(field(brand_at)?);
-        let price_cents = (price * 100.0).round() as i64;
+        let category = non_empty(field(category_at));
+        let brand = non_empty(field(brand_at));
+        let price_cents = price_cents as i64;
         products.insert(
             sku.to_owned(),
             record(sku.to_owned(), "rees46", category, brand, Some(price_cents)),
@@ -245,9 +256,25 @@ pub fn read_source(path: &Path) -> Result<Vec<ProductRecord>, ImportError> {
         Some("txt") => parse_jd,
         _ => return Err(ImportError::UnknownFormat(path.to_owned())),
     };
-    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Read {
         path: path.to_owned(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line_start = good
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
+        ImportError::Format {
+            path: path.to_owned(),
+            line: good.iter().filter(|b| **b == b'\n').count() + 1,
+            message: format!(
+                "not UTF-8 text (byte {:#04x} at column {}); convert the file to UTF-8",
+                e.as_bytes()[good.len()],
+                good.len() - line_start + 1
+            ),
+        }
     })?;
     let products = parse(&text).map_err(|e| ImportError::Format {
         path: path.to_owned(),
@@ -258,6 +285,21 @@ pub fn read_source(path: &Path) -> Result<Vec<ProductRecord>, ImportError> {
         return Err(ImportError::Empty(path.to_owned()));
     }
     Ok(products)
+}
+
+/// Refuses an `out` that is one of the `sources`, before anything is read or written.
+pub fn check_out(sources: &[PathBuf], out: &Path) -> Result<(), ImportError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    let same = |source: &PathBuf| {
+        std::fs::metadata(source).is_ok_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
+    };
+    if sources.iter().any(same) {
+        return Err(ImportError::OutIsSource(out.to_owned()));
+    }
+    Ok(())
 }
 
 /// Writes `products` as a fresh catalogue at `out`, replacing any catalogue there at once.
@@ -303,9 +345,12 @@ pub fn build(products: &[ProductRecord], out: &Path) -> Result<usize, ImportErro
         write_err(source)
     })?;
 
-    std::fs::rename(&staging, out).map_err(|source| ImportError::Rename {
-        path: out.to_owned(),
-        source,
+    std::fs::rename(&staging, out).map_err(|source| {
+        let _ = std::fs::remove_file(&staging);
+        ImportError::Rename {
+            path: out.to_owned(),
+            source,
+        }
     })?;
     Ok(count)
 }

@@ -28,6 +28,11 @@ CREATE TABLE products (
     stock INTEGER NOT NULL CHECK (stock >= 0)
 );";
 
+/// The dearest price (cents) and heaviest weight (grams) a catalogue product may have. Within
+/// them, no cart of up to 200 items of up to 999 units each can add up past what an `i64` holds.
+pub const PRICE_MAX_CENTS: i64 = 100_000_000;
+pub const WEIGHT_MAX_G: i64 = 1_000_000;
+
 /// How long a stock reservation waits for another worker's write to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -87,6 +92,15 @@ pub enum CatalogError {
     },
     #[error("unknown sku {0:?}: not in the shop catalogue")]
     UnknownSku(String),
+    #[error(
+        "shop catalogue {path} gives sku {sku:?} an impossible {what}; rebuild it with \
+         `precog-shop-worker build-catalog`"
+    )]
+    BadProduct {
+        path: PathBuf,
+        sku: String,
+        what: String,
+    },
 }
 
 /// A catalogue product.
@@ -223,8 +237,27 @@ impl Catalogue {
                 },
             )
             .optional()
-            .map_err(|source| CatalogError::Read { path, source })?;
-        product.ok_or_else(|| CatalogError::UnknownSku(sku.to_owned()))
+            .map_err(|source| CatalogError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        let product = product.ok_or_else(|| CatalogError::UnknownSku(sku.to_owned()))?;
+        // A catalogue written by another tool may hold what no build makes; answering with it
+        // would give wrong totals, not an error.
+        let what = if !(0..=PRICE_MAX_CENTS).contains(&product.price_cents) {
+            format!("price_cents {}", product.price_cents)
+        } else if !(0..=WEIGHT_MAX_G).contains(&product.weight_g) {
+            format!("weight_g {}", product.weight_g)
+        } else if product.stock < 0 {
+            format!("stock {}", product.stock)
+        } else {
+            return Ok(product);
+        };
+        Err(CatalogError::BadProduct {
+            path,
+            sku: product.sku,
+            what,
+        })
     }
 
     /// Takes `qty` units of `sku` out of stock. Returns the stock left, or `None` when there
@@ -295,6 +328,37 @@ mod tests {
         assert_eq!(catalogue.reserve("1", 1).unwrap(), None);
         assert_eq!(catalogue.product("1").unwrap().stock, 0);
         assert!(catalogue.reserve("nope", 1).is_err());
+    }
+
+    #[test]
+    fn impossible_values_are_refused_not_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop.sqlite");
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE products (sku TEXT PRIMARY KEY, source TEXT, category TEXT, \
+             brand TEXT, price_cents INTEGER, weight_g INTEGER, stock INTEGER);
+             INSERT INTO products VALUES ('max', 'x', NULL, NULL, 9223372036854775807, 1, 1);
+             INSERT INTO products VALUES ('neg', 'x', NULL, NULL, -500, 1, 1);
+             INSERT INTO products VALUES ('heavy', 'x', NULL, NULL, 100, -1, 1);
+             INSERT INTO products VALUES ('owed', 'x', NULL, NULL, 100, 1, -2);
+             INSERT INTO products VALUES ('fine', 'x', NULL, NULL, 100000000, 1000000, 0);",
+        )
+        .unwrap();
+        drop(db);
+        let mut catalogue = Catalogue::new(path);
+        for sku in ["max", "neg", "heavy", "owed"] {
+            let err = catalogue.product(sku).unwrap_err();
+            assert!(
+                matches!(err, CatalogError::BadProduct { .. }),
+                "{sku}: {err}"
+            );
+            assert!(err.to_string().contains("rebuild"), "{err}");
+        }
+        assert_eq!(
+            catalogue.product("fine").unwrap().price_cents,
+            PRICE_MAX_CENTS
+        );
     }
 
     #[test]
