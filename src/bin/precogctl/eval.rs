@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use precog::config::Config;
 use precog::eval::{Format, evaluate_sessions, read_sessions};
 
@@ -16,7 +16,15 @@ pub fn run(files: &[PathBuf], format: &str, as_json: bool) -> anyhow::Result<()>
     let mut sessions = Vec::new();
     for file in files {
         let read = read_sessions(file, format);
-        sessions.extend(read.with_context(|| format!("cannot read {}", file.display()))?);
+        let read = read.with_context(|| format!("cannot read {}", file.display()))?;
+        // An empty report would read as a model that predicts nothing.
+        if read.is_empty() {
+            bail!(
+                "{} holds no sessions to score; is it the right file for --format?",
+                file.display()
+            );
+        }
+        sessions.extend(read);
     }
     let report = evaluate_sessions(&sessions, &Config::builtin());
     if as_json {
