@@ -1,7 +1,7 @@
 //! Black-box tests of `precog-shop-worker build-catalog` on damaged data files, and of the
 //! worker's answers where a catalogue or an input holds values past what money sums can carry.
 //! A file that cannot be read right is refused with its name and line, nothing is left beside
-//! the catalogue, and no answer is a wrapped-around number.
+//! the catalogue, no answer is a wrapped-around number, and a damaged catalogue is called that.
 
 mod worker_harness;
 
@@ -176,4 +176,24 @@ fn the_largest_cart_total_gets_the_capped_coupon_discount() {
     assert_eq!(most["discount_cents"], 5_000, "{most}");
     assert_eq!(most["new_total_cents"], i64::MAX - 5_000, "{most}");
     assert!(worker.finish().success());
+}
+
+#[test]
+fn reserving_in_a_damaged_catalogue_says_rebuild_not_write_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_database = dir.path().join("text.sqlite");
+    std::fs::write(&not_a_database, "these are not the products\n").unwrap();
+    let other_tables = dir.path().join("other.sqlite");
+    let db = rusqlite::Connection::open(&other_tables).unwrap();
+    db.execute_batch("CREATE TABLE orders (id INTEGER);")
+        .unwrap();
+    drop(db);
+
+    for catalog in [not_a_database, other_tables] {
+        let mut worker = Worker::shop(&catalog);
+        let err = worker.error("reserve_stock", json!({"sku": "1"}));
+        assert!(err.contains("rebuild it"), "{err}");
+        assert!(!err.contains("write access"), "{err}");
+        assert!(worker.finish().success());
+    }
 }

@@ -274,12 +274,26 @@ impl Catalogue {
                 |row| row.get(0),
             )
             .optional()
-            .map_err(|source| CatalogError::Write { path, source })?;
+            .map_err(|source| write_error(path, source))?;
         if left.is_none() {
             // Distinguish sold out from unknown for the answer.
             self.product(sku)?;
         }
         Ok(left)
+    }
+}
+
+/// A failed write: for want of access, or because the file is no catalogue (damaged, or another
+/// database), which only a rebuild mends.
+fn write_error(path: PathBuf, source: rusqlite::Error) -> CatalogError {
+    use rusqlite::ErrorCode::{
+        CannotOpen, DatabaseBusy, DatabaseLocked, PermissionDenied, ReadOnly,
+    };
+    match source.sqlite_error_code() {
+        Some(ReadOnly | CannotOpen | PermissionDenied | DatabaseBusy | DatabaseLocked) => {
+            CatalogError::Write { path, source }
+        }
+        _ => CatalogError::Read { path, source },
     }
 }
 
