@@ -99,6 +99,10 @@ fn pools_over_the_socket_show_the_limits_and_tell_error_answers_from_lost_worker
         "inputs": {"sku": "1"}}),
     );
     assert_eq!(reply["error"]["reason"], "job_error", "{reply}");
+    assert_eq!(
+        reply["error"]["worker_code"], "catalogue_unavailable",
+        "{reply}"
+    );
 
     let (ok, table, err) = output(precogctl().arg("--socket").arg(&daemon.socket).arg("pools"));
     assert!(ok, "{err}");

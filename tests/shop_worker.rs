@@ -162,49 +162,79 @@ fn bad_input_gets_an_error_line_and_the_worker_keeps_serving() {
     let mut worker = Worker::shop(&catalog);
     let postal = json!({"country": "DE", "postal_code": "10115"});
 
+    // Every error line carries a stable `code` besides its message: an app branches on it.
     worker.send_raw("this is not json");
     let reply = worker.next();
     assert_eq!(reply["job"], Value::Null);
     assert!(reply["error"].as_str().unwrap().contains("not valid JSON"));
+    assert_eq!(reply["code"], "bad_job");
 
     worker.send_raw(r#"{"job": 77, "process": "calc_shipping", "inputs": {"#);
     let reply = worker.next();
     assert_eq!(reply["job"], 77, "the id of a broken line is salvaged");
 
+    let shipping = |inputs: Value| json!({"job": 10, "process": "calc_shipping", "inputs": inputs});
     let cases = [
         (
             json!({"job": 3, "process": "launch_rocket", "inputs": {}}),
             "unknown process",
+            "unknown_process",
         ),
         (
             json!({"job": 4, "process": "calc_shipping", "inputs": postal}),
             "cart_weight_g",
+            "missing_input",
         ),
         (
             json!({"job": 5, "process": "calc_shipping",
                    "inputs": {"country": "DE", "postal_code": "10115", "cart_weight_g": "heavy"}}),
             "must be a whole number",
+            "bad_input",
         ),
-        (json!({"job": 6, "inputs": {}}), "no \"process\""),
+        (json!({"job": 6, "inputs": {}}), "no \"process\"", "bad_job"),
         (
             json!({"job": 7, "process": "apply_coupon", "inputs": [1, 2]}),
             "inputs",
+            "bad_job",
         ),
         (
             json!({"job": 8, "process": "cart_total", "inputs": {"cart": "x"}}),
             "cart",
+            "bad_input",
         ),
         (
             json!({"job": 9, "process": "calc_shipping", "inputs": postal, "phase": "prepare"}),
             "no prepare phase",
+            "no_prepare_phase",
+        ),
+        (
+            shipping(json!({"country": "DE", "postal_code": "1011", "cart_weight_g": 500})),
+            "not a valid DE postal code",
+            "bad_postal_code",
+        ),
+        (
+            shipping(json!({"country": "ZZ", "postal_code": "1", "cart_weight_g": 500})),
+            "no postal code rules",
+            "unsupported_country",
+        ),
+        (
+            shipping(json!({"country": "DE", "postal_code": "10115", "cart_weight_g": 0})),
+            "more than 0",
+            "bad_input",
+        ),
+        (
+            shipping(json!({"country": "DE", "postal_code": "10115", "cart_weight_g": 900000})),
+            "heavier than any carrier",
+            "too_heavy",
         ),
     ];
-    for (job, expected) in cases {
+    for (job, expected, code) in cases {
         let (_, reply) = worker.ask(job.clone());
         let error = reply["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{job}: {reply}"));
         assert!(error.contains(expected), "{job}: {error}");
+        assert_eq!(reply["code"], code, "{job}: {reply}");
     }
     worker.send_raw("[1,2,3]");
     assert!(worker.next()["error"].is_string());
@@ -223,6 +253,9 @@ fn catalogue_processes_explain_a_missing_catalogue() {
         let error = worker.error(process, json!({"sku": "1517085"}));
         assert!(error.contains("build-catalog"), "{process}: {error}");
     }
+    let (_, reply) = worker.ask(json!({"job": 1, "process": "check_inventory",
+        "inputs": {"sku": "1517085"}}));
+    assert_eq!(reply["code"], "catalogue_unavailable", "{reply}");
     let error = worker.error(
         "cart_total",
         json!({"cart": [{"sku": "1517085", "qty": 1}]}),
@@ -286,6 +319,9 @@ fn catalogue_built_from_otto_answers_stock_and_prices() {
 
     let unknown = worker.error("price_quote", json!({"sku": "no-such-sku"}));
     assert!(unknown.contains("unknown sku"), "{unknown}");
+    let (_, reply) = worker.ask(json!({"job": 1, "process": "check_inventory",
+        "inputs": {"sku": "no-such-sku"}}));
+    assert_eq!(reply["code"], "unknown_sku", "{reply}");
     assert!(worker.finish().success());
 
     // The same file always builds the same catalogue.

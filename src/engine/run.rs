@@ -500,7 +500,11 @@ fn failure_reply(process: &str, f: &crate::pool::JobFailure) -> ErrorReply {
         FailureKind::Cancelled => (ErrorCode::Internal, "cancelled"),
         FailureKind::ShuttingDown => (ErrorCode::ShuttingDown, "shutting_down"),
     };
-    ErrorReply::new(code, format!("`{process}`: {}", f.message)).with("reason", reason)
+    let reply = ErrorReply::new(code, format!("`{process}`: {}", f.message)).with("reason", reason);
+    match &f.worker_code {
+        Some(worker_code) => reply.with("worker_code", worker_code.as_str()),
+        None => reply,
+    }
 }
 
 impl Engine {

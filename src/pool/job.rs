@@ -269,10 +269,11 @@ pub(super) async fn run_job(
                     WorkerReplyKind::Result(value) => {
                         return Ran::Answered(answered(Ok(value), start, checkpoint));
                     }
-                    WorkerReplyKind::Error(message) => {
+                    WorkerReplyKind::Error { message, code } => {
                         let failure = super::JobFailure {
                             kind: FailureKind::WorkerError,
                             message,
+                            worker_code: code,
                         };
                         return Ran::Answered(answered(Err(failure), start, checkpoint));
                     }

@@ -160,6 +160,8 @@ pub enum FailureKind {
 pub struct JobFailure {
     pub kind: FailureKind,
     pub message: String,
+    /// The worker's own code for a job it answered with an error (`WorkerError`).
+    pub worker_code: Option<String>,
 }
 
 /// What became of a job.
@@ -182,6 +184,7 @@ impl JobOutcome {
             result: Err(JobFailure {
                 kind,
                 message: message.into(),
+                worker_code: None,
             }),
             wait_us: 0,
             exec_us: 0,

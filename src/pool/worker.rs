@@ -453,7 +453,11 @@ fn finish_lost(
     }
     drop(st);
     queued.reply.send(JobOutcome {
-        result: Err(super::JobFailure { kind, message }),
+        result: Err(super::JobFailure {
+            kind,
+            message,
+            worker_code: None,
+        }),
         wait_us: cost.wait_us,
         exec_us: cost.exec_us,
         cold: cost.cold,

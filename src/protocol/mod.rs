@@ -390,7 +390,27 @@ pub struct WorkerReply {
 pub enum WorkerReplyKind {
     Checkpoint(Value),
     Result(Value),
-    Error(String),
+    /// The job failed; `code` is the worker's own stable name for why, when it gave a usable one.
+    Error {
+        message: String,
+        code: Option<String>,
+    },
+}
+
+/// The longest `code` a worker may give with an error.
+pub const WORKER_CODE_MAX: usize = 64;
+
+/// A worker's error `code`, kept when it is a name of lower-case letters, digits and `_`; any
+/// other value is dropped, and the error is still passed on with its message.
+fn worker_code(v: Option<Value>) -> Option<String> {
+    let Some(Value::String(code)) = v else {
+        return None;
+    };
+    let usable = (1..=WORKER_CODE_MAX).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    usable.then_some(code)
 }
 
 /// Why a worker's line was not a valid reply.
@@ -449,10 +469,13 @@ pub fn decode_worker_reply(line: &[u8]) -> Result<WorkerReply, WorkerProtocolErr
     let kind = if let Some(r) = obj.remove("result") {
         WorkerReplyKind::Result(r)
     } else if let Some(e) = obj.remove("error") {
-        WorkerReplyKind::Error(match e {
-            Value::String(s) => s,
-            other => other.to_string(),
-        })
+        WorkerReplyKind::Error {
+            message: match e {
+                Value::String(s) => s,
+                other => other.to_string(),
+            },
+            code: worker_code(obj.remove("code")),
+        }
     } else if let Some(c) = obj.remove("checkpoint") {
         WorkerReplyKind::Checkpoint(c)
     } else {

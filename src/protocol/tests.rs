@@ -123,7 +123,13 @@ fn worker_replies_decode() {
     let r = decode_worker_reply(br#"{"job":3,"checkpoint":[1]}"#).unwrap();
     assert_eq!(r.kind, WorkerReplyKind::Checkpoint(json!([1])));
     let r = decode_worker_reply(br#"{"job":3,"error":"bad postal code"}"#).unwrap();
-    assert_eq!(r.kind, WorkerReplyKind::Error("bad postal code".into()));
+    assert_eq!(
+        r.kind,
+        WorkerReplyKind::Error {
+            message: "bad postal code".into(),
+            code: None
+        }
+    );
     assert_eq!(
         decode_worker_reply(b"garbage"),
         Err(WorkerProtocolError::NotJson)
@@ -197,4 +203,34 @@ fn an_event_needs_a_type_and_a_run_event_its_process() {
     }
     let ok = r#"{"op":"event","session":"s","type":"run","target":"calc_shipping"}"#;
     assert!(decode_request(ok.as_bytes()).is_ok());
+}
+
+#[test]
+fn a_worker_errors_code_is_kept_only_when_it_is_a_plain_name() {
+    let code = |line: &str| match decode_worker_reply(line.as_bytes()).unwrap().kind {
+        WorkerReplyKind::Error { code, .. } => code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        code(r#"{"job":1,"error":"no such sku","code":"unknown_sku"}"#).as_deref(),
+        Some("unknown_sku")
+    );
+    let longest = "a".repeat(WORKER_CODE_MAX);
+    let line = format!(r#"{{"job":1,"error":"e","code":"{longest}"}}"#);
+    assert_eq!(code(&line), Some(longest));
+    for bad in [
+        r#""""#,
+        r#""Unknown""#,
+        r#""a b""#,
+        r#""a-b""#,
+        r#""ü""#,
+        "17",
+        "null",
+        r#"["x"]"#,
+    ] {
+        let line = format!(r#"{{"job":1,"error":"e","code":{bad}}}"#);
+        assert_eq!(code(&line), None, "{line}");
+    }
+    let too_long = format!(r#"{{"job":1,"error":"e","code":"{}"}}"#, "a".repeat(65));
+    assert_eq!(code(&too_long), None);
 }

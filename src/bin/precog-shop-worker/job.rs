@@ -140,9 +140,12 @@ pub fn result_line(id: &Value, result: &Value) -> String {
     line(json!({"job": id, "result": result}))
 }
 
-/// `{"job":id,"error":message}` as one line with its newline.
-pub fn error_line(id: &Value, message: &str) -> String {
-    line(json!({"job": id, "error": message}))
+/// The code of an error line for a job line that could not be read.
+pub const BAD_JOB: &str = "bad_job";
+
+/// `{"job":id,"error":message,"code":code}` as one line with its newline.
+pub fn error_line(id: &Value, message: &str, code: &str) -> String {
+    line(json!({"job": id, "error": message, "code": code}))
 }
 
 fn line(value: Value) -> String {
@@ -208,7 +211,7 @@ mod tests {
 
     #[test]
     fn reply_lines_are_single_lines() {
-        let line = error_line(&json!(1), "bad\ninput");
+        let line = error_line(&json!(1), "bad\ninput", BAD_JOB);
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.ends_with('\n'));
         let back: Value = serde_json::from_str(line.trim_end()).unwrap();

@@ -115,7 +115,7 @@ fn serve(mut catalogue: Catalogue) -> anyhow::Result<()> {
             let id = job::salvage_job_id(&line);
             skip_rest_of_line(&mut stdin)?;
             let message = format!("job line longer than {JOB_LINE_MAX} bytes; not read");
-            send(&mut stdout, &job::error_line(&id, &message))?;
+            send(&mut stdout, &job::error_line(&id, &message, job::BAD_JOB))?;
             continue;
         }
 
@@ -134,7 +134,8 @@ fn answer(text: &[u8], catalogue: &mut Catalogue) -> Vec<String> {
     let job = match job::decode(text) {
         Ok(job) => job,
         Err(rejected) => {
-            return vec![job::error_line(&rejected.id, &rejected.error.to_string())];
+            let message = rejected.error.to_string();
+            return vec![job::error_line(&rejected.id, &message, job::BAD_JOB)];
         }
     };
 
@@ -150,10 +151,14 @@ fn answer(text: &[u8], catalogue: &mut Catalogue) -> Vec<String> {
     }));
     replies.push(match outcome {
         Ok(Ok(result)) => job::result_line(&job.id, &result),
-        Ok(Err(error)) => job::error_line(&job.id, &error_text(&error)),
+        Ok(Err(error)) => job::error_line(&job.id, &error_text(&error), error.code()),
         // A bug in one process must not take the worker and its warm state down; the panic
         // message has already gone to stderr, which the daemon logs.
-        Err(_) => job::error_line(&job.id, "internal error in the shop worker; see its log"),
+        Err(_) => job::error_line(
+            &job.id,
+            "internal error in the shop worker; see its log",
+            "internal",
+        ),
     });
     replies
 }

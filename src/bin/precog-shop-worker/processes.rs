@@ -30,6 +30,30 @@ pub enum JobError {
     Catalog(#[from] CatalogError),
 }
 
+impl JobError {
+    /// The stable name of the failure, sent as the error line's `code`, which precogd passes
+    /// on to the app as `worker_code`: an app branches on it, never on the message.
+    pub fn code(&self) -> &'static str {
+        use crate::postal::PostalError;
+        match self {
+            JobError::UnknownProcess(_) => "unknown_process",
+            JobError::NoPrepare(_) => "no_prepare_phase",
+            JobError::Input(InputError::Missing(_)) => "missing_input",
+            JobError::Input(InputError::WrongType { .. }) => "bad_input",
+            JobError::Shipping(ShippingError::Postal(PostalError::UnsupportedCountry(_))) => {
+                "unsupported_country"
+            }
+            JobError::Shipping(ShippingError::Postal(PostalError::BadFormat { .. })) => {
+                "bad_postal_code"
+            }
+            JobError::Shipping(ShippingError::NoWeight(_)) => "bad_input",
+            JobError::Shipping(ShippingError::TooHeavy { .. }) => "too_heavy",
+            JobError::Catalog(CatalogError::UnknownSku(_)) => "unknown_sku",
+            JobError::Catalog(_) => "catalogue_unavailable",
+        }
+    }
+}
+
 /// Items per cart and units per item that `cart_total` accepts.
 const CART_ITEMS_MAX: usize = 200;
 const QTY_MAX: i64 = 999;

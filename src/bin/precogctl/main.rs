@@ -217,10 +217,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     reply["exec_us"]
                 );
             } else {
+                // `worker_failed (job_error, unknown_sku): …`: the reason and the worker's own
+                // code, where the reply has them.
+                let error = &reply["error"];
+                let detail: Vec<&str> = [&error["reason"], &error["worker_code"]]
+                    .into_iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let detail = match detail.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", detail.join(", ")),
+                };
                 bail!(
-                    "{}: {}",
-                    reply["error"]["code"].as_str().unwrap_or("error"),
-                    reply["error"]["message"].as_str().unwrap_or("")
+                    "{}{detail}: {}",
+                    error["code"].as_str().unwrap_or("error"),
+                    error["message"].as_str().unwrap_or("")
                 );
             }
         }
