@@ -70,6 +70,28 @@ pub fn validate(country: &str, postal_code: &str) -> Result<PostalCode, PostalEr
         rule,
     };
 
+    if !code.is_empty() && code.bytes().all(|b| b == b'0') {
+        return Err(bad("no postal code is all zeros"));
+    }
+    let split = separator(postal_code).ok_or(bad(
+        "at most one space or dash, where the country's codes have one",
+    ))?;
+    // Where a separator may stand, counted in characters of the code without it.
+    let split_at = match country {
+        "US" if code.len() == 9 => Some(5),
+        "NL" => Some(4),
+        "PL" => Some(2),
+        "SE" | "JP" | "CA" => Some(3),
+        "GB" => code.len().checked_sub(3),
+        _ => None,
+    };
+    if split.is_some() && split != split_at {
+        return Err(bad(match split_at {
+            None => "no space or dash in these codes",
+            Some(_) => "a space or dash only where the country's codes have one",
+        }));
+    }
+
     let normalized = match country {
         "DE" => {
             digits_only(&code, 5).ok_or(bad("5 digits, e.g. 10115"))?;
@@ -140,6 +162,21 @@ fn compact(text: &str) -> String {
         .filter(|c| !c.is_whitespace() && *c != '-')
         .map(|c| c.to_ascii_uppercase())
         .collect()
+}
+
+/// Where the one space or dash of `postal_code` stands, counted in the other characters (leading
+/// and trailing whitespace aside): `Some(None)` without one, `None` with more than one.
+fn separator(postal_code: &str) -> Option<Option<usize>> {
+    let mut at = None;
+    for (before, c) in postal_code.trim().chars().enumerate() {
+        if c.is_whitespace() || c == '-' {
+            if at.is_some() {
+                return None;
+            }
+            at = Some(before);
+        }
+    }
+    Some(at)
 }
 
 fn digits_only(code: &str, len: usize) -> Option<()> {
@@ -256,6 +293,46 @@ mod tests {
         assert!(validate("JP", "100-001").is_err());
         assert!(validate("SE", "01455").is_err());
         assert!(validate("ES", "53001").is_err());
+    }
+
+    #[test]
+    fn separators_stand_only_where_the_country_puts_one() {
+        assert_eq!(normalized("US", "10001-1234"), "10001-1234");
+        assert_eq!(normalized("US", "10001 1234"), "10001-1234");
+        assert_eq!(normalized("GB", "M1-1AE"), "M1 1AE");
+        assert_eq!(normalized("CA", "K1A-0B1"), "K1A 0B1");
+        assert_eq!(normalized("SE", "114-55"), "114 55");
+        assert_eq!(normalized("NL", " 1012 ab "), "1012 AB");
+        for (country, code) in [
+            ("US", "1-0-0-0-1"),
+            ("US", "100-01"),
+            ("US", "10001--1234"),
+            ("DE", "10 115"),
+            ("DE", "101-15"),
+            ("PL", "009-50"),
+            ("GB", "SW 1A1AA"),
+            ("GB", "SW1A  1AA"),
+            ("JP", "1000-001"),
+            ("NL", "10 12AB"),
+        ] {
+            let err = validate(country, code).unwrap_err();
+            assert!(
+                err.to_string().contains("space or dash"),
+                "{country} {code}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_zeros_is_no_postal_code() {
+        for (country, code) in [("US", "00000"), ("IT", "00000"), ("PL", "00-000")] {
+            let err = validate(country, code).unwrap_err();
+            assert!(
+                err.to_string().contains("all zeros"),
+                "{country} {code}: {err}"
+            );
+        }
+        assert_eq!(normalized("IT", "00184"), "00184");
     }
 
     #[test]
