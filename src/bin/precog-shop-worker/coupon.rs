@@ -42,13 +42,33 @@ impl Date {
         Self { year, month, day }
     }
 
-    /// Parses `YYYY-MM-DD`.
+    /// Parses `YYYY-MM-DD`: four digits, two and two, a day the month has.
     pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.trim().splitn(3, '-');
-        let year = parts.next()?.parse().ok()?;
-        let month = parts.next()?.parse().ok()?;
-        let day = parts.next()?.parse().ok()?;
-        ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(Self { year, month, day })
+        let text = text.trim();
+        let b = text.as_bytes();
+        let shape = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        if !shape {
+            return None;
+        }
+        let year: i32 = text[..4].parse().ok()?;
+        let month: u32 = text[5..7].parse().ok()?;
+        let day: u32 = text[8..].parse().ok()?;
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return None,
+        };
+        (1..=days)
+            .contains(&day)
+            .then_some(Self { year, month, day })
     }
 
     /// The civil (UTC) date of a Unix day number, after Howard Hinnant's `civil_from_days`.
@@ -349,5 +369,27 @@ mod tests {
         assert_eq!(Date::from_unix_days(11_016), Date::new(2000, 2, 29));
         assert_eq!(Date::parse("2019-10-01"), Some(Date::new(2019, 10, 1)));
         assert_eq!(Date::parse("2019-13-01"), None);
+    }
+
+    #[test]
+    fn only_days_the_calendar_has_are_dates() {
+        assert_eq!(Date::parse(" 2024-02-29 "), Some(Date::new(2024, 2, 29)));
+        assert_eq!(Date::parse("2000-02-29"), Some(Date::new(2000, 2, 29)));
+        assert_eq!(Date::parse("2019-12-31"), Some(Date::new(2019, 12, 31)));
+        for bad in [
+            "2099-02-31",
+            "2023-02-29",
+            "1900-02-29",
+            "2019-04-31",
+            "2019-10-00",
+            "+2019-10-01",
+            "2019-1-01",
+            "2019-10-1",
+            "20191-10-01",
+            "2019/10/01",
+            "",
+        ] {
+            assert_eq!(Date::parse(bad), None, "{bad}");
+        }
     }
 }
