@@ -312,6 +312,7 @@ pub fn build(products: &[ProductRecord], out: &Path) -> Result<usize, ImportErro
     };
     // A leftover from an interrupted build would otherwise be appended to.
     let _ = std::fs::remove_file(&staging);
+    remove_abandoned(out);
 
     let mut db = Connection::open(&staging).map_err(write_err)?;
     let result = (|| {
@@ -355,6 +356,37 @@ pub fn build(products: &[ProductRecord], out: &Path) -> Result<usize, ImportErro
     Ok(count)
 }
 
+/// Removes what builds of `out` that were killed left beside it: staging files (and their
+/// SQLite journals) named for a process that no longer runs. A build still running keeps its own.
+fn remove_abandoned(out: &Path) {
+    let (Some(dir), Some(name)) = (out.parent(), out.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{name}.building-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let digits = rest.split('-').next().unwrap_or_default();
+        let Ok(pid) = digits.parse::<u32>() else {
+            continue;
+        };
+        let suffix_ok = matches!(&rest[digits.len()..], "" | "-journal" | "-wal" | "-shm");
+        if suffix_ok && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn staging_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".building-{}", std::process::id()));
@@ -364,6 +396,34 @@ fn staging_path(out: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_build_removes_what_killed_builds_left_but_not_a_running_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("shop.sqlite");
+        // No process has a number above the kernel's largest pid (4194304); pid 1 always runs.
+        let dead = [
+            "shop.sqlite.building-999999999",
+            "shop.sqlite.building-999999999-journal",
+        ];
+        let kept = [
+            "shop.sqlite.building-1",
+            "other.sqlite.building-999999999",
+            "notes.txt",
+        ];
+        for name in dead.iter().chain(&kept) {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let products = parse_rees46(REES46).unwrap();
+        build(&products, &out).unwrap();
+        for name in dead {
+            assert!(!dir.path().join(name).exists(), "{name} is still there");
+        }
+        for name in kept {
+            assert!(dir.path().join(name).exists(), "{name} was removed");
+        }
+        assert!(out.exists());
+    }
 
     const REES46: &str = "event_time,event_type,product_id,category_id,category_code,brand,\
 price,user_id,user_session
