@@ -65,7 +65,7 @@ fn config(dir: &Path, python: &Path, speculation: bool, fixed: bool) -> String {
         r#"[daemon]
 cache_dir = "{d}/cache"
 state_dir = "{d}/state"
-cgroup_parent = "precog-bench-{pid}-{speculation}"
+cgroup_parent = "precog-bench-{pid}-{tag}"
 socket_group = "root"
 allowed_groups = []
 
@@ -97,6 +97,11 @@ inputs = ["n", "work_ms"]
 "#,
         d = dir.display(),
         pid = std::process::id(),
+        // Each daemon needs a cgroup parent of its own, whatever its settings.
+        tag = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_start_matches('.').to_string())
+            .unwrap_or_default(),
         echo = echo.display(),
         python = python.display(),
         warm = if fixed { 3 } else { 2 },

@@ -354,12 +354,17 @@ fn an_interrupted_replay_leaves_nothing_behind() {
         let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
         assert!(left.is_empty(), "{signal}: left behind {left:?}");
         // As root the daemon had cgroups of its own; stopped by SIGTERM, it removed them.
+        let ours = format!("precog-local-{}-", child.id());
         let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
-            .map(|h| h.path().join(format!("precog-local-{}", child.id())))
-            .filter(|p| p.exists())
+            .flat_map(|h| std::fs::read_dir(h.path()).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&ours))
+            })
             .collect();
         assert!(cgroups.is_empty(), "{signal}: cgroups left {cgroups:?}");
     }

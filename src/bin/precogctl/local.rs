@@ -33,6 +33,9 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Local daemons this process has started.
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl LocalDaemon {
     /// Starts precogd with `extra` TOML laid over the built-in configuration.
     pub fn start(daemon_keys: &str, extra: &str) -> anyhow::Result<LocalDaemon> {
@@ -42,11 +45,13 @@ impl LocalDaemon {
         let config = dir.path().join("precogd.toml");
         let text = format!(
             "[daemon]\ncache_dir = \"{}\"\nstate_dir = \"{}\"\n\
-             cgroup_parent = \"precog-local-{}\"\n\
+             cgroup_parent = \"precog-local-{}-{}\"\n\
              socket_group = \"root\"\nallowed_groups = []\n{daemon_keys}\n{extra}\n",
             dir.path().join("cache").display(),
             dir.path().join("state").display(),
             std::process::id(),
+            // Each daemon its own cgroup parent, even while an earlier one is still stopping.
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
         std::fs::write(&config, text)?;
         let log = std::fs::File::create(dir.path().join("precogd.log"))?;
