@@ -9,7 +9,7 @@
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -131,15 +131,39 @@ impl StoreFile {
     }
 }
 
+/// Makes `dir` (mode 0700) if it is missing, and refuses one that is not private to the
+/// daemon's user: a directory another user owns, or one that others may write to, lets them put
+/// a store file of their making in place of the daemon's, to be served back as results.
 fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
-    match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(source) => Err(StoreError::Io {
-            op: "create directory",
-            path: dir.into(),
-            source,
-        }),
-    }
+    let io_err = |op, source| StoreError::Io {
+        op,
+        path: dir.into(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_err("create directory", e))?;
+    let meta = fs::metadata(dir).map_err(|e| io_err("stat directory", e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let reason = if meta.uid() != euid {
+        format!(
+            "it is owned by uid {}, not by precogd's user (uid {euid})",
+            meta.uid()
+        )
+    } else if meta.mode() & 0o022 != 0 {
+        format!(
+            "others may write to it (mode {:04o}); remove their write access",
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::NotPrivate {
+        path: dir.into(),
+        reason,
+    })
 }
 
 fn lock_store(path: &Path) -> Result<Flock<File>, StoreError> {
@@ -179,7 +203,15 @@ fn check_existing(
         path: path.into(),
         source,
     };
-    let file_len = file.metadata().map_err(|e| io_err("stat", e))?.len();
+    let meta = file.metadata().map_err(|e| io_err("stat", e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Ok(Err(format!(
+            "file is owned by uid {}, not by precogd's user (uid {euid})",
+            meta.uid()
+        )));
+    }
+    let file_len = meta.len();
     let mut header = vec![0u8; HEADER_LEN];
     let mut read = 0;
     while read < HEADER_LEN {

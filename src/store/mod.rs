@@ -100,6 +100,8 @@ pub enum StoreError {
         #[source]
         source: bus_fault::GuardError,
     },
+    #[error("{path} is not private to precogd: {reason}")]
+    NotPrivate { path: PathBuf, reason: String },
     #[error("{path} is locked by another process; stop the other precogd or use another directory")]
     Locked { path: PathBuf },
     #[error("store size {capacity} bytes is too small; use at least {minimum} bytes")]
