@@ -286,6 +286,20 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     // Removed when `run` returns, whether the daemon stopped or failed to start.
     let socket_file = own_socket.clone().map(SocketFile);
 
+    // Bound before the stores, cgroups and workers: an address another process holds stops the
+    // start here, with nothing set up yet to leave behind.
+    let metrics = match &cfg.daemon.metrics_listen {
+        Some(addr) => {
+            let addr = precog::metrics::listen_addr(addr)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
+            tracing::info!(%addr, "serving /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+
     let (cache, states) = open_stores(&cfg)?;
     let parts = EngineParts {
         cgroups: setup_cgroups(&cfg)?,
@@ -298,12 +312,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
 
     let (settings_tx, settings_rx) = watch::channel(server_settings(&cfg));
     let (stop_tx, stop_rx) = watch::channel(false);
-    if let Some(addr) = &cfg.daemon.metrics_listen {
-        let addr = precog::metrics::listen_addr(addr)?;
-        let metrics = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
-        tracing::info!(%addr, "serving /metrics");
+    if let Some(metrics) = metrics {
         tokio::spawn(serve_metrics(metrics, engine.clone()));
     }
 
