@@ -1,7 +1,9 @@
-//! Black-box: a start that cannot complete leaves nothing behind.
+//! Black-box: a start that cannot complete leaves nothing behind, and signals that arrive while
+//! precogd starts do what they do once it runs.
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -104,4 +106,102 @@ fn a_metrics_address_in_use_stops_the_start_before_any_cgroup_or_worker() {
     assert!(left.is_empty(), "cgroups left behind: {left:?}\n{err}");
     assert!(!err.contains("precogd ready"), "{err}");
     assert!(!socket.exists(), "the socket was left behind");
+}
+
+/// Writes `text` into the FIFO at `path` for the next reader, once one opens it; gives up
+/// (false) after `limit`.
+fn feed_fifo(path: &Path, text: &str, limit: std::time::Duration) -> bool {
+    use std::io::Write;
+    let mut writer = None;
+    common::wait_until(limit, || {
+        // Without a reader, a non-blocking open for writing fails (ENXIO).
+        writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .ok();
+        writer.is_some()
+    });
+    writer.is_some_and(|mut w| w.write_all(text.as_bytes()).is_ok())
+}
+
+#[test]
+fn a_sighup_while_precogd_reads_its_configuration_is_a_reload_not_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &common::cgroup_parent(), "");
+    // A drop-in that is a FIFO holds precogd inside its start, reading its configuration, until
+    // the test writes it.
+    let dropins = dir.path().join("precogd.toml.d");
+    std::fs::create_dir(&dropins).unwrap();
+    let fifo = dropins.join("hold.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let socket = dir.path().join("precogd.sock");
+    let log_path = dir.path().join("precogd.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(precogd())
+        .arg("--config")
+        .arg(&config)
+        .args(["--bus", "none", "--socket"])
+        .arg(&socket)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(log)
+        .spawn()
+        .expect("start precogd");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let limit = std::time::Duration::from_secs(20);
+
+    // Once the FIFO has a reader, precogd is reading its configuration.
+    let mut writer = None;
+    common::wait_until(limit, || {
+        writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok();
+        writer.is_some()
+    });
+    assert!(writer.is_some(), "precogd never read its configuration");
+    let holds_fifo = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == fifo))
+    };
+    common::wait_until(limit, holds_fifo);
+    for _ in 0..3 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+    drop(writer);
+
+    // The first reading is over once precogd no longer holds the FIFO; the reload asked for
+    // reads it again, holding up the daemon until it is written.
+    common::wait_until(limit, || !holds_fifo());
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "a SIGHUP ended precogd as it started ({status}):\n{}",
+            log_text()
+        );
+    }
+    let fed = feed_fifo(&fifo, "# again\n", limit);
+    let reloaded =
+        fed && common::wait_until(limit, || log_text().contains("configuration reloaded"));
+    let serving = common::Conn::open(&socket)
+        .ok()
+        .and_then(|mut c| c.try_call(&serde_json::json!({"op": "ping"})))
+        .is_some_and(|r| r["ok"] == serde_json::json!(true));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let stopped = common::wait_until(limit, || child.try_wait().ok().flatten().is_some());
+    if !stopped {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        reloaded && serving,
+        "no reload, or not serving:\n{}",
+        log_text()
+    );
+    assert!(status.success(), "{status}:\n{}", log_text());
 }

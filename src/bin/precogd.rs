@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
 use precog::cgroup::{CgroupError, Cgroups};
 use precog::cli::DaemonArgs;
 use precog::config::{self, Config};
@@ -23,6 +24,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 fn main() -> ExitCode {
+    // Until `run` takes SIGHUP over, its default action would end precogd: one sent while it
+    // starts (a reload asked for during a restart) waits, blocked, and is a reload once it serves.
+    let _ = SigSet::from(Signal::SIGHUP).thread_block();
     let args = DaemonArgs::parse();
     let sink = precog::logging::init(args.verbose);
 
@@ -275,6 +279,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let _ = SigSet::from(Signal::SIGHUP).thread_unblock();
     let (listener, own_socket) = match systemd::take_listen_fd() {
         Some(fd) => (server::from_systemd(fd)?, None),
         None => {
