@@ -23,6 +23,15 @@
 //! more than three times worse (elastic, two runs of 16 rounds: 3.75 and 3.43, against 1.27 and
 //! 0.97 for runs without it taking turns with them), most of the loss outside the worker: the
 //! held guesses ran all at once when the real job ended, and kept their workers busy longer.
+//! Running guesses on all of the pool's CPUs but one, so that one CPU always falls idle and
+//! pulls waiting real work over at once, made no difference either (elastic, 48 rounds each,
+//! one after the other: 1.35 against 1.36 without).
+//!
+//! `ondemand_bench … idle-loop` measures the floor: a busy loop in the idle class at the top of
+//! the hierarchy, beside precogd and its clients, in place of speculation. On the 2-vCPU VM this
+//! was measured on it made on-demand p99 3.9 times worse (2.7 with the loop held to one CPU),
+//! where precog's guesses cost 1.2 to 1.4: the scheduler's own background class keeps CPU time
+//! spent beside real work from costing it less than that.
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
