@@ -15,16 +15,38 @@ const SYS: &str = "/sys/fs/cgroup";
 
 /// precog's subtree for one test, removed when the test ends however it ends.
 struct Subtree {
-    cgroups: Cgroups,
+    cgroups: Option<Cgroups>,
     parent: String,
+}
+
+impl Subtree {
+    fn cg(&self) -> &Cgroups {
+        self.cgroups.as_ref().expect("the subtree is held")
+    }
+
+    /// Lets the subtree go as a daemon that died would, leaving what is in it, and takes it
+    /// again as the next start does.
+    fn restart(&mut self) -> &Cgroups {
+        self.cgroups = None;
+        self.cgroups = Some(detect(&self.parent));
+        self.cg()
+    }
 }
 
 impl Drop for Subtree {
     fn drop(&mut self) {
-        if let Err(e) = self.cgroups.clone().remove() {
+        if let Some(cgroups) = self.cgroups.take()
+            && let Err(e) = cgroups.remove()
+        {
             eprintln!("could not remove test cgroup {}: {e}", self.parent);
         }
     }
+}
+
+fn detect(parent: &str) -> Cgroups {
+    Cgroups::detect(Path::new(SYS), Path::new("/proc"), parent, false)
+        .expect("cgroups are detected")
+        .expect("root gets a subtree")
 }
 
 fn subtree(test: &str) -> Option<Subtree> {
@@ -37,10 +59,10 @@ fn subtree(test: &str) -> Option<Subtree> {
         return None;
     }
     let parent = format!("precog-test-{}-{test}", std::process::id());
-    let cgroups = Cgroups::detect(Path::new(SYS), Path::new("/proc"), &parent, false)
-        .expect("cgroups are detected")
-        .expect("root gets a subtree");
-    Some(Subtree { cgroups, parent })
+    Some(Subtree {
+        cgroups: Some(detect(&parent)),
+        parent,
+    })
 }
 
 /// Starts `sh -c script` inside the cgroup the handle joins, before it runs anything.
@@ -64,7 +86,7 @@ fn cpu_quota_of_20_percent_holds_a_busy_loop_to_a_fifth_of_a_core() {
         cpu_quota_pct: Some(20.0),
         ..PoolLimits::default()
     };
-    let pool = t.cgroups.create_pool("burn", &limits).unwrap();
+    let pool = t.cg().create_pool("burn", &limits).unwrap();
     let worker = pool.worker(1).unwrap();
     let mut child = spawn_in(worker.join_handle().unwrap(), "while :; do :; done");
 
@@ -94,7 +116,7 @@ fn a_worker_allocating_past_memory_max_is_oom_killed_and_reported() {
         memory_max: Some(32 << 20),
         ..PoolLimits::default()
     };
-    let pool = t.cgroups.create_pool("hog", &limits).unwrap();
+    let pool = t.cg().create_pool("hog", &limits).unwrap();
     let worker = pool.worker(1).unwrap();
     let spare = pool.worker(2).unwrap();
     // The shell keeps 200 MB of text in a variable.
@@ -126,7 +148,7 @@ fn a_worker_runs_only_on_the_pools_cpus() {
         cpus: Some(vec![0]),
         ..PoolLimits::default()
     };
-    let pool = t.cgroups.create_pool("pinned", &limits).unwrap();
+    let pool = t.cg().create_pool("pinned", &limits).unwrap();
     let worker = pool.worker(1).unwrap();
     let child = spawn_in(worker.join_handle().unwrap(), "cat /proc/self/status");
 
@@ -147,7 +169,7 @@ fn a_fork_bomb_is_stopped_by_pids_max_and_killed_whole() {
         pids_max: Some(16),
         ..PoolLimits::default()
     };
-    let pool = t.cgroups.create_pool("bomb", &limits).unwrap();
+    let pool = t.cg().create_pool("bomb", &limits).unwrap();
     let worker = pool.worker(1).unwrap();
     // Every process forks two more and stays, until forks fail.
     let mut child = spawn_in(
@@ -179,10 +201,7 @@ fn a_fork_bomb_is_stopped_by_pids_max_and_killed_whole() {
 #[test]
 fn removed_pool_leaves_no_directory() {
     let Some(t) = subtree("remove") else { return };
-    let pool = t
-        .cgroups
-        .create_pool("gone", &PoolLimits::default())
-        .unwrap();
+    let pool = t.cg().create_pool("gone", &PoolLimits::default()).unwrap();
     let worker = pool.worker(1).unwrap();
     let mut child = spawn_in(worker.join_handle().unwrap(), "sleep 60");
     let paths = pool.paths();
@@ -198,20 +217,17 @@ fn removed_pool_leaves_no_directory() {
 
 #[test]
 fn remove_stale_cleans_a_left_pool_with_a_live_task() {
-    let Some(t) = subtree("stale") else { return };
-    let pool = t
-        .cgroups
-        .create_pool("left", &PoolLimits::default())
-        .unwrap();
+    let Some(mut t) = subtree("stale") else {
+        return;
+    };
+    let pool = t.cg().create_pool("left", &PoolLimits::default()).unwrap();
     let worker = pool.worker(3).unwrap();
     let mut child = spawn_in(worker.join_handle().unwrap(), "sleep 60");
     let paths = pool.paths();
     // The run that made it "crashes": nothing removes the pool.
     drop((worker, pool));
 
-    let restarted = Cgroups::detect(Path::new(SYS), Path::new("/proc"), &t.parent, false)
-        .unwrap()
-        .unwrap();
+    let restarted = t.restart();
     assert_eq!(restarted.remove_stale().unwrap(), 1);
     assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     for p in paths {
@@ -230,7 +246,7 @@ fn limits_are_read_back_and_refusals_name_the_file() {
         pids_max: Some(64),
         ..PoolLimits::default()
     };
-    let pool = t.cgroups.create_pool("tuned", &limits).unwrap();
+    let pool = t.cg().create_pool("tuned", &limits).unwrap();
     let back = pool.limits();
     assert_eq!(back.cpu_quota_pct, Some(150.0));
     assert_eq!(back.cpu_weight, Some(50));
@@ -254,7 +270,7 @@ fn limits_are_read_back_and_refusals_name_the_file() {
 #[test]
 fn describe_names_the_hierarchies_and_the_subtree() {
     let Some(t) = subtree("describe") else { return };
-    let text = t.cgroups.describe();
+    let text = t.cg().describe();
     println!("{text}");
     assert!(text.contains(&t.parent), "{text}");
     assert!(text.starts_with("v1") || text.starts_with("v2"), "{text}");
@@ -268,7 +284,7 @@ fn a_pool_whose_limits_are_refused_leaves_no_directory() {
         pids_max: Some(8),
         ..PoolLimits::default()
     };
-    let err = t.cgroups.create_pool("refused", &impossible).unwrap_err();
+    let err = t.cg().create_pool("refused", &impossible).unwrap_err();
     assert!(err.to_string().contains("cpuset.cpus"), "{err}");
     for h in std::fs::read_dir(SYS).unwrap().flatten() {
         let dir = h.path().join(&t.parent).join("refused");
@@ -279,9 +295,9 @@ fn a_pool_whose_limits_are_refused_leaves_no_directory() {
 #[test]
 fn a_pool_cgroup_shared_with_a_pool_of_the_same_name_goes_with_the_last_release() {
     let Some(t) = subtree("shared") else { return };
-    let old = t.cgroups.create_pool("p", &PoolLimits::default()).unwrap();
+    let old = t.cg().create_pool("p", &PoolLimits::default()).unwrap();
     // Added again while the old pool still stops: the same directories.
-    let new = t.cgroups.create_pool("p", &PoolLimits::default()).unwrap();
+    let new = t.cg().create_pool("p", &PoolLimits::default()).unwrap();
     assert_eq!(old.paths(), new.paths());
     let worker = new.worker(2).unwrap();
     let mut child = spawn_in(worker.join_handle().unwrap(), "sleep 60");
