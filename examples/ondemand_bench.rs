@@ -3,10 +3,11 @@
 //!
 //! Build the daemon first, then run: `cargo build --release --bins --example ondemand_bench &&
 //! target/release/examples/ondemand_bench [sessions] [clients] [rounds] [elastic|fixed]
-//! [guess_cpu_ms] [idle-loop]`. Each client walks through sessions: an event that makes inputs known, a hint
-//! that makes a CPU-heavy idempotent process hot (speculated when speculation is on, never asked
-//! for; its chance is above any threshold that feedback can set, so it is issued in every round),
-//! a short think time, then a timed `run` of a light process that is never speculated. Each
+//! [guess_cpu_ms] [idle-loop]`. Each client walks through sessions: an event that makes inputs
+//! known, a hint that makes a CPU-heavy idempotent process hot (speculated when speculation is
+//! on, never asked for; its chance is above any threshold that feedback can set, so it is issued
+//! in every round), a short think time, then a timed `run` of a light process that is never
+//! speculated. Each
 //! round says how many guesses it issued and how much CPU time precogd used; the summary says how
 //! many guesses ran (each one wasted) and how many were cancelled before they started.
 //!

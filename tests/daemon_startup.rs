@@ -25,6 +25,18 @@ fn write_config(dir: &Path, parent: &str, daemon_keys: &str) -> std::path::PathB
     config
 }
 
+/// precogd on `config` and `socket`, without the bus, logging at `info` to its stderr.
+fn precogd_on(config: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new(precogd());
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--bus", "none", "--socket"])
+        .arg(socket)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM");
+    cmd
+}
+
 /// The directories named `parent` in any cgroup hierarchy, with what they hold.
 fn cgroup_dirs(parent: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -89,15 +101,7 @@ fn a_metrics_address_in_use_stops_the_start_before_any_cgroup_or_worker() {
         &format!("metrics_listen = \"127.0.0.1:{port}\""),
     );
     let socket = dir.path().join("precogd.sock");
-    let out = Command::new(precogd())
-        .arg("--config")
-        .arg(&config)
-        .args(["--bus", "none", "--socket"])
-        .arg(&socket)
-        .env("RUST_LOG", "info")
-        .env_remove("JOURNAL_STREAM")
-        .output()
-        .expect("run precogd");
+    let out = precogd_on(&config, &socket).output().expect("run precogd");
     let err = String::from_utf8_lossy(&out.stderr);
     let left = cgroup_dirs(&parent);
     remove_cgroup_parent(&parent);
@@ -138,13 +142,7 @@ fn a_sighup_while_precogd_reads_its_configuration_is_a_reload_not_a_stop() {
     let socket = dir.path().join("precogd.sock");
     let log_path = dir.path().join("precogd.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(precogd())
-        .arg("--config")
-        .arg(&config)
-        .args(["--bus", "none", "--socket"])
-        .arg(&socket)
-        .env("RUST_LOG", "info")
-        .env_remove("JOURNAL_STREAM")
+    let mut child = precogd_on(&config, &socket)
         .stderr(log)
         .spawn()
         .expect("start precogd");
