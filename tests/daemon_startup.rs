@@ -203,3 +203,55 @@ fn a_sighup_while_precogd_reads_its_configuration_is_a_reload_not_a_stop() {
     );
     assert!(status.success(), "{status}:\n{}", log_text());
 }
+
+/// A reload whose configuration blocks on reading (a drop-in that is a FIFO here, a hung network
+/// mount in life) holds up neither the requests nor a stop: precogd reads its files aside.
+#[test]
+fn a_reload_stuck_reading_its_configuration_keeps_serving_and_can_be_stopped() {
+    let mut d = common::Daemon::start("");
+    let dropins = Path::new(&format!("{}.d", d.config.display())).to_path_buf();
+    std::fs::create_dir_all(&dropins).unwrap();
+    let fifo = dropins.join("hold.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+
+    // Once a writer can open the FIFO, precogd is reading it; with the writer held open and
+    // silent, the read never ends.
+    let limit = std::time::Duration::from_secs(20);
+    let mut writer = None;
+    common::wait_until(limit, || {
+        writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok();
+        writer.is_some()
+    });
+    assert!(
+        writer.is_some(),
+        "the reload never read the drop-in:\n{}",
+        d.log()
+    );
+
+    let ask = |req: serde_json::Value| {
+        common::Conn::open(&d.socket)
+            .ok()
+            .and_then(|mut c| c.try_call(&req))
+    };
+    let ping = ask(serde_json::json!({"op": "ping"}));
+    assert!(
+        ping.as_ref()
+            .is_some_and(|r| r["ok"] == serde_json::json!(true)),
+        "{ping:?}"
+    );
+    let run = ask(serde_json::json!({"op": "run", "session": "s",
+        "process": "validate_postal_code", "inputs": {"country": "DE", "postal_code": "10115"}}));
+    assert!(
+        run.as_ref()
+            .is_some_and(|r| r["ok"] == serde_json::json!(true)),
+        "{run:?}"
+    );
+    assert!(d.stop(), "precogd did not stop cleanly:\n{}", d.log());
+    drop(writer);
+}

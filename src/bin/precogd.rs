@@ -358,12 +358,20 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Err(e) = reload(&args, &engine, &settings_tx).await {
-                    tracing::error!("{e}");
+                let reloading = reload(&args, &engine, &settings_tx);
+                let mut stop = Stop { term: &mut term, int: &mut int, dog: &mut dog, watchdog };
+                match stop.unless_stopped(reloading).await {
+                    None => break,
+                    Some(Err(e)) => tracing::error!("{e}"),
+                    Some(Ok(())) => {}
                 }
             }
             Some(done) = reload_rx.recv() => {
-                let result = reload(&args, &engine, &settings_tx).await;
+                let reloading = reload(&args, &engine, &settings_tx);
+                let mut stop = Stop { term: &mut term, int: &mut int, dog: &mut dog, watchdog };
+                let Some(result) = stop.unless_stopped(reloading).await else {
+                    break;
+                };
                 if let Err(e) = &result {
                     // Logged here too: the caller is one client, the journal is the record.
                     tracing::error!("{e}");
@@ -394,6 +402,48 @@ impl Drop for SocketFile {
     }
 }
 
+/// What ends precogd, and the watchdog it keeps fed, while it waits for something else.
+struct Stop<'a> {
+    term: &'a mut tokio::signal::unix::Signal,
+    int: &'a mut tokio::signal::unix::Signal,
+    dog: &'a mut tokio::time::Interval,
+    watchdog: Option<Duration>,
+}
+
+impl Stop<'_> {
+    /// `work`'s output, or `None` when SIGTERM or SIGINT came first: a reload stuck reading a
+    /// file does not keep precogd from stopping, nor from feeding the watchdog.
+    async fn unless_stopped<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = self.term.recv() => return None,
+                _ = self.int.recv() => return None,
+                _ = self.dog.tick(), if self.watchdog.is_some() => systemd::notify("WATCHDOG=1"),
+            }
+        }
+    }
+}
+
+/// Reads the configuration on a thread of its own, so a file that blocks (a FIFO, a hung network
+/// mount) holds up that thread, not the runtime that serves requests. The thread is not waited
+/// for at exit.
+async fn load_config_aside(args: &DaemonArgs) -> Result<Config, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let args = args.clone();
+    std::thread::Builder::new()
+        .name("precogd-config".into())
+        .spawn(move || {
+            let _ = tx.send(load_config(&args));
+        })
+        .map_err(|e| format!("cannot start a thread to read the configuration: {e}"))?;
+    match rx.await {
+        Ok(loaded) => loaded.map_err(|e| e.to_string()),
+        Err(_) => Err("reading the configuration failed".into()),
+    }
+}
+
 /// Reloads the configuration; SIGHUP and the D-Bus `Reload` method both come here.
 async fn reload(
     args: &DaemonArgs,
@@ -401,7 +451,7 @@ async fn reload(
     settings_tx: &watch::Sender<Arc<ServerSettings>>,
 ) -> Result<(), String> {
     systemd::notify("RELOADING=1");
-    let result = match load_config(args) {
+    let result = match load_config_aside(args).await {
         Ok(new) => match engine.reload(new.clone()).await {
             Ok(()) => {
                 let _ = settings_tx.send(server_settings(&new));
