@@ -112,10 +112,8 @@ fn a_metrics_address_in_use_stops_the_start_before_any_cgroup_or_worker() {
     assert!(!socket.exists(), "the socket was left behind");
 }
 
-/// Writes `text` into the FIFO at `path` for the next reader, once one opens it; gives up
-/// (false) after `limit`.
-fn feed_fifo(path: &Path, text: &str, limit: std::time::Duration) -> bool {
-    use std::io::Write;
+/// The FIFO at `path` opened for writing, once a reader has it open; `None` after `limit`.
+fn fifo_writer(path: &Path, limit: std::time::Duration) -> Option<std::fs::File> {
     let mut writer = None;
     common::wait_until(limit, || {
         // Without a reader, a non-blocking open for writing fails (ENXIO).
@@ -126,7 +124,14 @@ fn feed_fifo(path: &Path, text: &str, limit: std::time::Duration) -> bool {
             .ok();
         writer.is_some()
     });
-    writer.is_some_and(|mut w| w.write_all(text.as_bytes()).is_ok())
+    writer
+}
+
+/// Writes `text` into the FIFO at `path` for the next reader, once one opens it; gives up
+/// (false) after `limit`.
+fn feed_fifo(path: &Path, text: &str, limit: std::time::Duration) -> bool {
+    use std::io::Write;
+    fifo_writer(path, limit).is_some_and(|mut w| w.write_all(text.as_bytes()).is_ok())
 }
 
 #[test]
@@ -151,15 +156,7 @@ fn a_sighup_while_precogd_reads_its_configuration_is_a_reload_not_a_stop() {
     let limit = std::time::Duration::from_secs(20);
 
     // Once the FIFO has a reader, precogd is reading its configuration.
-    let mut writer = None;
-    common::wait_until(limit, || {
-        writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .ok();
-        writer.is_some()
-    });
+    let writer = fifo_writer(&fifo, limit);
     assert!(writer.is_some(), "precogd never read its configuration");
     let holds_fifo = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -218,16 +215,7 @@ fn a_reload_stuck_reading_its_configuration_keeps_serving_and_can_be_stopped() {
 
     // Once a writer can open the FIFO, precogd is reading it; with the writer held open and
     // silent, the read never ends.
-    let limit = std::time::Duration::from_secs(20);
-    let mut writer = None;
-    common::wait_until(limit, || {
-        writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .ok();
-        writer.is_some()
-    });
+    let writer = fifo_writer(&fifo, std::time::Duration::from_secs(20));
     assert!(
         writer.is_some(),
         "the reload never read the drop-in:\n{}",
