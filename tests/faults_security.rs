@@ -227,15 +227,21 @@ fn one_users_results_are_never_served_to_another() {
     );
 }
 
-/// A copy of the echo worker that every user can read and run, whatever the mode of the source
-/// tree; the directory goes when the first value is dropped.
-fn readable_echo_worker() -> (tempfile::TempDir, std::path::PathBuf) {
+/// The system interpreter (a per-user one, pyenv under /root, is out of another user's reach)
+/// and a copy of the echo worker that every user can read and run, whatever the mode of the
+/// source tree; the directory goes when the second value is dropped. `None`, said as skipped,
+/// without `/usr/bin/python3`.
+fn worker_for_any_user() -> Option<(&'static str, tempfile::TempDir, std::path::PathBuf)> {
+    let python = "/usr/bin/python3";
+    if skip_unless(std::path::Path::new(python).exists(), "no /usr/bin/python3") {
+        return None;
+    }
     let scripts = tempfile::tempdir().unwrap();
     std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = scripts.path().join("echo.py");
     std::fs::copy(worker("echo.py"), &script).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (scripts, script)
+    Some((python, scripts, script))
 }
 
 #[test]
@@ -243,12 +249,9 @@ fn workers_run_as_the_worker_user_with_no_new_privileges_clean_env_and_only_stdi
     if !preconditions() {
         return;
     }
-    // The system interpreter: a per-user one (pyenv under /root) is out of the worker's reach.
-    let python = "/usr/bin/python3";
-    if skip_unless(std::path::Path::new(python).exists(), "no /usr/bin/python3") {
+    let Some((python, _scripts, script)) = worker_for_any_user() else {
         return;
-    }
-    let (_scripts, script) = readable_echo_worker();
+    };
 
     let d = Daemon::start_with(
         "worker_user = \"nobody\"",
@@ -353,11 +356,9 @@ fn a_reload_that_sets_the_worker_user_replaces_busy_and_idle_workers() {
     if !preconditions() {
         return;
     }
-    let python = "/usr/bin/python3";
-    if skip_unless(std::path::Path::new(python).exists(), "no /usr/bin/python3") {
+    let Some((python, _scripts, script)) = worker_for_any_user() else {
         return;
-    }
-    let (_scripts, script) = readable_echo_worker();
+    };
 
     let d = Daemon::start(&echo_pool(python, &script.display().to_string()));
     // One worker busy, one idle, both root, when the reload names the worker user.
