@@ -172,9 +172,10 @@ impl Engine {
         self.predictor.reconfigure(&config);
         let changed = crate::config::changes(&self.config, &config);
         self.config = config;
-        let changed = match changed.is_empty() {
-            true => "nothing".to_string(),
-            false => changed.join("; "),
+        let changed = if changed.is_empty() {
+            "nothing".to_string()
+        } else {
+            changed.join("; ")
         };
         tracing::info!(pools = self.pools.len(), %changed, "configuration reloaded");
         if !left.is_empty() {

@@ -30,8 +30,8 @@
 //! `ondemand_bench … idle-loop` measures the floor: a busy loop in the idle class at the top of
 //! the hierarchy, beside precogd and its clients, in place of speculation. On the 2-vCPU VM this
 //! was measured on it made on-demand p99 3.9 times worse (2.7 with the loop held to one CPU),
-//! where precog's guesses cost 1.2 to 1.4: the scheduler's own background class keeps CPU time
-//! spent beside real work from costing it less than that.
+//! where precog's guesses cost 1.2 to 1.4: with the scheduler's own class for background work,
+//! CPU time spent beside real work costs it more than precog's guesses do.
 //!
 //! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
 //! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but

@@ -224,9 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .into_iter()
                     .filter_map(Value::as_str)
                     .collect();
-                let detail = match detail.is_empty() {
-                    true => String::new(),
-                    false => format!(" ({})", detail.join(", ")),
+                let detail = if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", detail.join(", "))
                 };
                 bail!(
                     "{}{detail}: {}",
