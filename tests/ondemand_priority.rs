@@ -1,5 +1,5 @@
-//! Guesses yield the CPU to real work: a speculative job runs in the idle CPU class, and when a
-//! real request joins it while it runs, its worker is put back in the normal class at once.
+//! Guesses yield the CPU to real work: a speculative job runs at the lowest CPU weight, and when
+//! a real request joins it while it runs, its worker gets the normal weight back at once.
 
 mod common;
 
@@ -57,10 +57,10 @@ fn wait_state(c: &mut common::Conn, session: &str, state: &str) {
 }
 
 #[test]
-fn a_guess_runs_idle_until_a_real_request_joins_it() {
+fn a_guess_runs_in_the_background_until_a_real_request_joins_it() {
     if common::skip_unless(
         common::is_root(),
-        "moving a worker between CPU classes needs root",
+        "changing a worker's CPU weight needs root",
     ) || common::skip_unless(common::have_python(), "python3 is not installed")
     {
         return;
@@ -68,30 +68,30 @@ fn a_guess_runs_idle_until_a_real_request_joins_it() {
     let d = Daemon::start(&config());
     let mut c = d.connect();
 
-    // A guess nobody waits for stays in the idle class to the end.
+    // A guess nobody waits for stays in the background to the end.
     let alone = json!({"n": 1, "cpu_ms": 50, "report_policy": true});
     make_hot(&mut c, "alone", &alone);
     wait_state(&mut c, "alone", "cached");
     let r = c.call(&json!({"op": "run", "session": "alone", "process": "spin", "inputs": alone}));
     assert_eq!(r["served"], json!("cache"), "{r}");
-    assert_eq!(r["result"]["idle"], json!(true), "{r}");
+    assert_eq!(r["result"]["background"], json!(true), "{r}");
 
-    // A guess a real request joins finishes in the normal class.
+    // A guess a real request joins finishes at the normal weight.
     let joined = json!({"n": 2, "cpu_ms": 400, "report_policy": true});
     make_hot(&mut c, "joined", &joined);
     wait_state(&mut c, "joined", "running");
     let r = c.call(&json!({"op": "run", "session": "joined", "process": "spin",
         "inputs": joined}));
     assert_eq!(r["served"], json!("inflight"), "{r}");
-    assert_eq!(r["result"]["idle"], json!(false), "{r}");
+    assert_eq!(r["result"]["background"], json!(false), "{r}");
 
-    // The worker that ran the joined guess serves real requests in the normal class.
+    // The worker that ran the joined guess serves real requests at the normal weight.
     let real = json!({"n": 3, "cpu_ms": 1, "report_policy": true});
     for _ in 0..3 {
         let r = c.call(&json!({"op": "run", "session": "real", "process": "spin",
             "inputs": real.clone()}));
         assert_eq!(r["ok"], json!(true), "{r}");
-        assert_eq!(r["result"]["idle"], json!(false), "{r}");
+        assert_eq!(r["result"]["background"], json!(false), "{r}");
     }
 }
 

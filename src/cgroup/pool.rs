@@ -65,7 +65,7 @@ impl PoolCgroup {
             id,
             node,
             cpu: std::sync::OnceLock::new(),
-            idle: std::sync::OnceLock::new(),
+            weight: std::sync::OnceLock::new(),
         })
     }
 
@@ -118,6 +118,10 @@ impl PoolCgroup {
     }
 }
 
+/// The lowest CPU weight a cgroup can have: v1 `cpu.shares` and v2 `cpu.weight`.
+const BACKGROUND_SHARES: u64 = 2;
+const BACKGROUND_WEIGHT: u64 = 1;
+
 /// One worker's leaf under its pool.
 #[derive(Debug)]
 pub struct WorkerCgroup {
@@ -125,8 +129,9 @@ pub struct WorkerCgroup {
     node: Node,
     /// Opened on first use (the kernel makes the file with the directory).
     cpu: std::sync::OnceLock<CpuCounter>,
-    /// `cpu.idle`, opened on first use; `None` where the kernel or hierarchy has none.
-    idle: std::sync::OnceLock<Option<(PathBuf, std::fs::File)>>,
+    /// The leaf's CPU weight file (`cpu.shares` on v1, `cpu.weight` on v2) and its version,
+    /// opened on first use; `None` where no hierarchy carries the cpu controller.
+    weight: std::sync::OnceLock<Option<(PathBuf, std::fs::File, Version)>>,
 }
 
 impl WorkerCgroup {
@@ -154,26 +159,37 @@ impl WorkerCgroup {
         self.cpu.get().and_then(CpuCounter::read_ns)
     }
 
-    /// Puts the worker's leaf in the idle CPU class (`cpu.idle`, Linux 5.15), or back. Only a
-    /// cgroup-wide setting works here: a task's own `SCHED_IDLE` counts only against tasks of the
-    /// same cgroup, and every worker has a leaf of its own. `Ok(false)` when the kernel or the
-    /// hierarchy offers no `cpu.idle`.
-    pub fn set_cpu_idle(&self, idle: bool) -> Result<bool, CgroupError> {
+    /// Gives the worker's leaf the lowest CPU weight the kernel takes (`cpu.shares` 2 on v1,
+    /// `cpu.weight` 1 on v2), or back to the default. Only a cgroup-wide setting works here: a
+    /// task's own nice value counts only against tasks of the same cgroup, and every worker has a
+    /// leaf of its own. `Ok(false)` when no hierarchy carries the cpu controller.
+    pub fn set_background(&self, background: bool) -> Result<bool, CgroupError> {
         use std::os::unix::fs::FileExt;
-        // Opened once: a worker switches class whenever guesses and real jobs alternate.
-        let file = self.idle.get_or_init(|| {
-            let path = self.node.dir_for(Controller::Cpu)?.dir.join("cpu.idle");
+        // Opened once: a worker switches whenever guesses and real jobs alternate.
+        let file = self.weight.get_or_init(|| {
+            let dir = self.node.dir_for(Controller::Cpu)?;
+            let name = match dir.version {
+                Version::V1 => "cpu.shares",
+                Version::V2 => "cpu.weight",
+            };
+            let path = dir.dir.join(name);
             let file = OpenOptions::new().write(true).open(&path).ok()?;
-            Some((path, file))
+            Some((path, file, dir.version))
         });
-        let Some((path, file)) = file else {
+        let Some((path, file, version)) = file else {
             return Ok(false);
         };
-        let value = if idle { "1" } else { "0" };
+        let value = match (version, background) {
+            (Version::V1, true) => BACKGROUND_SHARES,
+            (Version::V1, false) => super::limits::SHARES_DEFAULT,
+            (Version::V2, true) => BACKGROUND_WEIGHT,
+            (Version::V2, false) => super::limits::WEIGHT_DEFAULT,
+        }
+        .to_string();
         file.write_at(value.as_bytes(), 0)
             .map_err(|source| CgroupError::Write {
                 path: path.clone(),
-                value: value.into(),
+                value,
                 source,
             })?;
         Ok(true)

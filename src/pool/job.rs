@@ -179,7 +179,7 @@ pub(super) struct Joinable<'a> {
 }
 
 /// Runs one job. Each real request that joins a guess gets a full timeout from that moment: it
-/// must not inherit the time the guess spent waiting for spare CPU in the idle class, nor the
+/// must not inherit the time the guess spent waiting for spare CPU at the lowest weight, nor the
 /// time since an earlier request joined.
 ///
 /// The worker's own exit is watched too: a worker that exits, even one whose pipes a process

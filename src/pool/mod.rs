@@ -48,9 +48,9 @@ pub trait Placement: Send + Sync {
     fn worker_gone(&self, worker: u64) -> bool;
     /// CPU time the worker's cgroup has used so far, in nanoseconds, if known.
     fn worker_cpu_ns(&self, worker: u64) -> Option<u64>;
-    /// Moves the worker's cgroup into the idle CPU class or back; `Ok(false)` when the cgroups
-    /// cannot (then the worker's own scheduling class is changed instead, where allowed).
-    fn set_worker_idle(&self, worker: u64, idle: bool) -> std::io::Result<bool>;
+    /// Gives the worker's cgroup the lowest CPU weight or the default back; `Ok(false)` when the
+    /// cgroups cannot (then the worker's own threads are niced instead, where allowed).
+    fn set_worker_background(&self, worker: u64, background: bool) -> std::io::Result<bool>;
     /// What the whole pool uses now.
     fn usage(&self) -> Option<Usage>;
     /// Where the pool sits and its limits in force, for `stats`.

@@ -60,10 +60,10 @@ impl Placement for CgroupPlacement {
         workers.get(&worker).and_then(|cg| cg.cpu_ns())
     }
 
-    fn set_worker_idle(&self, worker: u64, idle: bool) -> std::io::Result<bool> {
+    fn set_worker_background(&self, worker: u64, background: bool) -> std::io::Result<bool> {
         let workers = self.workers.lock().expect("placement");
         match workers.get(&worker) {
-            Some(cg) => cg.set_cpu_idle(idle).map_err(std::io::Error::other),
+            Some(cg) => cg.set_background(background).map_err(std::io::Error::other),
             None => Ok(false),
         }
     }

@@ -1,46 +1,34 @@
-//! CPU priority of a worker by the kind of job it holds: a worker running a speculative job is put
-//! in the kernel's idle class, so the pool's workers running real jobs on the same CPUs preempt it
-//! at once and it only uses CPU they leave; it is put back in the normal class before it runs an
-//! on-demand job, or as soon as a real request joins it. (Above the pool's cgroup the pool still
-//! competes with precogd and the app server at its full weight.)
+//! CPU priority of a worker by the kind of job it holds: a worker running a speculative job gets
+//! the lowest CPU weight the kernel has, so the pool's workers running real jobs on the same CPUs
+//! take nearly all of it and the guess runs on what they leave; it gets the normal weight back
+//! before it runs an on-demand job, or as soon as a real request joins it. (Above the pool's
+//! cgroup the pool still competes with precogd and the app server at its full weight.)
 //!
-//! Switching the pool's cgroup to the idle class too, while every busy worker below runs a
-//! guess, was built and measured with `ondemand_bench` (elastic pool, 48 rounds). The pool alone
-//! made no difference that shows through the noise (on/off 1.09, against 1.11–1.14 without it):
-//! precogd and the app sit outside precog's cgroup, so they meet the guess at the level of
-//! precog's parent cgroup, which stays normal. The pool and its parent together made p99 three
-//! times worse (3.28), most likely because a group that idled comes back with the virtual
-//! runtime it ran up at idle weight, so the real job that ends the idle spell waits. Clearing
-//! `cpu.idle` also resets the cgroup's `cpu.shares` / `cpu.weight` to the default, which would
-//! undo the allocator's weights. Only the worker's own leaf switches. A slice of its own for a
-//! guessing worker's threads (`sched_setattr`'s `sched_runtime`, Linux 6.12), tried at 0.1 ms
-//! and at 100 ms, did not help either (fixed pool, 8 rounds: 1.32 and 1.27, against 1.06 over 16
-//! rounds without). A short slice for precogd's own thread (0.1 ms), so that it preempts a
-//! guess at once on Linux's EEVDF scheduler, did not change the ratio either (elastic, 48
-//! rounds: 1.21 against 1.24 the same hour; on alternating runs the p99 of both modes moved
-//! within their noise). Stopping every running guess (`SIGSTOP` to its process group) while a
-//! real job ran on a host of two CPUs, and continuing it after, made the median better but p99
-//! more than three times worse (elastic, two runs of 16 rounds: 3.75 and 3.43, against 1.27 and
-//! 0.97 for runs without it taking turns with them), most of the loss outside the worker: the
-//! held guesses ran all at once when the real job ended, and kept their workers busy longer.
-//! Running guesses on all of the pool's CPUs but one, so that one CPU always falls idle and
-//! pulls waiting real work over at once, made no difference either (elastic, 48 rounds each,
-//! one after the other: 1.35 against 1.36 without).
+//! A low weight, not the kernel's idle class. A CPU whose only runnable tasks are in the idle
+//! class (`SCHED_IDLE`, or a cgroup with `cpu.idle`) counts as idle when the scheduler places a
+//! waking task, the same as one that is really idle; so precogd, the app and real jobs woken
+//! while a guess runs were put on the guess's CPU and had to interrupt it, where a CPU with
+//! nothing to run was free. On a VM that interruption is costly. `ondemand_bench … idle-loop`
+//! and `… nice-loop` measure it without speculation: a busy loop beside precogd and its clients
+//! made on-demand p99 4.27 times worse in the idle class (4.00–4.55, 24 rounds), and 0.97 times
+//! (0.91–1.04, 24 rounds, the same hour) at nice 19 in the batch class, which does not count as
+//! idle. Guesses ran in the idle class until then and cost on-demand p99 1.2 to 1.4 times.
 //!
-//! `ondemand_bench … idle-loop` measures the floor: a busy loop in the idle class at the top of
-//! the hierarchy, beside precogd and its clients, in place of speculation. On the 2-vCPU VM this
-//! was measured on it made on-demand p99 3.9 times worse (2.7 with the loop held to one CPU),
-//! where precog's guesses cost 1.2 to 1.4: with the scheduler's own class for background work,
-//! CPU time spent beside real work costs it more than precog's guesses do.
+//! Tried before, in the idle class, and dropped: the pool's cgroup in the idle class too (no
+//! difference alone; three times worse with its parent as well, and clearing `cpu.idle` resets
+//! the cgroup's weight); a scheduling slice of its own for a guessing worker or for precogd
+//! (Linux 6.12's `sched_runtime`; no difference); stopping every running guess with `SIGSTOP`
+//! while a real job ran (p99 3.4 to 3.75 times worse: the held guesses all ran when it ended);
+//! and guesses kept off one CPU so it would fall idle (no difference).
 //!
-//! Every worker has a cgroup leaf of its own, and a task's own `SCHED_IDLE` only counts against
-//! tasks of the same cgroup; so the class is set on the leaf (`cpu.idle`), which needs nothing but
-//! the cgroup precogd already owns. Without cgroups (or on kernels before 5.15) the worker's
-//! threads are put in `SCHED_IDLE` instead. That needs `CAP_SYS_NICE` when the worker runs as
-//! another user, and leaving `SCHED_IDLE` needs it in every case (or a raised `RLIMIT_NICE`). A
-//! worker that could be lowered but not restored would serve real requests at idle priority, so
-//! without the capability precog leaves priorities alone: speculation then competes for CPU like
-//! on-demand work, and precogd says so once.
+//! Every worker has a cgroup leaf of its own, and a task's own nice value only counts against
+//! tasks of the same cgroup; so the weight is set on the leaf (`cpu.shares` 2 on v1, `cpu.weight`
+//! 1 on v2), which needs nothing but the cgroup precogd already owns. Without cgroups the
+//! worker's threads are put in the batch class at nice 19 instead. That needs `CAP_SYS_NICE` when
+//! the worker runs as another user, and going back to nice 0 needs it in every case (or a raised
+//! `RLIMIT_NICE`). A worker that could be lowered but not restored would serve real requests at
+//! the lowest priority, so without the capability precog leaves priorities alone: speculation
+//! then competes for CPU like on-demand work, and precogd says so once.
 
 use std::sync::OnceLock;
 
@@ -50,7 +38,8 @@ use super::{Placement, PoolError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CpuClass {
     Normal,
-    Idle,
+    /// The lowest weight, for a guess.
+    Background,
 }
 
 /// `CAP_SYS_NICE`'s bit in the capability sets of `/proc/<pid>/status`.
@@ -89,7 +78,7 @@ pub(super) fn apply_cpu_class(
     class: CpuClass,
 ) -> Result<bool, PoolError> {
     if let Some(p) = placement {
-        match p.set_worker_idle(worker, class == CpuClass::Idle) {
+        match p.set_worker_background(worker, class == CpuClass::Background) {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(source) => return Err(PoolError::CpuClass { pid, source }),
@@ -101,11 +90,15 @@ pub(super) fn apply_cpu_class(
     set_cpu_class(pid, class).map(|()| true)
 }
 
-/// Puts every thread of the worker process in `class`. Threads that exit meanwhile are skipped.
+/// Nice value of a thread running a guess: the lowest priority, weight 15 against 1,024.
+const BACKGROUND_NICE: i32 = 19;
+
+/// Puts every thread of the worker process in `class`: the batch scheduling class at nice 19
+/// for a guess, the normal class at nice 0 otherwise. Threads that exit meanwhile are skipped.
 pub(super) fn set_cpu_class(pid: u32, class: CpuClass) -> Result<(), PoolError> {
-    let policy = match class {
-        CpuClass::Normal => libc::SCHED_OTHER,
-        CpuClass::Idle => libc::SCHED_IDLE,
+    let (policy, nice) = match class {
+        CpuClass::Normal => (libc::SCHED_OTHER, 0),
+        CpuClass::Background => (libc::SCHED_BATCH, BACKGROUND_NICE),
     };
     let tasks = format!("/proc/{pid}/task");
     let threads: Vec<i32> = match std::fs::read_dir(&tasks) {
@@ -122,7 +115,12 @@ pub(super) fn set_cpu_class(pid: u32, class: CpuClass) -> Result<(), PoolError> 
     for tid in threads {
         // SAFETY: `param` is a valid sched_param that outlives the call; a stale tid only makes
         // the call fail with ESRCH.
-        let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+        let mut rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+        if rc == 0 {
+            // With PRIO_PROCESS, Linux sets the nice value of the one thread `tid` names.
+            // SAFETY: plain integer arguments.
+            rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+        }
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ESRCH) {
@@ -133,13 +131,16 @@ pub(super) fn set_cpu_class(pid: u32, class: CpuClass) -> Result<(), PoolError> 
     Ok(())
 }
 
-/// The scheduling class a thread is in now.
+/// The class a thread is in now, by its scheduling policy and nice value.
 #[cfg(test)]
 fn current_class(tid: i32) -> Option<CpuClass> {
     // SAFETY: sched_getscheduler only reads the policy of the given thread.
-    match unsafe { libc::sched_getscheduler(tid) } {
-        libc::SCHED_IDLE => Some(CpuClass::Idle),
-        libc::SCHED_OTHER => Some(CpuClass::Normal),
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    // SAFETY: plain integer arguments; -1 is also a valid nice value, but not one set here.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    match (policy, nice) {
+        (libc::SCHED_BATCH, BACKGROUND_NICE) => Some(CpuClass::Background),
+        (libc::SCHED_OTHER, 0) => Some(CpuClass::Normal),
         _ => None,
     }
 }
@@ -160,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_goes_idle_and_comes_back() {
+    fn a_worker_goes_to_the_background_and_comes_back() {
         if !may_deprioritize() {
             println!("SKIPPED: this test process lacks CAP_SYS_NICE");
             return;
@@ -170,13 +171,13 @@ mod tests {
             .spawn()
             .expect("start sleep");
         let pid = child.id();
-        set_cpu_class(pid, CpuClass::Idle).expect("lower");
-        assert_eq!(current_class(pid as i32), Some(CpuClass::Idle));
+        set_cpu_class(pid, CpuClass::Background).expect("lower");
+        assert_eq!(current_class(pid as i32), Some(CpuClass::Background));
         set_cpu_class(pid, CpuClass::Normal).expect("restore");
         assert_eq!(current_class(pid as i32), Some(CpuClass::Normal));
         let _ = child.kill();
         let _ = child.wait();
         // A worker that is gone is not an error.
-        set_cpu_class(pid, CpuClass::Idle).expect("gone worker");
+        set_cpu_class(pid, CpuClass::Background).expect("gone worker");
     }
 }

@@ -107,11 +107,11 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         let Some((queued, take_back)) = next_job(&shared, id, generation, &mut child).await else {
             break;
         };
-        // A guess runs in the idle class so real work on the same CPUs always goes first; the
-        // worker goes back to the normal class before its next real job, not after the guess,
+        // A guess runs at the lowest CPU weight so real work on the same CPUs goes first; the
+        // worker gets its normal weight back before its next real job, not after the guess,
         // which saves the switch when guesses follow each other.
         let wanted = match queued.job.priority {
-            Priority::Speculative => CpuClass::Idle,
+            Priority::Speculative => CpuClass::Background,
             Priority::OnDemand => CpuClass::Normal,
         };
         if wanted != cpu_class {
@@ -138,7 +138,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         // each one that joins gets a whole timeout, see `run_job`).
         let mut back_to_normal = false;
         let mut promote = || {
-            if cpu_class == CpuClass::Idle {
+            if cpu_class == CpuClass::Background {
                 let placement = shared.placement.as_deref();
                 match apply_cpu_class(placement, id, pid, CpuClass::Normal) {
                     Ok(changed) => back_to_normal = changed,

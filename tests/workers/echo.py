@@ -8,8 +8,9 @@ Inputs that make it do real work before answering (all optional):
   stderr_kb         write this many KiB to stderr first
   fork_bomb         fork children until fork fails (true: at most 512; a number: at most that)
   spawn_grandchild  start a detached child (own session) that sleeps 300 s and outlives us
-  report_policy     after the rest, report whether the worker runs in the idle CPU class, by its
-                    own scheduling policy or by its cgroup's cpu.idle ("idle": true/false)
+  report_policy     after the rest, report whether the worker runs at background CPU priority,
+                    by its own policy and nice value or by its cgroup's CPU weight
+                    ("background": true/false)
 The result is {"echo": <inputs>, "pid": <worker pid>, ...measurements}.
 """
 import json
@@ -60,25 +61,33 @@ def spawn_grandchild():
     return pid
 
 
-def cgroup_idle():
-    """Whether this process's cgroup (v1 cpu or v2) has cpu.idle set."""
+def cgroup_background():
+    """Whether this process's cgroup (v1 cpu or v2) has the lowest CPU weight."""
     with open("/proc/self/cgroup") as f:
         lines = [line.rstrip("\n").split(":", 2) for line in f]
     for _, controllers, path in lines:
         if "cpu" in controllers.split(","):
             roots = ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"]
+            name, lowest = "cpu.shares", "2"
         elif controllers == "":
             roots = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            name, lowest = "cpu.weight", "1"
         else:
             continue
         for root in roots:
             try:
-                with open(root + path + "/cpu.idle") as f:
-                    if f.read().strip() == "1":
+                with open(root + path + "/" + name) as f:
+                    if f.read().strip() == lowest:
                         return True
             except OSError:
                 pass
     return False
+
+
+def thread_background():
+    """Whether this thread runs in the batch class at nice 19."""
+    policy = os.sched_getscheduler(0)
+    return policy == os.SCHED_BATCH and os.getpriority(os.PRIO_PROCESS, 0) == 19
 
 
 def handle(job):
@@ -102,7 +111,7 @@ def handle(job):
     if inputs.get("spawn_grandchild"):
         result["grandchild_pid"] = spawn_grandchild()
     if inputs.get("report_policy"):
-        result["idle"] = os.sched_getscheduler(0) == os.SCHED_IDLE or cgroup_idle()
+        result["background"] = thread_background() or cgroup_background()
     return result
 
 
