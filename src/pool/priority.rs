@@ -12,7 +12,16 @@
 //! and `… nice-loop` measure it without speculation: a busy loop beside precogd and its clients
 //! made on-demand p99 4.27 times worse in the idle class (4.00–4.55, 24 rounds), and 0.97 times
 //! (0.91–1.04, 24 rounds, the same hour) at nice 19 in the batch class, which does not count as
-//! idle. Guesses ran in the idle class until then and cost on-demand p99 1.2 to 1.4 times.
+//! idle. With guesses in the idle class, `ondemand_bench 3000 3 24` gave on/off p99 ratios of
+//! 1.29 and 1.33; at the lowest weight, in runs taking turns with those, 1.21 and 1.25, and 0.99
+//! to 1.13 in six more runs.
+//!
+//! Tried at the lowest weight and dropped, each over two 24-round runs taking turns with runs
+//! without it: precog's whole subtree at the lowest weight while its workers run only guesses, so
+//! that they yield to precogd and the app above the pools too (1.11 and 1.22, against 1.05 and
+//! 1.08); the guessing worker's threads in the batch class as well (1.14 and 1.13, against 0.99
+//! and 1.13); and a 100 ms scheduling slice for them, so that a waking task with the default
+//! slice preempts them at once (1.35 and 1.09, against 1.12 and 1.10).
 //!
 //! Tried before, in the idle class, and dropped: the pool's cgroup in the idle class too (no
 //! difference alone; three times worse with its parent as well, and clearing `cpu.idle` resets
