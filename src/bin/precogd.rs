@@ -126,7 +126,6 @@ fn load_config(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
 
 /// The per-user runtime, cache and state directories (XDG, with the usual fallbacks).
 fn user_dirs() -> (PathBuf, PathBuf, PathBuf) {
-    let uid = nix::unistd::getuid().as_raw();
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -135,11 +134,50 @@ fn user_dirs() -> (PathBuf, PathBuf, PathBuf) {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let runtime = env_dir("XDG_RUNTIME_DIR")
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("precog-{uid}")));
+    let runtime = env_dir("XDG_RUNTIME_DIR").unwrap_or_else(fallback_runtime_dir);
     let cache = env_dir("XDG_CACHE_HOME").unwrap_or_else(|| home.join(".cache"));
     let state = env_dir("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state"));
     (runtime, cache, state)
+}
+
+/// The per-user runtime directory when `XDG_RUNTIME_DIR` is not set: in the shared temporary
+/// directory, named after the user.
+fn fallback_runtime_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("precog-{}", nix::unistd::getuid().as_raw()))
+}
+
+/// Makes `dir` with mode 0700, or takes it as it is if this user owns it and closes it to
+/// others. It sits in the shared temporary directory, where another user could have made it (or
+/// a link by its name) first to capture the socket: then the start stops.
+fn claim_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot read the owner of {}", dir.display()))?;
+    let uid = nix::unistd::getuid().as_raw();
+    let why = if !meta.file_type().is_dir() {
+        "is not a directory".to_string()
+    } else if meta.uid() != uid {
+        format!(
+            "belongs to uid {}, not to this user (uid {uid})",
+            meta.uid()
+        )
+    } else {
+        if meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot close {} to other users", dir.display()))?;
+        }
+        return Ok(());
+    };
+    anyhow::bail!(
+        "{} {why}: another user may have made it to capture precogd's socket; remove it, or set \
+         XDG_RUNTIME_DIR or daemon.socket",
+        dir.display()
+    )
 }
 
 /// Finds the cgroup subtree for the pools and clears what a crashed earlier run left there.
@@ -283,6 +321,10 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     let (listener, own_socket) = match systemd::take_listen_fd() {
         Some(fd) => (server::from_systemd(fd)?, None),
         None => {
+            let shared = fallback_runtime_dir();
+            if !nix::unistd::geteuid().is_root() && cfg.daemon.socket.starts_with(&shared) {
+                claim_private_dir(&shared)?;
+            }
             let group = cfg.daemon.socket_group.as_deref();
             let l = server::bind(&cfg.daemon.socket, cfg.daemon.socket_mode.0, group)?;
             (l, Some(cfg.daemon.socket.clone()))

@@ -1,0 +1,135 @@
+//! Black-box: an unprivileged precogd without `XDG_RUNTIME_DIR` puts its socket under
+//! `$TMPDIR/precog-<uid>`, a directory it makes private; one another user made first (or a link
+//! by that name) stops the start, since its owner could capture the socket.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{is_root, precogd, skip_unless};
+
+const NOBODY: u32 = 65534;
+
+/// A shared temporary directory like /tmp (sticky, open to all), with nobody's home and a
+/// configuration nobody can read.
+fn shared_tmp() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = tmp.path().join("precogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncgroup_parent = \"{}\"\nallowed_groups = []\n\
+             [[pool]]\nname = \"shop\"\nwarm_min = 0\n",
+            common::cgroup_parent()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (tmp, config)
+}
+
+/// precogd as nobody, with `tmp` as its temporary directory and no XDG directories.
+fn precogd_as_nobody(tmp: &Path, config: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(precogd());
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--bus", "none"])
+        .env("TMPDIR", tmp)
+        .env("HOME", tmp.join("home"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("JOURNAL_STREAM")
+        .current_dir("/")
+        .uid(NOBODY)
+        .gid(NOBODY);
+    cmd
+}
+
+fn preconditions() -> bool {
+    !skip_unless(is_root(), "needs root to start precogd as nobody")
+}
+
+#[test]
+fn a_runtime_directory_another_user_made_first_stops_the_start() {
+    if !preconditions() {
+        return;
+    }
+    let (tmp, config) = shared_tmp();
+    let dir = tmp.path().join(format!("precog-{NOBODY}"));
+    // Made by root, open to all: root could swap the socket nobody's daemon makes there.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = precogd_as_nobody(tmp.path(), &config)
+        .output()
+        .expect("start precogd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "precogd started: {err}");
+    assert!(err.contains("belongs to uid 0"), "{err}");
+    assert!(err.contains("XDG_RUNTIME_DIR"), "{err}");
+    assert!(
+        !dir.join("precog").exists(),
+        "precogd made its socket directory in it"
+    );
+
+    // A link by that name, to a directory nobody owns, is refused too.
+    std::fs::remove_dir(&dir).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::chown(&elsewhere, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    let out = precogd_as_nobody(tmp.path(), &config)
+        .output()
+        .expect("start precogd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "precogd started: {err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    assert!(
+        !elsewhere.join("precog").exists(),
+        "precogd followed the link"
+    );
+}
+
+#[test]
+fn the_runtime_directory_is_made_private_and_serves_the_socket() {
+    if !preconditions() {
+        return;
+    }
+    let (tmp, config) = shared_tmp();
+    let mut child = precogd_as_nobody(tmp.path(), &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start precogd");
+    let dir = tmp.path().join(format!("precog-{NOBODY}"));
+    let socket = dir.join("precog/precogd.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answered = loop {
+        if let Ok(mut conn) = common::Conn::open(&socket) {
+            break conn.call(&serde_json::json!({"op": "ping"}));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no socket at {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let meta = std::fs::symlink_metadata(&dir).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert_eq!(answered["ok"], serde_json::json!(true), "{answered}");
+    assert_eq!(meta.uid(), NOBODY);
+    assert_eq!(meta.mode() & 0o777, 0o700);
+}
