@@ -54,6 +54,16 @@ fn precogd_as_nobody(tmp: &Path, config: &Path) -> Command {
     cmd
 }
 
+/// Starts precogd as nobody, which must refuse to start; its stderr.
+fn refused_start(tmp: &Path, config: &Path) -> String {
+    let out = precogd_as_nobody(tmp, config)
+        .output()
+        .expect("start precogd");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "precogd started: {err}");
+    err
+}
+
 fn preconditions() -> bool {
     !skip_unless(is_root(), "needs root to start precogd as nobody")
 }
@@ -68,11 +78,7 @@ fn a_runtime_directory_another_user_made_first_stops_the_start() {
     // Made by root, open to all: root could swap the socket nobody's daemon makes there.
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = precogd_as_nobody(tmp.path(), &config)
-        .output()
-        .expect("start precogd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "precogd started: {err}");
+    let err = refused_start(tmp.path(), &config);
     assert!(err.contains("belongs to uid 0"), "{err}");
     assert!(err.contains("XDG_RUNTIME_DIR"), "{err}");
     assert!(
@@ -86,11 +92,7 @@ fn a_runtime_directory_another_user_made_first_stops_the_start() {
     std::fs::create_dir(&elsewhere).unwrap();
     std::os::unix::fs::chown(&elsewhere, Some(NOBODY), Some(NOBODY)).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
-    let out = precogd_as_nobody(tmp.path(), &config)
-        .output()
-        .expect("start precogd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "precogd started: {err}");
+    let err = refused_start(tmp.path(), &config);
     assert!(err.contains("is not a directory"), "{err}");
     assert!(
         !elsewhere.join("precog").exists(),
