@@ -12,6 +12,21 @@ use clap_complete::Shell;
 
 use crate::control::Bus;
 
+/// The runtime directory of a precogd that does not run as root, where precogctl looks for its
+/// socket too: `$XDG_RUNTIME_DIR`, else [`fallback_runtime_dir`].
+pub fn user_runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(fallback_runtime_dir)
+}
+
+/// The runtime directory when `XDG_RUNTIME_DIR` is not set: in the shared temporary directory,
+/// named after the user. precogd makes it private, and refuses one another user made.
+pub fn fallback_runtime_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("precog-{}", nix::unistd::getuid().as_raw()))
+}
+
 /// precogd's command line.
 #[derive(Parser, Debug, Clone)]
 #[command(

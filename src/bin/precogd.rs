@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use precog::cgroup::{CgroupError, Cgroups};
-use precog::cli::DaemonArgs;
+use precog::cli::{self, DaemonArgs};
 use precog::config::{self, Config};
 use precog::control::{self, ReloadRequest};
 use precog::engine::{self, EngineHandle, EngineParts};
@@ -134,16 +134,10 @@ fn user_dirs() -> (PathBuf, PathBuf, PathBuf) {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let runtime = env_dir("XDG_RUNTIME_DIR").unwrap_or_else(fallback_runtime_dir);
+    let runtime = cli::user_runtime_dir();
     let cache = env_dir("XDG_CACHE_HOME").unwrap_or_else(|| home.join(".cache"));
     let state = env_dir("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state"));
     (runtime, cache, state)
-}
-
-/// The per-user runtime directory when `XDG_RUNTIME_DIR` is not set: in the shared temporary
-/// directory, named after the user.
-fn fallback_runtime_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("precog-{}", nix::unistd::getuid().as_raw()))
 }
 
 /// Makes `dir` with mode 0700, or takes it as it is if this user owns it and closes it to
@@ -321,7 +315,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
     let (listener, own_socket) = match systemd::take_listen_fd() {
         Some(fd) => (server::from_systemd(fd)?, None),
         None => {
-            let shared = fallback_runtime_dir();
+            let shared = cli::fallback_runtime_dir();
             if !nix::unistd::geteuid().is_root() && cfg.daemon.socket.starts_with(&shared) {
                 claim_private_dir(&shared)?;
             }

@@ -109,11 +109,5 @@ pub fn default_socket() -> PathBuf {
     if nix::unistd::geteuid().is_root() || system.exists() {
         return system;
     }
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("precog-{}", nix::unistd::getuid().as_raw()))
-        });
-    runtime.join("precog/precogd.sock")
+    precog::cli::user_runtime_dir().join("precog/precogd.sock")
 }
