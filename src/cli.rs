@@ -27,6 +27,29 @@ pub fn fallback_runtime_dir() -> PathBuf {
     std::env::temp_dir().join(format!("precog-{}", nix::unistd::getuid().as_raw()))
 }
 
+/// Why `dir` (a per-user runtime directory in the shared temporary directory) is not this user's
+/// own, if it is not: another user, or a link by its name, could stand in for precogd there.
+/// `None` when it is a directory this user owns, or does not exist.
+pub fn foreign_runtime_dir(dir: &Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    Ok(if !meta.file_type().is_dir() {
+        Some("is not a directory".to_string())
+    } else if meta.uid() != uid {
+        Some(format!(
+            "belongs to uid {}, not to this user (uid {uid})",
+            meta.uid()
+        ))
+    } else {
+        None
+    })
+}
+
 /// precogd's command line.
 #[derive(Parser, Debug, Clone)]
 #[command(

@@ -1,6 +1,7 @@
 //! Black-box: an unprivileged precogd without `XDG_RUNTIME_DIR` puts its socket under
 //! `$TMPDIR/precog-<uid>`, a directory it makes private; one another user made first (or a link
-//! by that name) stops the start, since its owner could capture the socket.
+//! by that name) stops the start, since its owner could capture the socket; precogctl will not
+//! talk to a socket in such a directory either.
 
 mod common;
 
@@ -35,23 +36,41 @@ fn shared_tmp() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, config)
 }
 
-/// precogd as nobody, with `tmp` as its temporary directory and no XDG directories.
-fn precogd_as_nobody(tmp: &Path, config: &Path) -> Command {
+/// `program` as nobody, with `tmp` as its temporary directory and no XDG directories.
+fn as_nobody(program: &str, tmp: &Path) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(precogd());
-    cmd.arg("--config")
-        .arg(config)
-        .args(["--bus", "none"])
-        .env("TMPDIR", tmp)
+    let mut cmd = Command::new(program);
+    cmd.env("TMPDIR", tmp)
         .env("HOME", tmp.join("home"))
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("XDG_CACHE_HOME")
         .env_remove("XDG_STATE_HOME")
+        .env_remove("PRECOG_SOCKET")
         .env_remove("JOURNAL_STREAM")
         .current_dir("/")
         .uid(NOBODY)
         .gid(NOBODY);
     cmd
+}
+
+/// precogd as nobody, with `tmp` as its temporary directory and no XDG directories.
+fn precogd_as_nobody(tmp: &Path, config: &Path) -> Command {
+    let mut cmd = as_nobody(precogd(), tmp);
+    cmd.arg("--config").arg(config).args(["--bus", "none"]);
+    cmd
+}
+
+/// `precogctl ping` as nobody on `socket`: whether it succeeded, and what it printed.
+fn ping_as_nobody(tmp: &Path, socket: &Path) -> (bool, String) {
+    let out = as_nobody(env!("CARGO_BIN_EXE_precogctl"), tmp)
+        .arg("--socket")
+        .arg(socket)
+        .arg("ping")
+        .output()
+        .expect("run precogctl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
 /// Starts precogd as nobody, which must refuse to start; its stderr.
@@ -101,6 +120,41 @@ fn a_runtime_directory_another_user_made_first_stops_the_start() {
 }
 
 #[test]
+fn precogctl_does_not_talk_to_a_socket_in_a_runtime_directory_another_user_made() {
+    if !preconditions() {
+        return;
+    }
+    let (tmp, _config) = shared_tmp();
+    let dir = tmp.path().join(format!("precog-{NOBODY}"));
+    std::fs::create_dir_all(dir.join("precog")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.join("precog/precogd.sock");
+    // Root's stand-in for precogd, open to all, answering like it.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = reached.clone();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for conn in listener.incoming().flatten() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&conn).read_line(&mut line);
+            let _ = (&conn).write_all(b"{\"ok\":true,\"version\":1}\n");
+        }
+    });
+
+    let (ok, text) = ping_as_nobody(tmp.path(), &socket);
+    assert!(!ok, "precogctl used the socket: {text}");
+    assert!(text.contains("belongs to uid 0"), "{text}");
+    assert!(text.contains("XDG_RUNTIME_DIR"), "{text}");
+    assert!(
+        !reached.load(std::sync::atomic::Ordering::SeqCst),
+        "precogctl connected to the stand-in"
+    );
+}
+
+#[test]
 fn the_runtime_directory_is_made_private_and_serves_the_socket() {
     if !preconditions() {
         return;
@@ -126,6 +180,7 @@ fn the_runtime_directory_is_made_private_and_serves_the_socket() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let meta = std::fs::symlink_metadata(&dir).unwrap();
+    let pinged = ping_as_nobody(tmp.path(), &socket);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -134,4 +189,5 @@ fn the_runtime_directory_is_made_private_and_serves_the_socket() {
     assert_eq!(answered["ok"], serde_json::json!(true), "{answered}");
     assert_eq!(meta.uid(), NOBODY);
     assert_eq!(meta.mode() & 0o777, 0o700);
+    assert!(pinged.0, "precogctl ping as nobody: {}", pinged.1);
 }

@@ -150,28 +150,23 @@ fn claim_private_dir(dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
     }
-    let meta = std::fs::symlink_metadata(dir)
+    let foreign = cli::foreign_runtime_dir(dir)
         .with_context(|| format!("cannot read the owner of {}", dir.display()))?;
-    let uid = nix::unistd::getuid().as_raw();
-    let why = if !meta.file_type().is_dir() {
-        "is not a directory".to_string()
-    } else if meta.uid() != uid {
-        format!(
-            "belongs to uid {}, not to this user (uid {uid})",
-            meta.uid()
+    if let Some(why) = foreign {
+        anyhow::bail!(
+            "{} {why}: another user may have made it to capture precogd's socket; remove it, or \
+             set XDG_RUNTIME_DIR or daemon.socket",
+            dir.display()
         )
-    } else {
-        if meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot close {} to other users", dir.display()))?;
-        }
-        return Ok(());
-    };
-    anyhow::bail!(
-        "{} {why}: another user may have made it to capture precogd's socket; remove it, or set \
-         XDG_RUNTIME_DIR or daemon.socket",
-        dir.display()
-    )
+    }
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the mode of {}", dir.display()))?
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot close {} to other users", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Finds the cgroup subtree for the pools and clears what a crashed earlier run left there.

@@ -16,6 +16,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> anyhow::Result<Client> {
+        refuse_foreign_runtime_dir(path)?;
         let stream = UnixStream::connect(path).map_err(|e| {
             let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 access_advice(path)
@@ -63,6 +64,26 @@ impl Client {
             let msg = reply["error"]["message"].as_str().unwrap_or("");
             bail!("{code}: {msg}")
         }
+    }
+}
+
+/// A socket in the per-user runtime directory under the shared temporary directory is only
+/// trusted when that directory is this user's own: another user who made it first could answer
+/// there in precogd's place and read every request.
+fn refuse_foreign_runtime_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = precog::cli::fallback_runtime_dir();
+    if !path.starts_with(&dir) {
+        return Ok(());
+    }
+    match precog::cli::foreign_runtime_dir(&dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => bail!(
+            "will not use {}: {} {why}, so the socket in it may not be precogd's; remove it, or \
+             set XDG_RUNTIME_DIR or --socket",
+            path.display(),
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read the owner of {}", dir.display())),
     }
 }
 
