@@ -18,6 +18,19 @@ pub enum PostalError {
     },
 }
 
+/// The most characters of a refused input that an error message quotes: no postal code or
+/// country name comes near it, and a message must not carry a whole oversized input back (the
+/// refused result holds it already).
+const QUOTED_MAX: usize = 32;
+
+/// `input` as an error message quotes it: cut after [`QUOTED_MAX`] characters, with `…`.
+fn quoted(input: &str) -> String {
+    match input.char_indices().nth(QUOTED_MAX) {
+        Some((cut, _)) => format!("{}…", &input[..cut]),
+        None => input.to_owned(),
+    }
+}
+
 /// Countries with rules, as listed in error messages.
 pub const SUPPORTED: &str = "AT, BE, CA, CH, DE, DK, ES, FR, GB, IT, JP, NL, PL, SE, US";
 
@@ -57,7 +70,7 @@ pub fn country_code(country: &str) -> Result<&'static str, PostalError> {
         .iter()
         .find(|c| **c == code)
         .copied()
-        .ok_or(PostalError::UnsupportedCountry(country.trim().to_owned()))
+        .ok_or_else(|| PostalError::UnsupportedCountry(quoted(country.trim())))
 }
 
 /// Checks `postal_code` against the rules of `country` and normalises it.
@@ -66,7 +79,7 @@ pub fn validate(country: &str, postal_code: &str) -> Result<PostalCode, PostalEr
     let code = compact(postal_code);
     let bad = |rule: &'static str| PostalError::BadFormat {
         country,
-        postal_code: postal_code.trim().to_owned(),
+        postal_code: quoted(postal_code.trim()),
         rule,
     };
 
@@ -347,5 +360,23 @@ mod tests {
         let code = validate("DE", "34117").unwrap();
         assert_eq!(code.leading_number(2), Some(34));
         assert_eq!(validate("GB", "SW1A 1AA").unwrap().leading_number(2), None);
+    }
+
+    #[test]
+    fn a_refusal_quotes_at_most_the_start_of_an_oversized_input() {
+        let long = "1".repeat(100_000);
+        let refused = validate("DE", &long).unwrap_err().to_string();
+        assert!(refused.len() < 200, "{refused}");
+        assert!(
+            refused.contains(&format!("{}…", "1".repeat(QUOTED_MAX))),
+            "{refused}"
+        );
+        let refused = validate(&"X".repeat(5_000), "10115")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.len() < 300, "{refused}");
+        // Short inputs are quoted whole.
+        let refused = validate("DE", "1234").unwrap_err().to_string();
+        assert!(refused.contains("\"1234\""), "{refused}");
     }
 }
