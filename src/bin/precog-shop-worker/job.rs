@@ -119,6 +119,11 @@ pub fn salvage_job_id(line: &[u8]) -> Value {
         .take_while(|b| b.is_ascii_digit())
         .copied()
         .collect();
+    // The number must end where the digits do: `1e400` or `1.5` is no job id 1.
+    let after = rest.get(digits.len()).copied();
+    if after.is_some_and(|b| !(b.is_ascii_whitespace() || b == b',' || b == b'}')) {
+        return Value::Null;
+    }
     std::str::from_utf8(&digits)
         .ok()
         .and_then(|d| d.parse::<u64>().ok())
@@ -200,6 +205,13 @@ mod tests {
 
         assert_eq!(salvage_job_id(b"hello"), Value::Null);
         assert_eq!(salvage_job_id(b"{\"job\":\"x\""), Value::Null);
+        // Numbers that are no job id, however they start.
+        let rejected = decode(br#"{"job":1e400,"process":"x"}"#).unwrap_err();
+        assert!(matches!(rejected.error, FrameError::BadJson(_)));
+        assert_eq!(rejected.id, Value::Null);
+        assert_eq!(salvage_job_id(b"{\"job\":1.5,"), Value::Null);
+        assert_eq!(salvage_job_id(b"{\"job\": 7 , \"x\":}"), json!(7));
+        assert_eq!(salvage_job_id(b"{\"job\":8}x"), json!(8));
     }
 
     #[test]
