@@ -190,6 +190,22 @@ fn parse_utc(s: &str) -> Option<u64> {
     if d.len() != 3 || t.len() != 3 {
         return None;
     }
+    let leap = d[0] % 4 == 0 && (d[0] % 100 != 0 || d[0] % 400 == 0);
+    let month_days = match d[1] {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    let in_range = (1970..=9999).contains(&d[0])
+        && (1..=12).contains(&d[1])
+        && (1..=month_days).contains(&d[2])
+        && (0..24).contains(&t[0])
+        && (0..60).contains(&t[1])
+        && (0..60).contains(&t[2]);
+    if !in_range {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm).
     let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
     let era = y.div_euclid(400);
@@ -342,5 +358,21 @@ mod tests {
             Some(1_569_888_000_000)
         );
         assert_eq!(parse_utc("yesterday"), None);
+        assert_eq!(
+            parse_utc("2020-02-29 23:59:59 UTC"),
+            Some(1_583_020_799_000)
+        );
+        for bad in [
+            "2019-13-01 00:00:00 UTC",
+            "2019-02-29 00:00:00 UTC",
+            "2019-04-31 00:00:00 UTC",
+            "2019-10-00 00:00:00 UTC",
+            "2019-10-01 24:00:00 UTC",
+            "2019-10-01 00:60:00 UTC",
+            "2019-10-01 00:00:-1 UTC",
+            "1969-12-31 23:59:59 UTC",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
     }
 }
