@@ -34,7 +34,9 @@
 //! scheduling class, `nice-loop` in the batch class at nice 19. The first yields to every other
 //! task at once, but its CPU counts as idle when the kernel places a waking task; the second only
 //! has the lowest weight. (On the VM this was written on, the first cost on-demand p99 over four
-//! times, the second nothing; see `src/pool/priority.rs`.)
+//! times, the second nothing; see `src/pool/priority.rs`.) `leaf-loop` runs the loop where a
+//! guess runs: in a cgroup leaf at the lowest weight, two levels down (cgroup v1, as root). What
+//! it costs is what speculation's CPU time costs real requests with nothing of precog in it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -363,14 +365,17 @@ fn main() -> anyhow::Result<()> {
         None => None,
         Some("idle-loop") => Some(LoopClass::Idle),
         Some("nice-loop") => Some(LoopClass::Nice),
+        Some("leaf-loop") => Some(LoopClass::Leaf),
         Some(other) => {
-            bail!("the sixth argument is `idle-loop`, `nice-loop` or nothing: `{other}`")
+            bail!(
+                "the sixth argument is `idle-loop`, `nice-loop`, `leaf-loop` or nothing: `{other}`"
+            )
         }
     };
     if let Some(extra) = args.next() {
         bail!(
             "unexpected argument `{extra}`: \
-             [sessions] [clients] [rounds] [elastic|fixed] [guess_cpu_ms] [idle-loop|nice-loop]"
+             [sessions] [clients] [rounds] [elastic|fixed] [guess_cpu_ms] [idle-loop|nice-loop|leaf-loop]"
         );
     }
     let exe = std::env::current_exe()?;
@@ -387,6 +392,9 @@ fn main() -> anyhow::Result<()> {
     }
 
     let python = python()?;
+    if let Some(class) = idle_loop {
+        busy_loop::prepare(class)?;
+    }
     let daemons = [
         Daemon::start(&precogd, &python, false, fixed)?,
         Daemon::start(&precogd, &python, idle_loop.is_none(), fixed)?,
@@ -403,6 +411,7 @@ fn main() -> anyhow::Result<()> {
             "control: no speculation; `on` rounds run a busy loop ({})",
             match idle_loop {
                 Some(LoopClass::Idle) => "idle class",
+                Some(LoopClass::Leaf) => "cgroup leaf at the lowest weight",
                 _ => "batch class, nice 19",
             }
         );

@@ -23,6 +23,12 @@
 //! and 1.13); and a 100 ms scheduling slice for them, so that a waking task with the default
 //! slice preempts them at once (1.35 and 1.09, against 1.12 and 1.10).
 //!
+//! What is left is what any CPU-bound work beside real requests costs on the VM this was
+//! measured on: `ondemand_bench … leaf-loop`, a busy loop in a leaf at the lowest weight as a
+//! guess runs, gave 1.06 to 1.13 over four 24-round runs, and the nice-19 loop outside any
+//! cgroup 0.98 to 1.12 over three; speculation gave 1.18 in the same hour. Holding the loop on
+//! one CPU, or lowering its parent cgroups too, made no difference that showed.
+//!
 //! Tried before, in the idle class, and dropped: the pool's cgroup in the idle class too (no
 //! difference alone; three times worse with its parent as well, and clearing `cpu.idle` resets
 //! the cgroup's weight); a scheduling slice of its own for a guessing worker or for precogd
