@@ -74,6 +74,40 @@ request() {
         print scalar(<$s>);' "$SOCK" "$1"
 }
 
+# The cpu.weight of each worker leaf in the e2e pool.
+leaf_weights() { cat "$(pool_cgroup e2e)"/*/cpu.weight 2>/dev/null | tr '\n' ' '; }
+
+# wait_for_leaf_weight W: within 10 s, a worker leaf of the e2e pool has cpu.weight W.
+wait_for_leaf_weight() {
+    local i
+    for i in $(seq 100); do
+        case " $(leaf_weights) " in *" $1 "*) return 0 ;; esac
+        sleep 0.1
+    done
+    echo "worker leaves' cpu.weight: $(leaf_weights); expected $1"
+    return 1
+}
+
+# An event makes `spin`'s input known and a hint makes it likely: precog runs it as a guess,
+# whose worker leaf gets the lowest weight while nobody waits for it.
+guess_runs_at_the_lowest_weight() {
+    request '{"op":"event","session":"guess","type":"page_view","attrs":{"ms":6000}}' \
+        >/dev/null || return 1
+    request '{"op":"hint","session":"guess","predictions":[{"process":"spin","p":0.99}]}' \
+        >/dev/null || return 1
+    wait_for_leaf_weight 1
+}
+
+# A run that asks for the guess joins it, and the worker gets the default weight back.
+joined_guess_gets_the_default_weight() {
+    local pid out=/run/precog-e2e-join
+    precogctl --socket $SOCK run spin --session guess ms=6000 >"$out" 2>&1 &
+    pid=$!
+    wait_for_leaf_weight 100 || { wait "$pid"; return 1; }
+    wait "$pid" || { cat "$out"; return 1; }
+    grep -q 'served: inflight' "$out" || { cat "$out"; return 1; }
+}
+
 hog_is_killed_as_oom() {
     local reply
     reply=$(request '{"op":"run","session":"vm","process":"hog","inputs":{"mb":200}}') || return 1
@@ -119,6 +153,10 @@ check "shop workers run as precog-worker" workers_run_as_precog_worker shop
 check "e2e workers run as precog-worker" workers_run_as_precog_worker e2e
 check "validate_postal_code runs on the shop pool" precogctl --socket $SOCK run \
     validate_postal_code --session vm country=DE postal_code=10115
+
+check "a guess runs with its worker leaf at cpu.weight 1" guess_runs_at_the_lowest_weight
+check "a run joining the guess puts the leaf back to cpu.weight 100" \
+    joined_guess_gets_the_default_weight
 
 check "a CPU-bound job under a 20% quota gets about a fifth of a core" burn_gets_a_fifth_of_a_core
 echo "measured: $(cat /run/precog-e2e-cpu-share 2>/dev/null)"
