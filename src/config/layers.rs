@@ -361,6 +361,35 @@ mod tests {
     }
 
     #[test]
+    fn session_and_prediction_settings_that_would_lose_work_are_refused() {
+        for (text, key, says) in [
+            (
+                "[sessions]\nidle = \"0s\"\n",
+                "sessions.idle",
+                "at least 1s",
+            ),
+            ("[sessions]\nmax = 0\n", "sessions.max", "at least 1"),
+            ("[predict]\nhot_path = 0\n", "predict.hot_path", "1 to 64"),
+            ("[predict]\nhot_path = 65\n", "predict.hot_path", "1 to 64"),
+            (
+                "[predict]\nsave_interval = \"0s\"\n",
+                "predict.save_interval",
+                "at least 1s",
+            ),
+        ] {
+            let e = load_sources(&[Source::builtin(), src("/etc/x.toml", text)]).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.starts_with("/etc/x.toml:2: "), "{text}: {shown}");
+            assert!(
+                shown.contains(key) && shown.contains(says),
+                "{text}: {shown}"
+            );
+        }
+        let edge = "[sessions]\nidle = \"1s\"\nmax = 1\n[predict]\nhot_path = 64\n";
+        assert!(load_sources(&[Source::builtin(), src("/etc/x.toml", edge)]).is_ok());
+    }
+
+    #[test]
     fn pool_names_that_cgroups_cannot_hold_are_refused() {
         for name in [
             "tasks",

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 use super::{Command, Engine, EngineHandle, json_map};
+use crate::config::MAX_HOT_PATH;
 
 /// Something that happened that an operator may want to see as it happens.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,9 +193,10 @@ impl Engine {
                 "hot_path" => {
                     predict.hot_path = v
                         .as_u64()
-                        .filter(|n| (1..=64).contains(n))
-                        .ok_or("hot_path must be a whole number from 1 to 64")?
-                        as usize;
+                        .filter(|&n| (1..=MAX_HOT_PATH as u64).contains(&n))
+                        .ok_or_else(|| {
+                            format!("hot_path must be a whole number from 1 to {MAX_HOT_PATH}")
+                        })? as usize;
                 }
                 "threshold" => {
                     threshold = Some(
