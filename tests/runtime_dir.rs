@@ -191,3 +191,49 @@ fn the_runtime_directory_is_made_private_and_serves_the_socket() {
     assert_eq!(meta.mode() & 0o777, 0o700);
     assert!(pinged.0, "precogctl ping as nobody: {}", pinged.1);
 }
+
+/// Root's stand-in for precogd at `socket`, open to all; tells whether anyone connected.
+fn stand_in(socket: &Path) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = reached.clone();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for conn in listener.incoming().flatten() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&conn).read_line(&mut line);
+            let _ = (&conn).write_all(b"{\"ok\":true,\"version\":1}\n");
+        }
+    });
+    reached
+}
+
+#[test]
+fn precogctl_does_not_talk_to_another_users_server_inside_its_own_runtime_directory() {
+    if !preconditions() {
+        return;
+    }
+    let (tmp, _config) = shared_tmp();
+    let dir = tmp.path().join(format!("precog-{NOBODY}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // nobody's own directory, but the `precog` directory in it is root's.
+    std::fs::create_dir(dir.join("precog")).unwrap();
+    let socket = dir.join("precog/precogd.sock");
+    let reached = stand_in(&socket);
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let roundabout = other
+        .join("..")
+        .join(format!("precog-{NOBODY}/precog/precogd.sock"));
+    for path in [socket.clone(), roundabout] {
+        let (ok, text) = ping_as_nobody(tmp.path(), &path);
+        assert!(!ok, "precogctl used {}: {text}", path.display());
+        assert!(text.contains("served by uid 0"), "{text}");
+    }
+    // Reached and refused: the check is on who answers, not on the path alone.
+    assert!(reached.load(std::sync::atomic::Ordering::SeqCst));
+}

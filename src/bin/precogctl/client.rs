@@ -16,7 +16,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> anyhow::Result<Client> {
-        refuse_foreign_runtime_dir(path)?;
+        let in_runtime_dir = refuse_foreign_runtime_dir(path)?;
         let stream = UnixStream::connect(path).map_err(|e| {
             let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 access_advice(path)
@@ -28,6 +28,9 @@ impl Client {
                 path.display()
             ))
         })?;
+        if in_runtime_dir {
+            refuse_foreign_server(&stream, path)?;
+        }
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
@@ -69,14 +72,15 @@ impl Client {
 
 /// A socket in the per-user runtime directory under the shared temporary directory is only
 /// trusted when that directory is this user's own: another user who made it first could answer
-/// there in precogd's place and read every request.
-fn refuse_foreign_runtime_dir(path: &Path) -> anyhow::Result<()> {
+/// there in precogd's place and read every request. Returns whether `path` is in that directory,
+/// named as it is or through `..`, links or a relative path.
+fn refuse_foreign_runtime_dir(path: &Path) -> anyhow::Result<bool> {
     let dir = precog::cli::fallback_runtime_dir();
-    if !path.starts_with(&dir) {
-        return Ok(());
+    if !in_dir(path, &dir) {
+        return Ok(false);
     }
     match precog::cli::foreign_runtime_dir(&dir) {
-        Ok(None) => Ok(()),
+        Ok(None) => Ok(true),
         Ok(Some(why)) => bail!(
             "will not use {}: {} {why}, so the socket in it may not be precogd's; remove it, or \
              set XDG_RUNTIME_DIR or --socket",
@@ -85,6 +89,46 @@ fn refuse_foreign_runtime_dir(path: &Path) -> anyhow::Result<()> {
         ),
         Err(e) => Err(e).with_context(|| format!("cannot read the owner of {}", dir.display())),
     }
+}
+
+/// Whether `path` lies in `dir`, as written or once the links and `..` on the way to both are
+/// resolved.
+fn in_dir(path: &Path, dir: &Path) -> bool {
+    if path.starts_with(dir) {
+        return true;
+    }
+    let resolved = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    let Some(resolved) = resolved else {
+        return false;
+    };
+    // The directory by its own name, and where it leads if it is a link.
+    let named = std::fs::canonicalize(dir.parent().unwrap_or(dir))
+        .ok()
+        .zip(dir.file_name())
+        .map(|(parent, name)| parent.join(name));
+    [named, std::fs::canonicalize(dir).ok()]
+        .into_iter()
+        .flatten()
+        .any(|d| resolved.starts_with(d))
+}
+
+/// The process serving a socket in the per-user runtime directory must be this user's own: a
+/// directory inside it, or the directory itself, may be a link or another user's, or be swapped
+/// while precogctl looks, and only the kernel's word on the peer settles who answers.
+fn refuse_foreign_server(stream: &UnixStream, path: &Path) -> anyhow::Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let uid = nix::unistd::getuid().as_raw();
+    let cred = getsockopt(stream, PeerCredentials)
+        .with_context(|| format!("cannot tell who serves {}", path.display()))?;
+    if cred.uid() != uid {
+        bail!(
+            "will not use {}: it is served by uid {}, not by this user (uid {uid}), so it may \
+             not be precogd's; remove it, or set XDG_RUNTIME_DIR or --socket",
+            path.display(),
+            cred.uid()
+        );
+    }
+    Ok(())
 }
 
 /// What a user refused the socket (EACCES) should do: join the group that owns it.
