@@ -73,13 +73,37 @@ fn ping_as_nobody(tmp: &Path, socket: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Starts precogd as nobody, which must refuse to start; its stderr.
+/// Starts precogd as nobody, which must refuse to start; its stderr. One that is still running
+/// after 20 s started: it is stopped and the test fails.
 fn refused_start(tmp: &Path, config: &Path) -> String {
-    let out = precogd_as_nobody(tmp, config)
-        .output()
+    use std::io::Read;
+    let mut child = precogd_as_nobody(tmp, config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("start precogd");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "precogd started: {err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for precogd") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "precogd started: {err}"
+    );
     err
 }
 
@@ -116,6 +140,26 @@ fn a_runtime_directory_another_user_made_first_stops_the_start() {
     assert!(
         !elsewhere.join("precog").exists(),
         "precogd followed the link"
+    );
+
+    // nobody's own directory, but the `precog/` inside it a link to root's, put there while
+    // it was open to all.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let roots = tmp.path().join("roots");
+    std::fs::create_dir(&roots).unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::symlink(&roots, dir.join("precog")).unwrap();
+    let err = refused_start(tmp.path(), &config);
+    assert!(
+        err.contains("precog-65534/precog is not a directory"),
+        "{err}"
+    );
+    assert!(
+        !roots.join("precogd.sock").exists(),
+        "precogd made its socket through the link"
     );
 }
 

@@ -169,6 +169,28 @@ fn claim_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The directories between the claimed runtime directory and the socket (`precog/`) must be
+/// this user's own too: one made, or linked elsewhere, while the runtime directory was still
+/// open to others would let their owner swap the socket.
+fn refuse_foreign_dirs_within(runtime: &Path, socket: &Path) -> anyhow::Result<()> {
+    let inner = socket
+        .ancestors()
+        .skip(1)
+        .take_while(|d| d.starts_with(runtime) && *d != runtime);
+    for dir in inner {
+        let foreign = cli::foreign_runtime_dir(dir)
+            .with_context(|| format!("cannot read the owner of {}", dir.display()))?;
+        if let Some(why) = foreign {
+            anyhow::bail!(
+                "{} {why}: another user may have put it there to capture precogd's socket; \
+                 remove it, or set XDG_RUNTIME_DIR or daemon.socket",
+                dir.display()
+            )
+        }
+    }
+    Ok(())
+}
+
 /// Finds the cgroup subtree for the pools and clears what a crashed earlier run left there.
 /// Without one, precog still runs; it says so once. A subtree another running precogd holds is
 /// an error: clearing it would kill that daemon's workers.
@@ -313,6 +335,7 @@ async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
             let shared = cli::fallback_runtime_dir();
             if !nix::unistd::geteuid().is_root() && cfg.daemon.socket.starts_with(&shared) {
                 claim_private_dir(&shared)?;
+                refuse_foreign_dirs_within(&shared, &cfg.daemon.socket)?;
             }
             let group = cfg.daemon.socket_group.as_deref();
             let l = server::bind(&cfg.daemon.socket, cfg.daemon.socket_mode.0, group)?;
