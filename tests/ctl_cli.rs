@@ -192,3 +192,24 @@ fn a_user_the_socket_refuses_is_told_which_group_to_join() {
     let reply: Value = daemon.call(json!({"op": "ping"}));
     assert_eq!(reply["ok"], true);
 }
+
+#[test]
+fn a_path_that_is_no_socket_is_called_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("precogd.toml");
+    std::fs::write(&file, "").expect("write");
+    let (ok, _, err) = output(precogctl().arg("--socket").arg(&file).arg("ping"));
+    assert!(!ok);
+    assert!(err.contains("that is not a socket"), "{err}");
+    assert!(!err.contains("is it running"), "{err}");
+
+    // Nothing at the path: the daemon may not be running.
+    let (ok, _, err) = output(
+        precogctl()
+            .arg("--socket")
+            .arg(dir.path().join("none.sock"))
+            .arg("ping"),
+    );
+    assert!(!ok);
+    assert!(err.contains("is it running"), "{err}");
+}

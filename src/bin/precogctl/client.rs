@@ -18,8 +18,14 @@ impl Client {
     pub fn connect(path: &Path) -> anyhow::Result<Client> {
         let in_runtime_dir = refuse_foreign_runtime_dir(path)?;
         let stream = UnixStream::connect(path).map_err(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            let not_a_socket = std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket());
             let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 access_advice(path)
+            } else if not_a_socket {
+                "that is not a socket: name precogd's socket (`daemon.socket`, or precogd's \
+                 --socket)"
+                    .to_string()
             } else {
                 "is it running? (start it with `precogd`, or pass --socket)".to_string()
             };
