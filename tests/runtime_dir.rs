@@ -173,20 +173,7 @@ fn precogctl_does_not_talk_to_a_socket_in_a_runtime_directory_another_user_made(
     std::fs::create_dir_all(dir.join("precog")).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.join("precog/precogd.sock");
-    // Root's stand-in for precogd, open to all, answering like it.
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = reached.clone();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, Write};
-        for conn in listener.incoming().flatten() {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(&conn).read_line(&mut line);
-            let _ = (&conn).write_all(b"{\"ok\":true,\"version\":1}\n");
-        }
-    });
+    let reached = stand_in(&socket);
 
     let (ok, text) = ping_as_nobody(tmp.path(), &socket);
     assert!(!ok, "precogctl used the socket: {text}");

@@ -374,8 +374,8 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(extra) = args.next() {
         bail!(
-            "unexpected argument `{extra}`: \
-             [sessions] [clients] [rounds] [elastic|fixed] [guess_cpu_ms] [idle-loop|nice-loop|leaf-loop]"
+            "unexpected argument `{extra}`: [sessions] [clients] [rounds] [elastic|fixed] \
+             [guess_cpu_ms] [idle-loop|nice-loop|leaf-loop]"
         );
     }
     let exe = std::env::current_exe()?;
