@@ -175,6 +175,33 @@ fn only_allowed_groups_are_served_and_others_are_told_forbidden() {
 }
 
 #[test]
+fn allowed_names_that_do_not_exist_let_nobody_in() {
+    if !preconditions() {
+        return;
+    }
+    let mut d = Daemon::start("");
+    // A list of names none of which exist (a typo, a user since removed) is not an empty list:
+    // the socket must not open to everyone.
+    restart_with_drop_in(
+        &mut d,
+        "allowed_users = [\"no-such-precog-user\"]\nallowed_groups = [\"no-such-precog-group\"]",
+    );
+    let outsider = call_as(NOBODY, NOBODY, &d, &[json!({"id": 1, "op": "ping"})]);
+    assert_eq!(
+        outsider[0]["error"]["code"],
+        json!("forbidden"),
+        "{outsider:?}"
+    );
+    assert!(
+        d.log()
+            .contains("none of the allowed users and groups exist"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}
+
+#[test]
 fn one_users_results_are_never_served_to_another() {
     if !preconditions() {
         return;

@@ -64,12 +64,18 @@ pub enum ServerError {
 pub struct Access {
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,
+    /// Users or groups were named. Names that do not exist let nobody in; they never open the
+    /// socket to everyone, as empty lists do.
+    pub restricted: bool,
 }
 
 impl Access {
     /// Resolves configured names; names that do not exist are skipped with a warning.
     pub fn resolve(users: &[String], groups: &[String]) -> Access {
-        let mut a = Access::default();
+        let mut a = Access {
+            restricted: !users.is_empty() || !groups.is_empty(),
+            ..Access::default()
+        };
         for u in users {
             match nix::unistd::User::from_name(u) {
                 Ok(Some(user)) => a.uids.push(user.uid.as_raw()),
@@ -82,18 +88,20 @@ impl Access {
                 _ => tracing::warn!(group = %g, "allowed group does not exist; ignored"),
             }
         }
+        if a.restricted && a.uids.is_empty() && a.gids.is_empty() {
+            tracing::warn!(
+                "none of the allowed users and groups exist: only root and precogd's own user \
+                 may use the socket"
+            );
+        }
         a
-    }
-
-    fn open_to_all(&self) -> bool {
-        self.uids.is_empty() && self.gids.is_empty()
     }
 
     /// Whether the peer may use precog: root, the daemon's user, a listed user, or a member
     /// (primary or supplementary) of a listed group.
     pub fn allows(&self, client: &Client) -> bool {
         let me = nix::unistd::geteuid().as_raw();
-        if self.open_to_all() || client.uid == 0 || client.uid == me {
+        if !self.restricted || client.uid == 0 || client.uid == me {
             return true;
         }
         if self.uids.contains(&client.uid) || self.gids.contains(&client.gid) {
@@ -273,4 +281,30 @@ async fn refuse(mut stream: UnixStream, limit: usize) {
         stream.write_all(&encode_error(&Value::Null, &e)),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(uid: u32, gid: u32) -> Client {
+        Client { uid, gid, pid: 1 }
+    }
+
+    #[test]
+    fn names_that_do_not_exist_let_nobody_in_rather_than_everyone() {
+        let none = Access::resolve(&["no-such-user-precog".into()], &[]);
+        assert!(!none.allows(&client(65534, 65534)));
+        let none = Access::resolve(&[], &["no-such-group-precog".into()]);
+        assert!(!none.allows(&client(65534, 65534)));
+        // Root and the daemon's own user are always served.
+        assert!(none.allows(&client(0, 0)));
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(none.allows(&client(me, 12345)));
+    }
+
+    #[test]
+    fn empty_lists_leave_access_to_the_socket_file() {
+        assert!(Access::resolve(&[], &[]).allows(&client(65534, 65534)));
+    }
 }
