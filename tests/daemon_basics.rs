@@ -319,10 +319,10 @@ fn check_config_reports_file_line_and_key() {
     )
     .unwrap();
     let out = check_config(&path);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("pool `gone`") && err.contains("no-such-precog-worker"),
+        err.contains("bad.toml:3: pool.gone.command") && err.contains("no-such-precog-worker"),
         "{err}"
     );
 
@@ -337,10 +337,12 @@ fn check_config_reports_file_line_and_key() {
         let text = format!("[[pool]]\nname = \"gone\"\ncommand = [\"{command}\"]\n");
         std::fs::write(&path, text).unwrap();
         let out = check_config(&path);
-        assert!(!out.status.success(), "{command} passed");
+        assert_eq!(out.status.code(), Some(2), "{command} passed");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("pool `gone`") && err.contains(&command) && err.contains(why),
+            err.contains("bad.toml:3: pool.gone.command")
+                && err.contains(&command)
+                && err.contains(why),
             "{err}"
         );
     }
@@ -351,6 +353,40 @@ fn check_config_reports_file_line_and_key() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_notes_users_and_groups_that_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.toml");
+    let text = "[daemon]\nsocket_group = \"no-such-precog-group\"\n\
+                allowed_users = [\"no-such-precog-user\"]\nallowed_groups = []\n";
+    std::fs::write(&path, text).unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // precogd starts with them (and warns), so they are notes, not errors.
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("access.toml:2: daemon.socket_group: group `no-such-precog-group`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "access.toml:3: daemon.allowed_users: user `no-such-precog-user` does not exist: \
+             only root and precogd's own user may use the socket"
+        ),
+        "{err}"
+    );
+
+    // Beside a user who exists, a missing one is only named.
+    let text = "[daemon]\nallowed_users = [\"root\", \"no-such-precog-user\"]\n\
+                allowed_groups = []\n";
+    std::fs::write(&path, text).unwrap();
+    let err = String::from_utf8_lossy(&check_config(&path).stderr).into_owned();
+    assert!(
+        err.contains("user `no-such-precog-user` does not exist\n"),
+        "{err}"
     );
 }
 
@@ -380,7 +416,8 @@ fn a_pool_on_a_cpu_precogd_may_not_use_is_refused_by_check_config_and_by_a_reloa
     .unwrap();
     let out = check_config(&path);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cpus.toml:3: pool.shop.cpus"), "{err}");
     assert!(err.contains("names no CPU precogd may use"), "{err}");
 
     // A pool kept by a reload cannot be moved there either: the running configuration stays.

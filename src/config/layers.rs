@@ -27,6 +27,11 @@ impl Source {
 /// With `explicit` set (`--config PATH`), that file replaces the system file and must exist;
 /// otherwise `system` is read when it exists. Drop-ins are `<file>.d/*.toml`, in name order.
 pub fn load(system: &Path, explicit: bool) -> Result<Config, ConfigError> {
+    load_sources(&sources(system, explicit)?)
+}
+
+/// The layers [`load`] reads, in order: the built-in one, the system file, its drop-ins.
+pub fn sources(system: &Path, explicit: bool) -> Result<Vec<Source>, ConfigError> {
     let mut sources = vec![Source::builtin()];
     match std::fs::read_to_string(system) {
         Ok(text) => sources.push(Source {
@@ -61,7 +66,7 @@ pub fn load(system: &Path, explicit: bool) -> Result<Config, ConfigError> {
             text,
         });
     }
-    load_sources(&sources)
+    Ok(sources)
 }
 
 /// Checks each layer, merges them in order and checks the result.
@@ -175,6 +180,28 @@ fn merge(base: &mut Table, layer: Table, src: &Source) -> Result<(), ConfigError
         }
     }
     Ok(())
+}
+
+/// An error about `key` of the entry (`section`, `name`) found after loading, such as one only
+/// the host can tell (a worker command not found), placed where the key was last set.
+pub fn located(
+    sources: &[Source],
+    (section, name, key): (&str, &str, &str),
+    message: String,
+) -> ConfigError {
+    let (file, line) = locate(sources, section, name, key);
+    let key = [section, name, key]
+        .iter()
+        .filter(|part| !part.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".");
+    ConfigError::Invalid {
+        file,
+        line,
+        key,
+        message,
+    }
 }
 
 /// Finds the last layer that sets `key` of the entry (`section`, `name`) and the line it is on.

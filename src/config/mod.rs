@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use diff::changes;
-pub use layers::{Source, load, load_sources};
+pub use layers::{Source, load, load_sources, located, sources};
 use validate::validate;
 pub use validate::{CPU_PERIOD_US, MAX_HOT_PATH};
 pub use values::{ByteSize, CpuList, FileMode, Percent, Span};

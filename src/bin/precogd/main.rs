@@ -23,6 +23,8 @@ use precog::store::{ResultCache, SetAside, StateStore, StoreError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
+mod check;
+
 fn main() -> ExitCode {
     // Until `run` takes SIGHUP over, its default action would end precogd: one sent while it
     // starts (a reload asked for during a restart) waits, blocked, and is a reload once it serves.
@@ -44,30 +46,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.check_config {
-        // What a start or a reload would refuse: a worker command that cannot be found, CPUs
-        // this host does not let precogd use.
-        let mut missing: Vec<String> = config
-            .pools
-            .iter()
-            .filter_map(|p| {
-                let e = precog::pool::resolve_command(&p.command[0]).err()?;
-                Some(format!("pool `{}`: {e}", p.name))
-            })
-            .collect();
-        if let Some(allowed) = precog::pool::usable_cpus() {
-            match config::fit_cpus(&mut config.clone(), &allowed) {
-                Ok(notes) => notes.iter().for_each(|n| eprintln!("precogd: note: {n}")),
-                Err(e) => missing.push(e.to_string()),
-            }
-        }
-        if !missing.is_empty() {
-            for m in &missing {
-                eprintln!("precogd: {m}");
-            }
-            return ExitCode::FAILURE;
-        }
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
+        return check::check_config(&args, &config);
     }
     tracing::debug!(?sink, "logging set up");
 
@@ -93,12 +72,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The file that replaces the built-in configuration's system layer, and whether it was named
+/// (then it must exist).
+fn config_path(args: &DaemonArgs) -> (&Path, bool) {
+    match &args.config {
+        Some(path) => (path, true),
+        None => (Path::new(config::SYSTEM_PATH), false),
+    }
+}
+
 /// Reads the configuration layers and adapts paths for an unprivileged run.
 fn load_config(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
-    let mut cfg = match &args.config {
-        Some(path) => config::load(path, true)?,
-        None => config::load(Path::new(config::SYSTEM_PATH), false)?,
-    };
+    let (path, explicit) = config_path(args);
+    let mut cfg = config::load(path, explicit)?;
     if !nix::unistd::geteuid().is_root() {
         let builtin = Config::builtin();
         let (runtime, cache, state) = user_dirs();

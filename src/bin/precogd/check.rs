@@ -1,0 +1,92 @@
+//! `precogd --check-config`: what loading the configuration checks, and then what only this host
+//! can tell, each placed at the file and line that set it.
+
+use std::process::ExitCode;
+
+use precog::cli::DaemonArgs;
+use precog::config::{self, Config, Source};
+
+/// Errors are what a start or a reload would refuse: a worker command that cannot be found, a
+/// pool on CPUs this host does not let precogd use. Notes are what a start only warns about: a
+/// pool that keeps some of its CPUs, users and groups that do not exist.
+pub fn check_config(args: &DaemonArgs, config: &Config) -> ExitCode {
+    let (path, explicit) = super::config_path(args);
+    let sources = match config::sources(path, explicit) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("precogd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (errors, notes) = host_findings(config, &sources);
+    for n in &notes {
+        eprintln!("precogd: note: {n}");
+    }
+    for e in &errors {
+        eprintln!("precogd: {e}");
+    }
+    if !errors.is_empty() {
+        return ExitCode::from(2);
+    }
+    println!("configuration is valid");
+    ExitCode::SUCCESS
+}
+
+fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>) {
+    let at = |entry: (&str, &str, &str), message: String| {
+        config::located(sources, entry, message).to_string()
+    };
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    for p in &cfg.pools {
+        if let Err(e) = precog::pool::resolve_command(&p.command[0]) {
+            errors.push(at(("pool", &p.name, "command"), e.to_string()));
+        }
+    }
+    if let Some(allowed) = precog::pool::usable_cpus() {
+        let mut fitted = cfg.clone();
+        match config::fit_cpus(&mut fitted, &allowed) {
+            Ok(fits) => notes.extend(fits),
+            Err(e) => errors.push(at(("pool", &e.pool, "cpus"), e.to_string())),
+        }
+    }
+
+    let d = &cfg.daemon;
+    if let Some(group) = &d.socket_group
+        && !group_exists(group)
+    {
+        let why = format!("group `{group}` does not exist: the socket keeps precogd's group");
+        notes.push(at(("daemon", "", "socket_group"), why));
+    }
+    let missing_users: Vec<&str> = d
+        .allowed_users
+        .iter()
+        .filter(|u| !matches!(nix::unistd::User::from_name(u), Ok(Some(_))))
+        .map(String::as_str)
+        .collect();
+    let missing_groups: Vec<&str> = d
+        .allowed_groups
+        .iter()
+        .filter(|g| !group_exists(g))
+        .map(String::as_str)
+        .collect();
+    let nobody_listed = missing_users.len() == d.allowed_users.len()
+        && missing_groups.len() == d.allowed_groups.len();
+    for (key, names, kind) in [
+        ("allowed_users", &missing_users, "user"),
+        ("allowed_groups", &missing_groups, "group"),
+    ] {
+        for name in names.iter() {
+            let mut why = format!("{kind} `{name}` does not exist");
+            if nobody_listed {
+                why.push_str(": only root and precogd's own user may use the socket");
+            }
+            notes.push(at(("daemon", "", key), why));
+        }
+    }
+    (errors, notes)
+}
+
+fn group_exists(name: &str) -> bool {
+    matches!(nix::unistd::Group::from_name(name), Ok(Some(_)))
+}
