@@ -45,6 +45,17 @@ fn a_socket_from_the_environment_keeps_the_commands_off_the_system_bus() {
     assert!(ok, "{err}");
     assert!(out.starts_with("precogd "), "{out}");
     assert!(!err.contains("bus"), "status went to a bus: {err}");
+    // Nothing counted yet reads as such, not as 0.0%.
+    assert!(
+        out.contains("hit ratio - (no run served yet)")
+            && out.contains("speculation precision - (no guess judged yet)"),
+        "{out}"
+    );
+    let run = ["run", "validate_postal_code", "--session", "s"];
+    let (ok, _, err) = with_env(&[&run[..], &["country=DE", "postal_code=\"10115\""]].concat());
+    assert!(ok, "{err}");
+    let (_, out, _) = with_env(&["status"]);
+    assert!(out.contains("hit ratio 0.0%"), "{out}");
     let (ok, out, err) = with_env(&["pools"]);
     assert!(ok, "{err}");
     assert!(out.contains("\nshop "), "{out}");

@@ -104,6 +104,9 @@ pub fn status_summary(stats: &Value) -> Value {
         // Why the result cache stores nothing, when it does not.
         "cache_off": stats["cache"]["disabled_reason"].clone(),
         "speculation_precision": p.speculation_precision,
+        // Guesses judged used or wasted: the precision's denominator (0: no precision yet).
+        "speculation_judged": count(&stats["speculation"]["used"])
+            + count(&stats["speculation"]["wasted"]),
         "pools": pools.map(|m| m.len()).unwrap_or(0),
         "workers": sum("workers"),
         "busy": sum("busy"),

@@ -57,19 +57,25 @@ pub fn status(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
         s["version"].as_str().unwrap_or("?"),
         s["uptime_s"]
     );
+    let hit_ratio = share(&s["hit_ratio"], &s["runs_served"], "no run served yet");
+    let precision = share(
+        &s["speculation_precision"],
+        &s["speculation_judged"],
+        "no guess judged yet",
+    );
     println!(
-        "requests {}  runs {}  hit ratio {:.1}%  speculation precision {:.1}%",
-        s["requests"],
-        s["runs_served"],
-        percent(&s["hit_ratio"]),
-        percent(&s["speculation_precision"])
+        "requests {}  runs {}  hit ratio {hit_ratio}  speculation precision {precision}",
+        s["requests"], s["runs_served"],
     );
     let cache = match s["cache_off"].as_str() {
         Some(why) => format!("off ({why})"),
+        None if s["cache_entries"].as_u64() == Some(0) => "empty".into(),
         None => format!(
             "{}, {}",
             crate::counted_value(&s["cache_entries"], "entry", "entries"),
-            crate::counted_value(&s["cache_bytes"], "byte", "bytes")
+            s["cache_bytes"]
+                .as_u64()
+                .map_or("? bytes".into(), crate::pool_table::bytes)
         ),
     };
     println!(
@@ -83,8 +89,13 @@ pub fn status(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percent(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0) * 100.0
+/// A ratio as a percentage, or what is missing when nothing was counted for it yet (a 0.0%
+/// would read as a failure).
+fn share(ratio: &Value, counted: &Value, none_yet: &str) -> String {
+    if counted.as_u64() == Some(0) {
+        return format!("- ({none_yet})");
+    }
+    format!("{:.1}%", ratio.as_f64().unwrap_or(0.0) * 100.0)
 }
 
 pub fn pools(bus: &Bus, socket: &Path, json: bool) -> anyhow::Result<()> {

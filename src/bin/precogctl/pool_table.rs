@@ -108,9 +108,11 @@ fn percent(pct: f64) -> String {
 }
 
 /// A byte count in the configuration's units: `256M`, `1G`, `1.5M`.
-fn bytes(b: u64) -> String {
+pub fn bytes(b: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
+    if b == 0 {
+        "0".into()
+    } else if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{}G", b >> 30)
     } else if b.is_multiple_of(MIB) {
         format!("{}M", b / MIB)

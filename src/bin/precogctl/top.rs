@@ -215,10 +215,13 @@ pub fn render_screen(stats: &Value, runs_per_s: Option<f64>) -> Vec<String> {
             num(&stats["run_latency_us"]["p99"]),
         ),
         format!(
-            "speculation  used {}  wasted {}  precision {:.1}%   sessions {}  cache {}",
+            "speculation  used {}  wasted {}  precision {}   sessions {}  cache {}",
             num(&spec["used"]),
             num(&spec["wasted"]),
-            spec["precision"].as_f64().unwrap_or(0.0) * 100.0,
+            match spec["used"].as_u64().unwrap_or(0) + spec["wasted"].as_u64().unwrap_or(0) {
+                0 => "-".to_string(),
+                _ => format!("{:.1}%", spec["precision"].as_f64().unwrap_or(0.0) * 100.0),
+            },
             num(&stats["sessions"]["active"]),
             crate::counted(
                 stats["cache"]["entries"].as_u64().unwrap_or(0),
