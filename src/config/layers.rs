@@ -204,22 +204,36 @@ pub fn located(
     }
 }
 
-/// Finds the last layer that sets `key` of the entry (`section`, `name`) and the line it is on.
-/// An empty `name` means a plain table such as `[daemon]`.
+/// Finds the last layer that sets `key` of the entry (`section`, `name`) and the line it is on;
+/// when no layer sets it (a default, a missing key), the line of the entry in the last layer
+/// that has it. An empty `name` means a plain table such as `[daemon]`.
 fn locate(sources: &[Source], section: &str, name: &str, key: &str) -> (String, usize) {
-    for src in sources.iter().rev() {
-        if let Some(line) = find_line(&src.text, section, name, key) {
-            return (src.name.clone(), line);
+    let found: Vec<(&Source, Lines)> = sources
+        .iter()
+        .rev()
+        .map(|src| (src, find_lines(&src.text, section, name, key)))
+        .collect();
+    let by_key = found.iter().find_map(|(src, l)| Some((*src, l.key?)));
+    let by_entry = || found.iter().find_map(|(src, l)| Some((*src, l.entry?)));
+    match by_key.or_else(by_entry) {
+        Some((src, line)) => (src.name.clone(), line),
+        None => {
+            let last = sources.last().map(|s| s.name.clone()).unwrap_or_default();
+            (last, 1)
         }
     }
-    let last = sources.last().map(|s| s.name.clone()).unwrap_or_default();
-    (last, 1)
 }
 
-fn find_line(text: &str, section: &str, name: &str, key: &str) -> Option<usize> {
+/// Where a layer sets a key, and where its entry starts (a `[[section]]` table's `name` line).
+struct Lines {
+    key: Option<usize>,
+    entry: Option<usize>,
+}
+
+fn find_lines(text: &str, section: &str, name: &str, key: &str) -> Lines {
     let mut in_entry = false;
     let mut entry_line = None;
-    let mut found = None;
+    let mut entry = None;
     for (i, raw) in text.lines().enumerate() {
         let l = raw.trim();
         if l.starts_with('[') {
@@ -239,13 +253,16 @@ fn find_line(text: &str, section: &str, name: &str, key: &str) -> Option<usize> 
         let (k, v) = (k.trim(), v.trim());
         if entry_line.is_some() && k == "name" && v.trim_matches('"') == name {
             in_entry = true;
-            found = found.or(Some(i + 1));
+            entry = entry.or(Some(i + 1));
         }
         if in_entry && k == key {
-            return Some(i + 1);
+            return Lines {
+                key: Some(i + 1),
+                entry,
+            };
         }
     }
-    found
+    Lines { key: None, entry }
 }
 
 #[cfg(test)]
@@ -469,6 +486,36 @@ mod tests {
             msg,
             "y.toml:3: process.p.pool: names pool `nowhere`, which is not defined"
         );
+    }
+
+    #[test]
+    fn an_error_points_at_the_layer_that_set_the_key() {
+        // The built-in layer sets the shop pool's memory_reserve (64M); lowering memory_max under
+        // it is reported at the reserve's line there, with both values.
+        let layer = src(
+            "m.toml",
+            "[[pool]]\nname = \"shop\"\nmemory_max = \"32M\"\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        let builtin = Source::builtin().text;
+        let line = builtin
+            .lines()
+            .position(|l| l.starts_with("memory_reserve"))
+            .unwrap()
+            + 1;
+        assert_eq!(
+            msg,
+            format!("<built-in>:{line}: pool.shop.memory_reserve: 64M is above memory_max = 32M")
+        );
+
+        // A key no layer sets is reported at the entry of the last layer that has it.
+        let layer = src("n.toml", "\n[[pool]]\nname = \"new\"\n");
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("n.toml:3: pool.new.command"), "{msg}");
     }
 
     #[test]

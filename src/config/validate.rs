@@ -122,12 +122,8 @@ pub(crate) fn validate(
         if let (Some(max), Some(res)) = (p.memory_max, p.memory_reserve)
             && res.0 > max.0
         {
-            return Err(err(
-                "pool",
-                &p.name,
-                "memory_reserve",
-                "is above memory_max".into(),
-            ));
+            let why = format!("{res} is above memory_max = {max}");
+            return Err(err("pool", &p.name, "memory_reserve", why));
         }
         if p.timeout.0.is_zero() {
             return Err(err("pool", &p.name, "timeout", "must be above zero".into()));
