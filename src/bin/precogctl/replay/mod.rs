@@ -126,6 +126,7 @@ pub fn run(
                 println!("  {process:<22} {}", counts.join("  "));
             }
         }
+        print!("{}", report.reading());
     }
     if let Some(path) = &args.svg {
         let title = format!("run latency, {} ({})", report.file, report.format);

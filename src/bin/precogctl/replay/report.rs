@@ -354,6 +354,100 @@ impl Report {
     }
 }
 
+/// What the table's words mean, for the modes it has.
+const LEGEND: &[(&str, &str)] = &[
+    (
+        "precog",
+        "precogd with prediction: likely runs are computed ahead and answered from its cache",
+    ),
+    (
+        "no-predict",
+        "the same precogd with prediction off: warm workers, and the results they cached",
+    ),
+    (
+        "spawn",
+        "no daemon: a worker process is started for each run",
+    ),
+];
+
+impl Report {
+    /// The table's terms, then what this replay shows, in a few sentences.
+    pub fn reading(&self) -> String {
+        let mut out = String::from("\nwhat the rows mean:\n");
+        for (mode, meaning) in LEGEND {
+            if self.modes.iter().any(|m| m.mode == *mode) {
+                let _ = writeln!(out, "  {mode:<12}{meaning}");
+            }
+        }
+        out.push_str(
+            "  served      cache: a finished result, often a guess's; inflight: joined a job \
+             already running;\n              warm: run on an idle worker; cold: a worker had to \
+             start first\n  schedule lag  how late the replay sent each step against the \
+             recorded timeline\n",
+        );
+        let _ = write!(out, "{}", self.conclusion());
+        out
+    }
+
+    fn conclusion(&self) -> String {
+        let mode = |name: &str| self.modes.iter().find(|m| m.mode == name);
+        let mut out = String::new();
+        let Some(precog) = mode("precog") else {
+            return out;
+        };
+        out.push_str(
+            "\nin this replay, mean run latency and runs from the cache or a job in flight:\n",
+        );
+        for (name, label) in [
+            ("precog", "precog"),
+            ("no-predict", "without prediction"),
+            ("spawn", "a process per run"),
+        ] {
+            let Some(m) = mode(name) else { continue };
+            let _ = write!(out, "  {label:<20}{:>8.0} us", m.latency_us.mean);
+            if name != "precog" && precog.latency_us.mean > 0.0 {
+                let ratio = m.latency_us.mean / precog.latency_us.mean;
+                let _ = write!(out, " ({ratio:.2}x precog's)");
+            }
+            if name != "spawn" {
+                let _ = write!(
+                    out,
+                    ", {:.1}% from the cache or in flight",
+                    m.cache_or_inflight * 100.0
+                );
+            }
+            out.push('\n');
+        }
+        let failed: u64 = self
+            .modes
+            .iter()
+            .map(|m| m.run_errors.values().sum::<u64>())
+            .sum();
+        if failed > 0 {
+            let _ = writeln!(out, "{failed} runs failed: the failed runs row says why.");
+        }
+        if precog.cold_runs_after_first_minute > 0 {
+            let _ = writeln!(
+                out,
+                "{} of precog's runs after the first minute waited for a worker to start.",
+                precog.cold_runs_after_first_minute
+            );
+        }
+        let lag = self.modes.iter().map(|m| m.lag_ms_max).fold(0.0, f64::max);
+        if lag >= LATE_MS {
+            let _ = writeln!(
+                out,
+                "the replay fell up to {lag:.0} ms behind its timeline: this machine was busy, \
+                 and the latencies include that."
+            );
+        }
+        out
+    }
+}
+
+/// A schedule lag from which the replay says the machine could not keep up.
+const LATE_MS: f64 = 1000.0;
+
 /// Counts summed by error code (the part after `op:`), for a narrow table cell.
 fn join_counts(counts: &BTreeMap<String, u64>) -> String {
     if counts.is_empty() {
@@ -449,5 +543,20 @@ mod tests {
         let table = r.table();
         assert!(table.contains("3.00x"), "{table}");
         assert!(table.contains("n/a"), "{table}");
+        let reading = r.reading();
+        assert!(
+            reading.contains(
+                "  precog                   100 us, 100.0% from the cache or in flight\n  \
+                 without prediction       300 us (3.00x precog's), 0.0% from the cache or in \
+                 flight\n"
+            ),
+            "{reading}"
+        );
+        assert!(
+            reading.contains("  no-predict  the same precogd"),
+            "{reading}"
+        );
+        assert!(!reading.contains("spawn"), "{reading}");
+        assert!(!reading.contains("failed"), "{reading}");
     }
 }
