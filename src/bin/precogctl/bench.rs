@@ -72,6 +72,7 @@ const GOAL: f64 = 3.0;
 const BLOCK: usize = 100;
 
 pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
+    let load = load_average();
     let allowed = allowed_cpus()?;
     let mut placements = vec![Placement::Scheduled];
     if allowed.len() >= 2 {
@@ -103,9 +104,11 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
                 (m.placement.key().to_string(), v)
             })
             .collect();
+        let machine = json!({"load_average_1m": load, "guest_halt_poll_ns": guest_halt_poll_ns()});
         println!(
             "{}",
-            json!({"rounds": rounds, "goal_ratio": GOAL, "placements": by_placement})
+            json!({"rounds": rounds, "goal_ratio": GOAL, "placements": by_placement,
+                "machine": machine})
         );
         return Ok(());
     }
@@ -151,7 +154,53 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
         names(&within),
         names(&beyond)
     );
+    for note in machine_notes(load, guest_halt_poll_ns()) {
+        println!("{note}");
+    }
     Ok(())
+}
+
+/// The 1-minute load average when the benchmark starts.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// How long an idle virtual CPU polls before it halts, where the guest's idle driver is
+/// `haltpoll`; `None` elsewhere (bare metal, other idle drivers).
+fn guest_halt_poll_ns() -> Option<u64> {
+    let driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").ok()?;
+    if driver.trim() != "haltpoll" {
+        return None;
+    }
+    let ns = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns").ok()?;
+    ns.trim().parse().ok()
+}
+
+/// What about this machine sets the figures across CPUs: a process woken on an idle CPU waits
+/// for that CPU to wake, which on a virtual machine whose idle CPUs halt at once is a round trip
+/// through the hypervisor; and on a busy machine the scheduler keeps the processes together.
+fn machine_notes(load: Option<f64>, halt_poll_ns: Option<u64>) -> Vec<String> {
+    let mut notes = Vec::new();
+    match halt_poll_ns {
+        Some(0) => notes.push(
+            "this virtual machine's idle CPUs halt at once (guest_halt_poll_ns is 0): a process \
+             woken on an idle CPU waits for the hypervisor to wake that CPU"
+                .to_string(),
+        ),
+        Some(ns) => notes.push(format!(
+            "this virtual machine's idle CPUs poll up to {} us before they halt",
+            ns / 1000
+        )),
+        None => {}
+    }
+    if let Some(load) = load.filter(|l| *l >= 1.0) {
+        notes.push(format!(
+            "load average {load:.2} at the start: on a busy machine the scheduler keeps these \
+             processes on fewer CPUs, and the figures as scheduled come near those on one CPU"
+        ));
+    }
+    notes
 }
 
 /// The three series with the processes placed as `placement` says; `allowed` are the CPUs
@@ -438,4 +487,22 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[((s.len() - 1) as f64 * q).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notes_name_what_sets_the_figures_across_cpus() {
+        let notes = machine_notes(Some(3.5), Some(0));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("halt at once"), "{notes:?}");
+        assert!(notes[1].starts_with("load average 3.50"), "{notes:?}");
+        assert_eq!(
+            machine_notes(Some(0.2), Some(200_000)),
+            ["this virtual machine's idle CPUs poll up to 200 us before they halt"]
+        );
+        assert!(machine_notes(Some(0.2), None).is_empty());
+    }
 }
