@@ -45,6 +45,14 @@ pub enum ConfigError {
     },
     #[error("cannot read configuration {path}: {message}")]
     Read { path: PathBuf, message: String },
+    /// More than one check failed: each on a line of its own.
+    #[error("{}", several(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn several(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ConfigError::to_string).collect();
+    lines.join("\n")
 }
 
 /// `key: ` before a message, or nothing when the error is not about one key.
@@ -352,5 +360,43 @@ mod tests {
         cfg.pools.iter_mut().for_each(|p| p.cpus = None);
         cfg.budget.cpus = "0-7".parse().unwrap();
         assert_eq!(fit_cpus(&mut cfg, &[0]), Ok(vec![]));
+    }
+
+    #[test]
+    fn every_entry_and_key_that_fails_is_reported_at_once() {
+        let layer = Source {
+            name: "e.toml".into(),
+            text: "[sessions]\nidle = \"0s\"\n\n[predict]\nhot_path = 0\n\n\
+             [[pool]]\nname = \"a\"\ncommand = [\"w\"]\npids_max = 0\n\n\
+             [[pool]]\nname = \"b\"\ncommand = [\"w\"]\ntimeout = \"0s\"\n\n\
+             [[process]]\nname = \"p\"\npool = \"nowhere\"\ninputs = []\n"
+                .into(),
+        };
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines.len(), 5, "{msg}");
+        for (at, key) in [
+            ("e.toml:10", "pool.a.pids_max"),
+            ("e.toml:15", "pool.b.timeout"),
+            ("e.toml:19", "process.p.pool"),
+            ("e.toml:2", "sessions.idle"),
+            ("e.toml:5", "predict.hot_path"),
+        ] {
+            let line = format!("{at}: {key}: ");
+            assert!(
+                lines.iter().any(|l| l.starts_with(&line)),
+                "{line} in {msg}"
+            );
+        }
+
+        // One error is reported as before, on its own.
+        let layer = Source {
+            name: "f.toml".into(),
+            text: "[sessions]\nmax = 0\n".into(),
+        };
+        let e = load_sources(&[Source::builtin(), layer]).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
     }
 }

@@ -35,7 +35,9 @@ fn main() -> ExitCode {
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("precogd: {e}");
+            for line in e.to_string().lines() {
+                eprintln!("precogd: {line}");
+            }
             return ExitCode::from(2);
         }
     };
