@@ -522,3 +522,51 @@ fn precogctl_pools_over_the_bus_shows_the_limits_in_force_beside_the_configured_
     assert!(row.contains(" 150% "), "{out}");
     assert!(out.contains("the configured value"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pool_limits_answers_once_the_cgroup_holds_them_or_with_the_refusal() {
+    let Some((bus, daemon)) = setup() else {
+        return;
+    };
+    let stats = daemon.call(json!({"op": "stats"}));
+    let paths = &stats["pools"]["shop"]["cgroup"]["paths"];
+    let quota = paths.as_array().into_iter().flatten().find_map(|p| {
+        let file = std::path::Path::new(p.as_str()?).join("cpu.cfs_quota_us");
+        file.is_file().then_some(file)
+    });
+    let Some(quota) = quota else {
+        println!("SKIPPED: the pool has no cgroup-v1 cpu controller here (needs root and cgroups)");
+        return;
+    };
+    let read = || std::fs::read_to_string(&quota).unwrap().trim().to_string();
+    // The kernel refuses a quota above the parent's: cap the parent (precogd's own cgroup
+    // parent, at the pool's 150%).
+    let parent = quota
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("cpu.cfs_quota_us");
+    std::fs::write(&parent, "150000").unwrap();
+    let before = read();
+
+    let p = proxy(&bus).await;
+    let e = p
+        .set_pool_limits("shop", HashMap::from([("cpu_quota", "400%")]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("its cgroup refused the new limits"),
+        "{e}"
+    );
+    assert_eq!(read(), before);
+
+    // A quota the kernel takes is in the cgroup by the time the answer comes.
+    let changed = p
+        .set_pool_limits("shop", HashMap::from([("cpu_quota", "50%")]))
+        .await
+        .unwrap();
+    assert_eq!(read(), "50000", "{changed}");
+    let changed: Value = serde_json::from_str(&changed).unwrap();
+    assert_eq!(changed["limits"]["cpu_quota"], "50%");
+}

@@ -155,9 +155,14 @@ fn setting(controller: Controller, file: &'static str, value: String, kind: Valu
 
 /// The writes that put `limits` in force on a hierarchy of `version`, in the order they must
 /// happen. `parent_cpus` is what a v1 cpuset takes when `limits.cpus` is `None` (v1 has no
-/// "inherit"). Settings for a controller the hierarchy does not carry are left to the caller to
-/// filter out.
-pub fn settings(limits: &PoolLimits, version: Version, parent_cpus: &str) -> Vec<Setting> {
+/// "inherit"); `v1_period_us` is the v1 CPU period the cgroup has now, when it could be read.
+/// Settings for a controller the hierarchy does not carry are left to the caller to filter out.
+pub fn settings(
+    limits: &PoolLimits,
+    version: Version,
+    parent_cpus: &str,
+    v1_period_us: Option<u64>,
+) -> Vec<Setting> {
     use Controller::*;
     use ValueKind::*;
 
@@ -167,12 +172,16 @@ pub fn settings(limits: &PoolLimits, version: Version, parent_cpus: &str) -> Vec
     let mut out = Vec::new();
     match version {
         Version::V1 => {
-            // Quota first at -1: the kernel checks quota against period on each write.
-            out.push(setting(Cpu, "cpu.cfs_quota_us", "-1".into(), Exact));
-            out.push(setting(Cpu, "cpu.cfs_period_us", period.to_string(), Exact));
-            if let Some(q) = quota {
-                out.push(setting(Cpu, "cpu.cfs_quota_us", q.to_string(), Exact));
+            // The kernel checks the quota against the period on each write (and the pair
+            // against the parent's), so a new period goes in with no quota in force. With the
+            // period in place already the quota is written alone: a quota the kernel refuses
+            // then leaves the one before it, not none.
+            if v1_period_us != Some(period) {
+                out.push(setting(Cpu, "cpu.cfs_quota_us", "-1".into(), Exact));
+                out.push(setting(Cpu, "cpu.cfs_period_us", period.to_string(), Exact));
             }
+            let q = quota.map_or("-1".to_string(), |q| q.to_string());
+            out.push(setting(Cpu, "cpu.cfs_quota_us", q, Exact));
             let shares = limits.cpu_weight.map_or(SHARES_DEFAULT, weight_to_shares);
             out.push(setting(Cpu, "cpu.shares", shares.to_string(), Exact));
             let cpus = cpus.unwrap_or_else(|| parent_cpus.trim().to_string());
@@ -329,7 +338,7 @@ mod tests {
             pids_max: Some(32),
             ..PoolLimits::default()
         };
-        let s = settings(&l, Version::V1, "0-3");
+        let s = settings(&l, Version::V1, "0-3", None);
         let get = |f: &str| s.iter().rfind(|x| x.file == f).unwrap().value.clone();
         assert_eq!(get("cpu.cfs_quota_us"), "20000");
         assert_eq!(get("cpu.shares"), "2048");
@@ -340,8 +349,34 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_quota_under_the_same_period_is_written_alone() {
+        let l = PoolLimits {
+            cpu_quota_pct: Some(50.0),
+            ..PoolLimits::default()
+        };
+        let cpu = |s: Vec<Setting>| -> Vec<String> {
+            s.iter()
+                .filter(|x| x.file.starts_with("cpu.cfs"))
+                .map(|x| format!("{}={}", x.file, x.value))
+                .collect()
+        };
+        assert_eq!(
+            cpu(settings(&l, Version::V1, "0", Some(DEFAULT_CPU_PERIOD_US))),
+            ["cpu.cfs_quota_us=50000"]
+        );
+        // Another period (or one not known) goes in with no quota in force.
+        let expected = [
+            "cpu.cfs_quota_us=-1",
+            "cpu.cfs_period_us=100000",
+            "cpu.cfs_quota_us=50000",
+        ];
+        assert_eq!(cpu(settings(&l, Version::V1, "0", Some(250_000))), expected);
+        assert_eq!(cpu(settings(&l, Version::V1, "0", None)), expected);
+    }
+
+    #[test]
     fn v1_unset_limits_reset_to_unlimited_and_parent_cpus() {
-        let s = settings(&PoolLimits::default(), Version::V1, "0-1\n");
+        let s = settings(&PoolLimits::default(), Version::V1, "0-1\n", None);
         let get = |f: &str| s.iter().rfind(|x| x.file == f).unwrap().value.clone();
         assert_eq!(get("cpu.cfs_quota_us"), "-1");
         assert_eq!(get("cpu.shares"), "1024");
@@ -359,7 +394,7 @@ mod tests {
             memory_reserve: Some(1 << 28),
             ..PoolLimits::default()
         };
-        let s = settings(&l, Version::V2, "");
+        let s = settings(&l, Version::V2, "", None);
         let get = |f: &str| s.iter().find(|x| x.file == f).unwrap().value.clone();
         assert_eq!(get("cpu.max"), "150000 100000");
         assert_eq!(get("cpu.weight"), "300");

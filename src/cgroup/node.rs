@@ -127,7 +127,10 @@ impl Node {
                 .parent()
                 .map(|p| read(&p.join("cpuset.cpus")).unwrap_or_default())
                 .unwrap_or_default();
-            for s in limits::settings(l, d.version, &parent_cpus) {
+            let period = read(&d.dir.join("cpu.cfs_period_us"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            for s in limits::settings(l, d.version, &parent_cpus, period) {
                 if !d.controllers.contains(&s.controller) {
                     continue;
                 }

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
+use super::tuning::ControlReply;
 use super::{Command, Engine, EngineHandle, json_map};
 use crate::config::MAX_HOT_PATH;
 
@@ -71,13 +72,19 @@ impl EngineHandle {
 }
 
 impl Engine {
-    pub(super) fn control(&mut self, op: ControlOp) -> Result<Value, String> {
-        match op {
+    /// Runs an operator action and answers it: a change of a pool's limits once its cgroup took
+    /// them, or the kernel refused them.
+    pub(super) fn control(&mut self, op: ControlOp, reply: ControlReply) {
+        let answer = match op {
             ControlOp::Pools => Ok(self.pools_view()),
-            ControlOp::SetPool { pool, changes } => self.set_pool(&pool, changes),
+            ControlOp::SetPool { pool, changes } => match self.set_pool(&pool, changes) {
+                Ok(()) => return self.reply_once_written(&pool, reply),
+                Err(e) => Err(e),
+            },
             ControlOp::SetPolicy { changes } => self.set_policy(changes),
             ControlOp::FlushCache => Ok(json!({"flushed": self.flush_cache()})),
-        }
+        };
+        let _ = reply.send(answer);
     }
 
     /// Every pool with its configured limits and its live figures.
@@ -112,7 +119,7 @@ impl Engine {
         Value::Object(out)
     }
 
-    fn set_pool(&mut self, name: &str, changes: Map<String, Value>) -> Result<Value, String> {
+    fn set_pool(&mut self, name: &str, changes: Map<String, Value>) -> Result<(), String> {
         if changes.is_empty() {
             return Err("give at least one key=value to change".into());
         }
@@ -179,7 +186,7 @@ impl Engine {
                 }
             }
         }
-        Ok(self.pools_view()[name].clone())
+        Ok(())
     }
 
     fn set_policy(&mut self, changes: Map<String, Value>) -> Result<Value, String> {

@@ -358,9 +358,7 @@ impl Engine {
                 Command::Snapshot { reply } => {
                     let _ = reply.send(Value::Object(self.stats()));
                 }
-                Command::Control { op, reply } => {
-                    let _ = reply.send(self.control(op));
-                }
+                Command::Control { op, reply } => self.control(op, reply),
                 Command::Shutdown { grace, done } => {
                     self.run_later();
                     rx.close();

@@ -42,7 +42,13 @@ pub(super) struct Tuning {
     sessions: HashMap<String, (u64, Vec<(String, f64)>)>,
     last_plan: Option<Instant>,
     bounds: KeepAliveBounds,
+    /// Operators' changes of a pool's limits, answered once the cgroup holds them or the kernel
+    /// refused them.
+    awaiting_write: HashMap<String, Vec<ControlReply>>,
 }
+
+/// Where the answer to an operator's action goes.
+pub(super) type ControlReply = tokio::sync::oneshot::Sender<Result<Value, String>>;
 
 struct PoolTuning {
     tuner: PoolTuner,
@@ -440,6 +446,42 @@ impl Engine {
         });
     }
 
+    /// Answers an operator's change of `pool`'s limits with the pool's view once no write to its
+    /// cgroup is on its way (the change's own write, started by the change), at once when none is.
+    pub(super) fn reply_once_written(&mut self, pool: &str, reply: ControlReply) {
+        match self.tuning.pools.get(pool) {
+            Some(t) if t.writing => {
+                let waiting = self.tuning.awaiting_write.entry(pool.to_string());
+                waiting.or_default().push(reply);
+            }
+            _ => {
+                let _ = reply.send(Ok(self.pools_view()[pool].clone()));
+            }
+        }
+    }
+
+    /// Answers the operators waiting for `pool`'s limits: with the kernel's refusal, or with the
+    /// pool's view once no other write follows.
+    fn answer_awaiting(&mut self, pool: &str, refused: Option<(&str, &PoolLimits)>) {
+        if refused.is_none() && self.tuning.pools.get(pool).is_some_and(|t| t.writing) {
+            return;
+        }
+        let Some(waiting) = self.tuning.awaiting_write.remove(pool) else {
+            return;
+        };
+        let answer = match refused {
+            Some((error, held)) => Err(format!(
+                "the configuration of pool `{pool}` changed, but its cgroup refused the new \
+                 limits: {error}; it holds {held:?}, and precogd tries again every {} s",
+                WRITE_RETRY.as_secs()
+            )),
+            None => Ok(self.pools_view()[pool].clone()),
+        };
+        for reply in waiting {
+            let _ = reply.send(answer.clone());
+        }
+    }
+
     /// A write of new limits ended; limits wanted meanwhile are written next. After a refusal,
     /// `limits` is what the cgroup holds, and the write is tried again in [`WRITE_RETRY`].
     pub(super) fn limits_written(
@@ -455,8 +497,11 @@ impl Engine {
         if let Err(error) = result {
             tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(), held = ?limits,
                 "cannot apply tuned limits");
-            t.applied = limits;
             t.retry_at = Some(Instant::now() + WRITE_RETRY);
+            self.answer_awaiting(&pool, Some((&error, &limits)));
+            if let Some(t) = self.tuning.pools.get_mut(&pool) {
+                t.applied = limits;
+            }
             return;
         }
         if limits.memory_reserve != t.applied.memory_reserve
@@ -474,6 +519,7 @@ impl Engine {
         t.applied = limits;
         t.retry_at = None;
         self.apply_quota(&pool);
+        self.answer_awaiting(&pool, None);
     }
 
     fn announce(&self, pool: &str, c: &QuotaChange) {
