@@ -259,7 +259,8 @@ pub fn plan(pools: &[PoolDemand], budget: Budget) -> Vec<PoolPlan> {
                 memory_reserve: d.reserve_per_worker * warm[i] as u64,
                 cpu_weight: weight.clamp(1, 10_000),
                 benefit_ms: benefit[i],
-                expected_runs: d.session_p.iter().sum(),
+                // An empty sum of floats is -0.0, which the log and `stats` would print as is.
+                expected_runs: d.session_p.iter().sum::<f64>() + 0.0,
             }
         })
         .collect()
@@ -357,6 +358,13 @@ mod tests {
         d.exec_s = 0.02;
         // 4 busy on average, 6 with headroom.
         assert_eq!(plan(&[d], big())[0].warm, 6);
+    }
+
+    #[test]
+    fn a_pool_without_sessions_expects_zero_runs_not_minus_zero() {
+        let p = plan(&[pool("shop", vec![], 50.0)], big());
+        assert_eq!(p[0].expected_runs.to_string(), "0");
+        assert!(p[0].expected_runs.is_sign_positive());
     }
 
     #[test]

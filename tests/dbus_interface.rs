@@ -348,6 +348,14 @@ async fn set_pool_errors_say_what_is_wrong_without_echoing_what_was_sent() {
             .unwrap_err();
         assert!(e.to_string().contains(&format!("pool.shop.{k}:")), "{e}");
     }
+    let e = p
+        .set_pool_limits("shop", HashMap::from([("warm_min", "some")]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("expected a whole number, 0 or more"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
+use super::values::in_plain_words;
 use super::{BUILTIN, Config, ConfigError, validate};
 
 /// One layer of configuration text and the name it is reported under.
@@ -107,11 +108,13 @@ fn layer_error(src: &Source, e: &toml::de::Error) -> ConfigError {
         file: src.name.clone(),
         line,
         key: key_at(&src.text, line),
-        message: e.message().trim().to_string(),
+        message: in_plain_words(e.message().trim()),
     }
 }
 
-/// The dotted key written on `line`: the table header above it plus the key before `=`.
+/// The dotted key written on `line`: the table header above it, the entry's `name` under a
+/// `[[pool]]` or `[[process]]` header, and the key before `=` (`pool.math.workers_max`), as
+/// the checks of the merged configuration name keys.
 fn key_at(text: &str, line: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let here = lines.get(line.saturating_sub(1)).copied().unwrap_or("");
@@ -119,20 +122,40 @@ fn key_at(text: &str, line: usize) -> String {
         .split_once('=')
         .map(|(k, _)| k.trim().to_string())
         .unwrap_or_default();
-    let section = lines[..line.saturating_sub(1).min(lines.len())]
+    let header = lines[..line.saturating_sub(1).min(lines.len())]
         .iter()
-        .rev()
-        .find_map(|l| {
-            let l = l.trim();
-            l.starts_with('[')
-                .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .rposition(|l| l.trim().starts_with('['));
+    let mut section = header
+        .map(|at| {
+            let l = lines[at].trim();
+            l.trim_matches(|c| c == '[' || c == ']').trim().to_string()
         })
         .unwrap_or_default();
+    if let Some(at) = header.filter(|&at| lines[at].trim().starts_with("[["))
+        && key != "name"
+        && let Some(name) = entry_name(&lines[at + 1..])
+    {
+        section = format!("{section}.{name}");
+    }
     match (section.is_empty(), key.is_empty()) {
         (true, _) => key,
         (false, true) => section,
         (false, false) => format!("{section}.{key}"),
     }
+}
+
+/// The `name = "…"` of the array entry whose lines (after its header) begin `lines`.
+fn entry_name(lines: &[&str]) -> Option<String> {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            (k.trim() == "name" && v.len() > 1 && v.starts_with('"') && v.ends_with('"'))
+                .then(|| v[1..v.len() - 1].to_string())
+        })
 }
 
 /// Lays `layer` over `base`: tables merge key by key; `pool` and `process` entries merge by name.
@@ -318,7 +341,21 @@ mod tests {
         let msg = load_sources(&[Source::builtin(), layer])
             .unwrap_err()
             .to_string();
-        assert!(msg.starts_with("x.toml:3: pool.timeout:"), "{msg}");
+        assert!(msg.starts_with("x.toml:3: pool.shop.timeout:"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_value_in_an_entry_names_the_entry_and_the_type_in_plain_words() {
+        let layer = src(
+            "x.toml",
+            "[[pool]]\nname = \"math\"\ncommand = [\"w\"]\n[[pool]]\nworkers_max = \"three\"\n\
+             name = \"shop\"\n",
+        );
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("x.toml:5: pool.shop.workers_max:"), "{msg}");
+        assert!(msg.ends_with("expected a whole number, 0 or more"), "{msg}");
     }
 
     #[test]
@@ -344,7 +381,10 @@ mod tests {
         let msg = load_sources(&[Source::builtin(), layer])
             .unwrap_err()
             .to_string();
-        assert!(msg.starts_with("x.toml:4: pool.start_timeout:"), "{msg}");
+        assert!(
+            msg.starts_with("x.toml:4: pool.shop.start_timeout:"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -360,7 +400,7 @@ mod tests {
             ),
             (
                 "[[pool]]\nname = \"shop\"\ntimeout = \"99999999999h\"\n",
-                "x.toml:3: pool.timeout:",
+                "x.toml:3: pool.shop.timeout:",
             ),
         ] {
             let msg = load_sources(&[Source::builtin(), src("x.toml", text)])

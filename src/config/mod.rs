@@ -25,7 +25,7 @@ pub use diff::changes;
 pub use layers::{Source, load, load_sources, located, sources};
 use validate::validate;
 pub use validate::{CPU_PERIOD_US, MAX_HOT_PATH};
-pub use values::{ByteSize, CpuList, FileMode, Percent, Span};
+pub use values::{ByteSize, CpuList, FileMode, Percent, Span, in_plain_words};
 
 /// The built-in configuration, embedded at build time.
 pub const BUILTIN: &str = include_str!("../../config/precogd.toml");

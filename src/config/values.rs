@@ -284,9 +284,49 @@ impl Serialize for FileMode {
     }
 }
 
+/// The parser's message with the names of Rust types (`expected usize`) put in the words the
+/// configuration reference uses, for people who write the file rather than the program.
+pub fn in_plain_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 8] = [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list, such as [\"a\", \"b\"]",
+        ),
+        ("expected a string", "expected a string in quotes"),
+        ("floating point", "number with a fraction"),
+    ];
+    let mut plain = message.to_string();
+    for (rust, words) in WORDS {
+        plain = plain.replace(rust, words);
+    }
+    plain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_are_put_in_plain_words() {
+        assert_eq!(
+            in_plain_words("invalid type: string \"three\", expected usize"),
+            "invalid type: string \"three\", expected a whole number, 0 or more"
+        );
+        assert_eq!(
+            in_plain_words("invalid type: floating point `1.5`, expected u64"),
+            "invalid type: number with a fraction `1.5`, expected a whole number, 0 or more"
+        );
+        assert_eq!(
+            in_plain_words("invalid type: string \"x\", expected a sequence"),
+            "invalid type: string \"x\", expected a list, such as [\"a\", \"b\"]"
+        );
+        assert_eq!(in_plain_words("unknown field `x`"), "unknown field `x`");
+    }
 
     #[test]
     fn sizes_parse_in_binary_multiples() {

@@ -134,7 +134,7 @@ impl Engine {
         merged.extend(table);
         let updated: crate::config::PoolConfig = merged
             .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_string())?;
+            .map_err(|e: toml::de::Error| crate::config::in_plain_words(e.message()))?;
         *pool = updated;
         let check = crate::config::load_sources(&[crate::config::Source {
             name: "<set-pool>".into(),

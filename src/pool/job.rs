@@ -132,7 +132,7 @@ impl Deadline {
             let start_ms = self.start_timeout.as_millis();
             format!(
                 "worker did not answer its first job within start_timeout + timeout \
-                 ({start_ms} + {ms} ms) of its start"
+                 ({start_ms} + {ms} ms) of its start (does it flush stdout after each reply?)"
             )
         } else {
             format!("job ran past its {ms} ms timeout")
@@ -414,6 +414,11 @@ mod tests {
         assert!(
             d.missed(true)
                 .contains("start_timeout + timeout (10000 + 2000 ms)")
+        );
+        // The first job is where a worker that buffers its replies shows.
+        assert!(
+            d.missed(true)
+                .ends_with("(does it flush stdout after each reply?)")
         );
         assert_eq!(d.missed(false), "job ran past its 2000 ms timeout");
     }

@@ -29,7 +29,8 @@ pub fn lookup_user(name: &str) -> Result<WorkerIdentity, PoolError> {
     }
 }
 
-/// Finds the worker executable: a path must name an executable file; a bare name is looked up
+/// Finds the worker executable: a path must be absolute and name an executable file (workers
+/// start in `/`, so a relative one would name another file there); a bare name is looked up
 /// beside the running binary first (so a build tree or `/usr/lib/precog` works without `PATH`),
 /// then in precogd's own `PATH` (not the workers' clean one), taking the first executable file.
 /// Checked at start, at reload and by `--check-config`, so a command that cannot run is refused
@@ -37,7 +38,12 @@ pub fn lookup_user(name: &str) -> Result<WorkerIdentity, PoolError> {
 pub fn resolve_command(program: &str) -> Result<PathBuf, PoolError> {
     if program.contains('/') {
         let path = PathBuf::from(program);
-        return match not_executable(&path) {
+        let why = if path.is_absolute() {
+            not_executable(&path)
+        } else {
+            Some("is a relative path, and workers start in `/`: give its full path".into())
+        };
+        return match why {
             None => Ok(path),
             Some(why) => Err(PoolError::NotExecutable {
                 path: program.to_string(),

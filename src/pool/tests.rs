@@ -69,6 +69,26 @@ fn a_path_must_name_an_executable_file() {
 }
 
 #[test]
+fn a_relative_path_is_refused_since_workers_start_in_the_root() {
+    // An executable file relative to the tests' directory, which precogd's own directory may be.
+    let relative = "tests/workers/echo.py";
+    assert!(std::path::Path::new(relative).is_file());
+    match resolve_command(relative) {
+        Err(e @ PoolError::NotExecutable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("relative path"), "{msg}");
+            assert!(msg.contains("full path"), "{msg}");
+        }
+        other => panic!("{relative}: {other:?}"),
+    }
+    let absolute = std::fs::canonicalize(relative).unwrap();
+    assert_eq!(
+        resolve_command(absolute.to_str().unwrap()).unwrap(),
+        absolute
+    );
+}
+
+#[test]
 fn an_outcome_is_reported_once_and_a_dropped_job_says_its_pool_stopped() {
     let (tx, rx) = std::sync::mpsc::channel();
     let report = |tx: std::sync::mpsc::Sender<JobOutcome>| {
