@@ -155,6 +155,14 @@ fn access_advice(path: &Path) -> String {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "$USER".into());
+    if gid.as_raw() == 0 {
+        // Membership of root's group is worth more than the socket: the socket's group is the
+        // thing to change.
+        return "this user may not open the socket, which belongs to group `root`: give the \
+                socket a group of its own (`socket_group` in precogd's configuration; the \
+                package's is `precog`) and add the user to that group"
+            .into();
+    }
     format!(
         "this user may not open the socket, which belongs to group `{group}`: add the user to \
          that group (`sudo usermod -aG {group} {user}`, then log in again)"

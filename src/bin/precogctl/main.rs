@@ -396,11 +396,12 @@ fn cache_line(cache: &Value) -> String {
     if cache.is_null() {
         return "cache: not reported by this precogd".into();
     }
+    let size = |v: &Value| v.as_u64().map_or("?".into(), pool_table::bytes);
     format!(
-        "cache: {}, {} of {} bytes  hits {}  misses {}  evicted {}{}",
+        "cache: {}, {} of {}  hits {}  misses {}  evicted {}{}",
         counted_value(&cache["entries"], "entry", "entries"),
-        cache["bytes"],
-        cache["capacity"],
+        size(&cache["bytes"]),
+        size(&cache["capacity"]),
         cache["hits"],
         cache["misses"],
         cache["evicted"],
@@ -504,10 +505,10 @@ mod tests {
         assert_eq!(counted_value(&json!(1), "entry", "entries"), "1 entry");
         assert_eq!(counted_value(&Value::Null, "entry", "entries"), "? entries");
         let line = cache_line(
-            &json!({"open": true, "entries": 1, "bytes": 10, "capacity": 20,
+            &json!({"open": true, "entries": 1, "bytes": 2816, "capacity": 268435456u64,
             "hits": 0, "misses": 1, "evicted": 0}),
         );
-        assert!(line.starts_with("cache: 1 entry, 10 of 20 bytes"), "{line}");
+        assert!(line.starts_with("cache: 1 entry, 3K of 256M"), "{line}");
     }
 
     #[test]
