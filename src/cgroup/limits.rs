@@ -55,6 +55,37 @@ impl Default for PoolLimits {
     }
 }
 
+/// The limits as the configuration writes them, unset ones left out:
+/// `cpu_quota = 150%, memory_max = 256M, cpus = 0-1`.
+impl std::fmt::Display for PoolLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::{ByteSize, Percent};
+        let mut parts = Vec::new();
+        if let Some(q) = self.cpu_quota_pct {
+            parts.push(format!("cpu_quota = {}", Percent(q)));
+        }
+        if let Some(w) = self.cpu_weight {
+            parts.push(format!("cpu_weight = {w}"));
+        }
+        if let Some(c) = &self.cpus {
+            parts.push(format!("cpus = {}", CpuList(c.clone())));
+        }
+        if let Some(m) = self.memory_max {
+            parts.push(format!("memory_max = {}", ByteSize(m)));
+        }
+        if let Some(m) = self.memory_reserve {
+            parts.push(format!("memory_reserve = {}", ByteSize(m)));
+        }
+        if let Some(p) = self.pids_max {
+            parts.push(format!("pids_max = {p}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("no limits");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 impl PoolLimits {
     /// The start values a pool's configuration asks for.
     pub fn from_config(pool: &PoolConfig) -> PoolLimits {
@@ -346,6 +377,21 @@ mod tests {
         assert_eq!(get("memory.limit_in_bytes"), "67108864");
         assert_eq!(get("memory.soft_limit_in_bytes"), "16777216");
         assert_eq!(get("pids.max"), "32");
+    }
+
+    #[test]
+    fn limits_read_as_the_configuration_writes_them() {
+        let l = PoolLimits {
+            cpu_quota_pct: Some(150.0),
+            cpus: Some(vec![0, 1]),
+            memory_max: Some(256 << 20),
+            ..PoolLimits::default()
+        };
+        assert_eq!(
+            l.to_string(),
+            "cpu_quota = 150%, cpus = 0-1, memory_max = 256M"
+        );
+        assert_eq!(PoolLimits::default().to_string(), "no limits");
     }
 
     #[test]

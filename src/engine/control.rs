@@ -225,7 +225,8 @@ impl Engine {
         }
         self.config.predict = predict;
         self.apply_policy(threshold);
-        tracing::info!(?changes, "prediction policy changed by operator");
+        let changes = Value::Object(changes);
+        tracing::info!(%changes, "prediction policy changed by operator");
         let _ = self.events.send(super::EngineEvent::PolicyChanged);
         Ok(self.policy_view())
     }

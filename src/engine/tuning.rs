@@ -396,7 +396,7 @@ impl Engine {
             t.tuner.memory_max = limits.memory_max;
         }
         t.tuner.bounds = bounds_of(new, budget);
-        tracing::info!(pool = %new.name, old = ?t.configured, new = ?limits,
+        tracing::info!(pool = %new.name, old = %t.configured, new = %limits,
             "configured limits changed; writing them to the pool's cgroup");
         t.configured = limits;
         // The operator's new limits go out now, even while an earlier refusal waits its retry.
@@ -472,7 +472,7 @@ impl Engine {
         let answer = match refused {
             Some((error, held)) => Err(format!(
                 "the configuration of pool `{pool}` changed, but its cgroup refused the new \
-                 limits: {error}; it holds {held:?}, and precogd tries again every {} s",
+                 limits: {error}; it holds {held}, and precogd tries again every {} s",
                 WRITE_RETRY.as_secs()
             )),
             None => Ok(self.pools_view()[pool].clone()),
@@ -495,7 +495,7 @@ impl Engine {
         };
         t.writing = false;
         if let Err(error) = result {
-            tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(), held = ?limits,
+            tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(), held = %limits,
                 "cannot apply tuned limits");
             t.retry_at = Some(Instant::now() + WRITE_RETRY);
             self.answer_awaiting(&pool, Some((&error, &limits)));
