@@ -357,7 +357,7 @@ fn check_config_reports_file_line_and_key() {
 }
 
 #[test]
-fn check_config_notes_users_and_groups_that_do_not_exist() {
+fn check_config_notes_what_a_start_goes_on_with() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.toml");
     let text = "[daemon]\nsocket_group = \"no-such-precog-group\"\n\
@@ -376,6 +376,17 @@ fn check_config_notes_users_and_groups_that_do_not_exist() {
             "access.toml:3: daemon.allowed_users: user `no-such-precog-user` does not exist: \
              only root and precogd's own user may use the socket"
         ),
+        "{err}"
+    );
+
+    // A pool no process runs in keeps warm workers for nothing.
+    let text = "[[pool]]\nname = \"idle\"\ncommand = [\"sh\"]\nwarm_min = 2\n";
+    std::fs::write(&path, text).unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("access.toml:4: pool.idle.warm_min: no process runs in pool `idle`"),
         "{err}"
     );
 

@@ -391,6 +391,17 @@ mod tests {
             );
         }
 
+        // A name listed twice in one list.
+        let layer = Source {
+            name: "d.toml".into(),
+            text: "[[process]]\nname = \"p\"\npool = \"shop\"\ninputs = [\"a\", \"b\", \"a\"]\n"
+                .into(),
+        };
+        let msg = load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg, "d.toml:4: process.p.inputs: lists `a` twice");
+
         // One error is reported as before, on its own.
         let layer = Source {
             name: "f.toml".into(),

@@ -240,6 +240,19 @@ fn check_process(
             ));
         }
     }
+    // A name listed twice is a slip (a copy left behind, a typo of another name).
+    for (key, names) in [
+        ("inputs", &p.inputs),
+        ("optional_inputs", &p.optional_inputs),
+        ("after", &p.after),
+        ("prepare", &p.prepare),
+    ] {
+        let mut seen = HashSet::new();
+        if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            let why = format!("lists `{twice}` twice");
+            return Err(err("process", &p.name, key, why));
+        }
+    }
     for i in &p.optional_inputs {
         if p.inputs.contains(i) {
             return Err(err(

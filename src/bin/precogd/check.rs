@@ -7,8 +7,9 @@ use precog::cli::DaemonArgs;
 use precog::config::{self, Config, Source};
 
 /// Errors are what a start or a reload would refuse: a worker command that cannot be found, a
-/// pool on CPUs this host does not let precogd use. Notes are what a start only warns about: a
-/// pool that keeps some of its CPUs, users and groups that do not exist.
+/// pool on CPUs this host does not let precogd use. Notes are what a start goes on with: a pool
+/// that keeps some of its CPUs, users and groups that do not exist, a pool that keeps warm
+/// workers for no process.
 pub fn check_config(args: &DaemonArgs, config: &Config) -> ExitCode {
     let (path, explicit) = super::config_path(args);
     let sources = match config::sources(path, explicit) {
@@ -48,6 +49,16 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
         match config::fit_cpus(&mut fitted, &allowed) {
             Ok(fits) => notes.extend(fits),
             Err(e) => errors.push(at(("pool", &e.pool, "cpus"), e.to_string())),
+        }
+    }
+
+    for p in &cfg.pools {
+        if p.warm_min > 0 && !cfg.processes.iter().any(|proc| proc.pool == p.name) {
+            let why = format!(
+                "no process runs in pool `{}`: its {} warm workers would wait for nothing",
+                p.name, p.warm_min
+            );
+            notes.push(at(("pool", &p.name, "warm_min"), why));
         }
     }
 
