@@ -219,3 +219,32 @@ fn optional_inputs_reach_the_worker_from_the_request_or_the_session_and_key_the_
     assert_eq!(again["served"], json!("cache"), "{again}");
     assert_eq!(echo(&again), json!({"sku": "3", "qty": 1}), "{again}");
 }
+
+#[test]
+fn a_hint_for_a_process_a_reload_removed_is_not_passed_to_the_one_that_takes_its_place() {
+    // The built-in 8 processes and 56 more fill the model's 64 process places, so a process
+    // added by a reload takes over the place of one it removed.
+    let processes = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| format!("[[process]]\nname = \"{n}\"\npool = \"shop\"\n"))
+            .collect::<String>()
+    };
+    let mut names: Vec<String> = (0..56).map(|i| format!("p{i}")).collect();
+    let head = "[predict]\nspeculation = false\n[[pool]]\nname = \"shop\"\nwarm_min = 0\n";
+    let first = format!("{head}{}", processes(&names));
+    let d = Daemon::start(&first);
+    let hint = d.call(json!({"op": "hint", "session": "s",
+        "predictions": [{"process": "p55", "p": 0.97}]}));
+    assert_eq!(hint["hot_path"][0]["process"], json!("p55"), "{hint}");
+
+    names[55] = "newcomer".into();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    d.reload_applied(&text.replace(&first, &format!("{head}{}", processes(&names))));
+    let p = d.call(json!({"op": "predict", "session": "s"}));
+    let predicted = p["predictions"].as_array().expect("predictions");
+    assert!(
+        predicted.iter().all(|e| e["process"] != json!("newcomer")),
+        "the hint for the removed process went to the new one: {p}"
+    );
+}

@@ -169,7 +169,7 @@ impl Predictor {
     }
 
     /// Gives each configured process its run-model id. An id taken over from a name no longer
-    /// configured loses its marks in the live sessions.
+    /// configured loses its marks in the live sessions, and the app's hints for that name.
     fn map_processes(&mut self) {
         let names: Vec<&str> = self.processes.iter().map(|p| p.name.as_str()).collect();
         let (ids, taken_over) = self.runs.assign(&names);
@@ -181,6 +181,7 @@ impl Predictor {
                 for (_, credited) in &mut profile.pending {
                     *credited &= !mask;
                 }
+                profile.hints.retain(|h| mask & (1 << h.0) == 0);
             }
         }
     }
