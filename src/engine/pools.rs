@@ -175,6 +175,7 @@ impl Engine {
         self.predictor.reconfigure(&config);
         let changed = crate::config::changes(&self.config, &config);
         self.config = config;
+        self.end_evicted_sessions();
         let changed = if changed.is_empty() {
             "nothing".to_string()
         } else {

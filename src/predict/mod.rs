@@ -158,7 +158,12 @@ impl Predictor {
         self.graph = DepGraph::new(&self.processes);
         self.map_processes();
         let idle_ms = cfg.sessions.idle.0.as_millis() as u64;
-        self.profiles.set_limits(cfg.sessions.max, idle_ms);
+        // Sessions a lowered `max` pushes out are gone as if they had ended, as when a new
+        // session pushes one out.
+        for gone in self.profiles.set_limits(cfg.sessions.max, idle_ms) {
+            self.partition.end_session(&gone);
+            self.evicted.push(gone);
+        }
         self.steps.half_life_ms = hl;
         self.runs.half_life_ms = hl;
         self.partition.precision_target = cfg.predict.precision_target;
