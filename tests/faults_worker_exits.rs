@@ -2,7 +2,8 @@
 //! worker that recycles itself with status 0, one slow to start, one that follows its replies
 //! with blank lines, one whose replies carry the wrong job id, one that exits while a child it
 //! left holds its pipes, one that closes its output but lives on, one that dies of a
-//! traceback longer than the log takes in a second, and one that leaves its process group.
+//! traceback longer than the log takes in a second, one that leaves its process group, and one
+//! that does not read a job longer than a pipe holds.
 
 mod common;
 
@@ -359,4 +360,26 @@ fn a_worker_that_left_its_process_group_is_still_ended_at_its_timeout_and_when_r
     d.reload_applied(&text.replace(&config("first"), &config("second")));
     let r = run(&d, "go", json!(2));
     assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+}
+
+#[test]
+fn a_job_longer_than_a_pipe_holds_times_out_on_a_worker_that_reads_nothing() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // The worker sleeps for a minute before it reads its input, and the job line is longer
+    // than a pipe holds (64 KiB), so writing it waits on the worker: the deadline must hold
+    // all the same.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool(
+            "sleeper",
+            &python("slow_start.py", &["60000"]),
+            "timeout = \"1s\"\nstart_timeout = \"1s\""
+        ),
+        process("big", "sleeper")
+    );
+    let d = Daemon::start(&config);
+    let r = run(&d, "big", json!("a".repeat(65_500)));
+    assert_eq!(r["error"]["code"], json!("timeout"), "{r}\n{}", d.log());
 }

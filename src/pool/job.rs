@@ -220,23 +220,46 @@ pub(super) async fn run_job(
         exec_us: start.elapsed().as_micros() as u64,
     };
 
-    if let Err(e) = stdin.write_all(&line).await {
-        // Most likely the worker has exited since its last reply.
-        return match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-            Ok(status) => ended(status, None, start),
-            Err(_) => lost(
-                FailureKind::Crashed,
-                format!("worker closed its input: {e}"),
-                None,
-            ),
-        };
-    }
     let deadline_at = |now: Instant| {
         let (at, by_start) = limits.at(now);
         (tokio::time::Instant::from_std(at), by_start)
     };
     let (mut deadline, mut by_start) = deadline_at(Instant::now());
     let mut real = job.priority == Priority::OnDemand;
+    // A job line longer than the pipe holds waits for the worker to read it: the deadline, a
+    // stop and a take-back hold meanwhile too.
+    let write = stdin.write_all(&line);
+    tokio::pin!(write);
+    loop {
+        let written = tokio::select! {
+            r = &mut write => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                return lost(FailureKind::Timeout, limits.missed(by_start), None);
+            }
+            _ = take_back.notified() => {
+                if shutting_down.load(Ordering::Relaxed) {
+                    return lost(FailureKind::ShuttingDown, "the pool stopped".into(), None);
+                }
+                if real || joinable.joins.any() {
+                    continue;
+                }
+                return lost(FailureKind::Cancelled,
+                    "worker taken back for an on-demand request".into(), None);
+            }
+        };
+        if let Err(e) = written {
+            // Most likely the worker has exited since its last reply.
+            return match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                Ok(status) => ended(status, None, start),
+                Err(_) => lost(
+                    FailureKind::Crashed,
+                    format!("worker closed its input: {e}"),
+                    None,
+                ),
+            };
+        }
+        break;
+    }
     // Set once the worker process has exited: its exit status, and until when lines it wrote
     // before are still read.
     let mut exited: Option<std::io::Result<ExitStatus>> = None;
