@@ -3,7 +3,7 @@
 //! with blank lines, one whose replies carry the wrong job id, one that exits while a child it
 //! left holds its pipes, one that closes its output but lives on, one that dies of a
 //! traceback longer than the log takes in a second, one that leaves its process group, and one
-//! that does not read a job longer than a pipe holds.
+//! that does not read a job longer than a pipe holds, and one that floods blank lines.
 
 mod common;
 
@@ -382,4 +382,31 @@ fn a_job_longer_than_a_pipe_holds_times_out_on_a_worker_that_reads_nothing() {
     let d = Daemon::start(&config);
     let r = run(&d, "big", json!("a".repeat(65_500)));
     assert_eq!(r["error"]["code"], json!("timeout"), "{r}\n{}", d.log());
+}
+
+#[test]
+fn a_worker_flooding_blank_lines_breaks_the_protocol_rather_than_running_out_its_timeout() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // Blank lines are skipped, but reading them without end would keep precogd busy for the
+    // whole timeout, slowing every other request.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool(
+            "flood",
+            &python("blank_flood.py", &[]),
+            "timeout = \"20s\"\nstart_timeout = \"0s\""
+        ),
+        process("blank", "flood")
+    );
+    let d = Daemon::start(&config);
+    let r = run(&d, "blank", json!(1));
+    assert_eq!(
+        r["error"]["code"],
+        json!("worker_failed"),
+        "{r}\n{}",
+        d.log()
+    );
+    assert_eq!(r["error"]["reason"], json!("protocol"), "{r}");
 }

@@ -16,6 +16,9 @@ use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
 
 /// Largest line a worker may write; a longer one breaks the protocol.
 const MAX_REPLY: usize = 8 << 20;
+/// Bytes of blank lines and replies naming another job a worker may write during one job: past
+/// this, reading them would keep precogd busy until the job's timeout, slowing every request.
+const MAX_IGNORED: usize = 8 << 20;
 
 /// How long a worker whose output ended has to be seen exiting before it counts as one that
 /// closed its output and lives on: a process's pipes close a moment before it can be reaped.
@@ -213,6 +216,8 @@ pub(super) async fn run_job(
     );
     let start = Instant::now();
     let mut checkpoint: Option<Value> = None;
+    // Bytes of lines that are no reply to this job (blank, or naming another job).
+    let mut ignored = 0usize;
     let lost = |kind, message: String, checkpoint: Option<Value>| Ran::Lost {
         kind,
         message,
@@ -275,12 +280,20 @@ pub(super) async fn run_job(
             };
             // A blank line (print's own newline after a reply's) is no reply, as from clients.
             if line.iter().all(u8::is_ascii_whitespace) {
+                ignored += line.len() + 1;
+                if ignored > MAX_IGNORED {
+                    return lost(FailureKind::Protocol, flooded(), checkpoint);
+                }
                 continue;
             }
             match decode_worker_reply(&line) {
                 Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
                 Ok(reply) if reply.job != Some(job_id) => {
                     log_discard(pool, *pid, discards, job_id, &line);
+                    ignored += line.len() + 1;
+                    if ignored > MAX_IGNORED {
+                        return lost(FailureKind::Protocol, flooded(), checkpoint);
+                    }
                 }
                 Ok(reply) => match reply.kind {
                     WorkerReplyKind::Checkpoint(state) => {
@@ -367,6 +380,15 @@ pub(super) async fn run_job(
             }
         }
     }
+}
+
+/// Why a job failed whose worker wrote more than [`MAX_IGNORED`] bytes of lines that are no
+/// reply to it.
+fn flooded() -> String {
+    format!(
+        "worker wrote over {} MiB of blank lines or replies naming another job during the job",
+        MAX_IGNORED >> 20
+    )
 }
 
 /// A job whose worker exited before answering it.
