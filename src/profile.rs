@@ -362,12 +362,16 @@ impl Profiles {
         }
     }
 
-    pub fn set_limits(&mut self, max: usize, idle_ms: u64) {
+    /// Sets the most sessions kept and their idle span; returns the sessions pushed out to
+    /// fit a lowered `max`.
+    pub fn set_limits(&mut self, max: usize, idle_ms: u64) -> Vec<String> {
         self.max = max.max(1);
         self.idle_ms = idle_ms;
+        let mut evicted = Vec::new();
         while self.by_session.len() > self.max {
-            self.evict_idlest();
+            evicted.extend(self.evict_idlest());
         }
+        evicted
     }
 
     pub fn len(&self) -> usize {

@@ -1,7 +1,8 @@
 //! Black-box: a burst of sessions predicted to need one process raises its pool's warm workers
 //! before their runs arrive, so none of the runs is a cold start; afterwards the pool falls back
 //! to `warm_min` once the keep-alive it learned from the gaps between requests has passed. A
-//! lowered `workers_max` holds as soon as workers are free, whatever the keep-alive.
+//! lowered `workers_max` holds as soon as workers are free, whatever the keep-alive, and a
+//! `warm_min` raised and lowered again leaves the pool at what the allocator plans.
 
 mod common;
 
@@ -181,4 +182,24 @@ fn a_lowered_workers_max_holds_as_soon_as_workers_are_free() {
         "an idle worker left {:.1} s after workers_max was lowered; keep-alive {keep_alive} ms",
         lowered.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn a_warm_min_raised_and_lowered_again_leaves_the_pool_at_the_allocators_plan() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let d = Daemon::start(&config());
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    wait_for("one warm worker, planned", &d, 20, |p, a| {
+        p["workers"] == json!(1) && a["warm"] == json!(1)
+    });
+    // Raised and lowered again before the allocator plans anew: the pool must not keep the
+    // raised count, which neither the configuration nor the plan asks for any more.
+    let raised = text.replace("warm_min = 1\n", "warm_min = 3\n");
+    d.reload_applied(&raised);
+    d.reload_applied(&text);
+    wait_for("the warm target back at the plan", &d, 10, |p, a| {
+        p["target_warm"] == a["warm"] && a["warm"] == json!(1)
+    });
 }

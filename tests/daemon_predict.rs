@@ -219,3 +219,60 @@ fn optional_inputs_reach_the_worker_from_the_request_or_the_session_and_key_the_
     assert_eq!(again["served"], json!("cache"), "{again}");
     assert_eq!(echo(&again), json!({"sku": "3", "qty": 1}), "{again}");
 }
+
+#[test]
+fn a_hint_for_a_process_a_reload_removed_is_not_passed_to_the_one_that_takes_its_place() {
+    // The built-in 8 processes and 56 more fill the model's 64 process places, so a process
+    // added by a reload takes over the place of one it removed.
+    let processes = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| format!("[[process]]\nname = \"{n}\"\npool = \"shop\"\n"))
+            .collect::<String>()
+    };
+    let mut names: Vec<String> = (0..56).map(|i| format!("p{i}")).collect();
+    let head = "[predict]\nspeculation = false\n[[pool]]\nname = \"shop\"\nwarm_min = 0\n";
+    let first = format!("{head}{}", processes(&names));
+    let d = Daemon::start(&first);
+    let hint = d.call(json!({"op": "hint", "session": "s",
+        "predictions": [{"process": "p55", "p": 0.97}]}));
+    assert_eq!(hint["hot_path"][0]["process"], json!("p55"), "{hint}");
+
+    names[55] = "newcomer".into();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    d.reload_applied(&text.replace(&first, &format!("{head}{}", processes(&names))));
+    let p = d.call(json!({"op": "predict", "session": "s"}));
+    let predicted = p["predictions"].as_array().expect("predictions");
+    assert!(
+        predicted.iter().all(|e| e["process"] != json!("newcomer")),
+        "the hint for the removed process went to the new one: {p}"
+    );
+}
+
+#[test]
+fn sessions_a_reload_pushes_out_end_with_their_guesses_counted_as_wasted() {
+    let d = Daemon::start("[sessions]\nmax = 100\n");
+    let mut c = d.connect();
+    for i in 0..4 {
+        let session = format!("v{i}");
+        c.call(&json!({"op": "event", "session": session, "type": "input",
+            "target": "address", "attrs": {"country": "DE", "postal_code": format!("{}", 10115 + i)}}));
+        let hint = c.call(&json!({"op": "hint", "session": session,
+            "predictions": [{"process": "validate_postal_code", "p": 1.0}]}));
+        assert_eq!(hint["ok"], json!(true), "{hint}");
+    }
+    let spec = |c: &mut common::Conn| c.call(&json!({"op": "stats"}))["speculation"].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spec(&mut c)["pending"] != json!(4) {
+        assert!(Instant::now() < deadline, "no 4 guesses: {}", spec(&mut c));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Three of the four sessions no longer fit: they are gone as if they had ended.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    d.reload_applied(&text.replace("[sessions]\nmax = 100\n", "[sessions]\nmax = 1\n"));
+    let stats = c.call(&json!({"op": "stats"}));
+    assert_eq!(stats["sessions"]["active"], json!(1), "{stats}");
+    assert_eq!(stats["speculation"]["pending"], json!(1), "{stats}");
+    assert_eq!(stats["speculation"]["wasted"], json!(3), "{stats}");
+}

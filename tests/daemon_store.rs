@@ -1,6 +1,7 @@
 //! Black-box tests of the daemon's result cache and partial states: served from the cache after
 //! a crash, damaged files set aside at start, a full cache disk, a cache that cannot be opened
-//! at all, resuming from checkpoints, stores that a reload does not move.
+//! at all, stores past a file-size limit, resuming from checkpoints, stores that a reload does
+//! not move.
 
 mod common;
 
@@ -172,6 +173,40 @@ fn stats_say_the_cache_is_off_and_why_when_it_cannot_be_opened() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("cache: off: not opened at start: "), "{text}");
+}
+
+#[test]
+fn a_file_size_limit_below_the_stores_leaves_the_daemon_serving_without_them() {
+    // A cache of 8M and a partial-state store of 4M, both past a 1 MiB file-size limit (as
+    // systemd's LimitFSIZE= or a shell's `ulimit -f` sets): reserving them must fail as a full
+    // disk does, not end precogd with SIGXFSZ.
+    let mut d = Daemon::prepare("cache_size = \"8M\"", "");
+    d.file_size_limit = Some(1 << 20);
+    d.spawn();
+    let r = postal(&d, "2511 CV");
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+    let stats = d.call(json!({"op": "stats"}));
+    for store in ["cache", "states"] {
+        assert_eq!(stats[store]["open"], json!(false), "{stats}");
+        let reason = stats[store]["disabled_reason"].as_str().unwrap_or("");
+        assert!(reason.contains("File too large"), "{stats}");
+    }
+    // The workers do not inherit the daemon's way of taking the limit: past it they end as
+    // any process would.
+    for pid in d.workers() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        assert_eq!(
+            ignored & (1 << (libc::SIGXFSZ - 1)),
+            0,
+            "worker {pid}: {status}"
+        );
+    }
+    assert!(d.stop(), "precogd did not stop cleanly:\n{}", d.log());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Black-box tests of who may use precog and what a worker may do, on the real daemon: the
-//! SO_PEERCRED check, results kept apart per client user, and the worker sandbox (no new
-//! privileges, clean environment, only stdio open, the configured user). They run as root.
+//! SO_PEERCRED check (with the groups the client process holds), results kept apart per client
+//! user, and the worker sandbox (no new privileges, clean environment, only stdio open, the
+//! configured user). They run as root.
 
 mod common;
 
@@ -75,13 +76,27 @@ fn restart_with_drop_in(d: &mut Daemon, toml: &str) {
 /// Sends each request on one connection as `uid`:`gid` (a Python client) and returns the
 /// replies; a reply that never came is `null`.
 fn call_as(uid: u32, gid: u32, d: &Daemon, requests: &[Value]) -> Vec<Value> {
+    call_in_groups(uid, gid, &[], d, requests)
+}
+
+/// As [`call_as`], from a process that also holds the supplementary `groups`.
+fn call_in_groups(
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    d: &Daemon,
+    requests: &[Value],
+) -> Vec<Value> {
     const CLIENT: &str = r#"
-import json, socket, sys
+import json, os, socket, sys
+os.setgroups([int(g) for g in sys.argv[2].split(",") if g])
+os.setgid(int(sys.argv[3]))
+os.setuid(int(sys.argv[4]))
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(20)
 s.connect(sys.argv[1])
 f = s.makefile("rwb")
-for req in sys.argv[2:]:
+for req in sys.argv[5:]:
     try:
         f.write(req.encode() + b"\n")
         f.flush()
@@ -93,9 +108,16 @@ for req in sys.argv[2:]:
         .arg("-c")
         .arg(CLIENT)
         .arg(&d.socket)
+        .arg(
+            groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .arg(gid.to_string())
+        .arg(uid.to_string())
         .args(requests.iter().map(Value::to_string))
-        .uid(uid)
-        .gid(gid)
         .current_dir("/")
         .output()
         .expect("run the python client");
@@ -172,6 +194,46 @@ fn only_allowed_groups_are_served_and_others_are_told_forbidden() {
 
     // Root is always served.
     assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
+}
+
+#[test]
+fn allowed_groups_are_those_the_client_process_holds_not_those_the_user_database_lists() {
+    if !preconditions() {
+        return;
+    }
+    let Some(group) = TempGroup::create() else {
+        println!("SKIPPED: cannot create a group with groupadd");
+        return;
+    };
+    let mut d = Daemon::start("");
+    restart_with_drop_in(&mut d, &format!("allowed_groups = [\"{}\"]", group.name));
+    let ping = json!({"id": 1, "op": "ping"});
+
+    // A process given the group (as systemd's SupplementaryGroups= does), though the user
+    // database does not list its user as a member, holds it: it is served.
+    let holder = call_in_groups(
+        NOBODY,
+        NOBODY,
+        &[group.gid],
+        &d,
+        std::slice::from_ref(&ping),
+    );
+    assert_eq!(holder[0]["ok"], json!(true), "{holder:?}");
+
+    // A process of a listed member that dropped the group (a sandboxed one) does not hold it.
+    let added = Command::new("gpasswd")
+        .args(["-a", "nobody", &group.name])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if skip_unless(added, "cannot add a member with gpasswd") {
+        return;
+    }
+    let dropped = call_in_groups(NOBODY, NOBODY, &[], &d, &[ping]);
+    assert_eq!(
+        dropped[0]["error"]["code"],
+        json!("forbidden"),
+        "{dropped:?}"
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Black-box tests of workers that end, start or answer in ways the daemon must tell apart: a
 //! worker that recycles itself with status 0, one slow to start, one that follows its replies
 //! with blank lines, one whose replies carry the wrong job id, one that exits while a child it
-//! left holds its pipes, one that closes its output but lives on, and one that dies of a
-//! traceback longer than the log takes in a second.
+//! left holds its pipes, one that closes its output but lives on, one that dies of a
+//! traceback longer than the log takes in a second, one that leaves its process group, and one
+//! that does not read a job longer than a pipe holds, and one that floods blank lines.
 
 mod common;
 
@@ -329,4 +330,83 @@ fn a_worker_dying_of_a_long_traceback_leaves_its_last_line_in_the_log() {
         line("worker failed at start").contains("pool=tracer"),
         "{log}"
     );
+}
+
+#[test]
+fn a_worker_that_left_its_process_group_is_still_ended_at_its_timeout_and_when_replaced() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let config = |arg: &str| {
+        format!(
+            "{NO_SHOP}{}{}",
+            pool(
+                "wanderer",
+                &python("leave_group.py", &[arg]),
+                "timeout = \"1s\""
+            ),
+            process("go", "wanderer")
+        )
+    };
+    let d = Daemon::start(&config("first"));
+    let r = run(&d, "go", json!("hang"));
+    assert_eq!(r["error"]["code"], json!("timeout"), "{r}\n{}", d.log());
+    let r = run(&d, "go", json!(1));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+
+    // A new command retires the worker, which stays alive after its input ends: the pool's
+    // one slot must come free for the new command's worker.
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    d.reload_applied(&text.replace(&config("first"), &config("second")));
+    let r = run(&d, "go", json!(2));
+    assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+}
+
+#[test]
+fn a_job_longer_than_a_pipe_holds_times_out_on_a_worker_that_reads_nothing() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // The worker sleeps for a minute before it reads its input, and the job line is longer
+    // than a pipe holds (64 KiB), so writing it waits on the worker: the deadline must hold
+    // all the same.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool(
+            "sleeper",
+            &python("slow_start.py", &["60000"]),
+            "timeout = \"1s\"\nstart_timeout = \"1s\""
+        ),
+        process("big", "sleeper")
+    );
+    let d = Daemon::start(&config);
+    let r = run(&d, "big", json!("a".repeat(65_500)));
+    assert_eq!(r["error"]["code"], json!("timeout"), "{r}\n{}", d.log());
+}
+
+#[test]
+fn a_worker_flooding_blank_lines_breaks_the_protocol_rather_than_running_out_its_timeout() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // Blank lines are skipped, but reading them without end would keep precogd busy for the
+    // whole timeout, slowing every other request.
+    let config = format!(
+        "{NO_SHOP}{}{}",
+        pool(
+            "flood",
+            &python("blank_flood.py", &[]),
+            "timeout = \"20s\"\nstart_timeout = \"0s\""
+        ),
+        process("blank", "flood")
+    );
+    let d = Daemon::start(&config);
+    let r = run(&d, "blank", json!(1));
+    assert_eq!(
+        r["error"]["code"],
+        json!("worker_failed"),
+        "{r}\n{}",
+        d.log()
+    );
+    assert_eq!(r["error"]["reason"], json!("protocol"), "{r}");
 }

@@ -137,6 +137,9 @@ impl Engine {
             match self.pools.get(&p.name) {
                 Some(pool) => {
                     pool.reconfigure(settings);
+                    // The last plan, clamped to the new bounds: a `warm_min` raised and lowered
+                    // again must not leave the pool at the count the raise clamped it to.
+                    pool.set_target_warm(self.planned_warm(&p.name).unwrap_or(0));
                     if let Some(old) = self.config.pool(&p.name).cloned() {
                         self.limits_reconfigured(&old, p, &config.budget);
                     }
@@ -172,6 +175,7 @@ impl Engine {
         self.predictor.reconfigure(&config);
         let changed = crate::config::changes(&self.config, &config);
         self.config = config;
+        self.end_evicted_sessions();
         let changed = if changed.is_empty() {
             "nothing".to_string()
         } else {

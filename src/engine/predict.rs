@@ -185,16 +185,22 @@ impl Engine {
         self.speculate(client, session, &hot);
     }
 
+    /// Ends the sessions the predictor pushed out to make room (for a new session, or to fit a
+    /// lowered `[sessions] max`): their guesses are released as at an `end`.
+    pub(super) fn end_evicted_sessions(&mut self) {
+        for gone in self.predictor.take_evicted() {
+            self.release_session(&gone);
+            self.session_gone(&gone);
+        }
+    }
+
     /// Starts the speculative jobs the predictor picks for the session, and drops queued ones
     /// that fell out of its hot path. `hot` is the session's hot path as the predictor just
     /// returned it.
     pub(super) fn speculate(&mut self, client: Client, session: &str, hot: &[HotEntry]) {
         // The event or hint that led here may have pushed out the idlest session to make room:
         // that session is gone as if it had ended.
-        for gone in self.predictor.take_evicted() {
-            self.release_session(&gone);
-            self.session_gone(&gone);
-        }
+        self.end_evicted_sessions();
         if !self.config.predict.speculation {
             return;
         }

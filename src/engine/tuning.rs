@@ -292,6 +292,11 @@ impl Engine {
         self.allocate();
     }
 
+    /// The warm workers the allocator last planned for `pool`, if it has planned any.
+    pub(super) fn planned_warm(&self, pool: &str) -> Option<usize> {
+        self.tuning.pools.get(pool)?.plan.as_ref().map(|p| p.warm)
+    }
+
     /// Plans warm workers and reservations for every pool and applies what changed.
     pub(super) fn allocate(&mut self) {
         self.tuning.last_plan = Some(Instant::now());

@@ -16,6 +16,9 @@ use crate::protocol::{Framer, WorkerReplyKind, decode_worker_reply, encode_job};
 
 /// Largest line a worker may write; a longer one breaks the protocol.
 const MAX_REPLY: usize = 8 << 20;
+/// Bytes of blank lines and replies naming another job a worker may write during one job: past
+/// this, reading them would keep precogd busy until the job's timeout, slowing every request.
+const MAX_IGNORED: usize = 8 << 20;
 
 /// How long a worker whose output ended has to be seen exiting before it counts as one that
 /// closed its output and lives on: a process's pipes close a moment before it can be reaped.
@@ -213,6 +216,8 @@ pub(super) async fn run_job(
     );
     let start = Instant::now();
     let mut checkpoint: Option<Value> = None;
+    // Bytes of lines that are no reply to this job (blank, or naming another job).
+    let mut ignored = 0usize;
     let lost = |kind, message: String, checkpoint: Option<Value>| Ran::Lost {
         kind,
         message,
@@ -220,23 +225,46 @@ pub(super) async fn run_job(
         exec_us: start.elapsed().as_micros() as u64,
     };
 
-    if let Err(e) = stdin.write_all(&line).await {
-        // Most likely the worker has exited since its last reply.
-        return match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-            Ok(status) => ended(status, None, start),
-            Err(_) => lost(
-                FailureKind::Crashed,
-                format!("worker closed its input: {e}"),
-                None,
-            ),
-        };
-    }
     let deadline_at = |now: Instant| {
         let (at, by_start) = limits.at(now);
         (tokio::time::Instant::from_std(at), by_start)
     };
     let (mut deadline, mut by_start) = deadline_at(Instant::now());
     let mut real = job.priority == Priority::OnDemand;
+    // A job line longer than the pipe holds waits for the worker to read it: the deadline, a
+    // stop and a take-back hold meanwhile too.
+    let write = stdin.write_all(&line);
+    tokio::pin!(write);
+    loop {
+        let written = tokio::select! {
+            r = &mut write => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                return lost(FailureKind::Timeout, limits.missed(by_start), None);
+            }
+            _ = take_back.notified() => {
+                if shutting_down.load(Ordering::Relaxed) {
+                    return lost(FailureKind::ShuttingDown, "the pool stopped".into(), None);
+                }
+                if real || joinable.joins.any() {
+                    continue;
+                }
+                return lost(FailureKind::Cancelled,
+                    "worker taken back for an on-demand request".into(), None);
+            }
+        };
+        if let Err(e) = written {
+            // Most likely the worker has exited since its last reply.
+            return match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                Ok(status) => ended(status, None, start),
+                Err(_) => lost(
+                    FailureKind::Crashed,
+                    format!("worker closed its input: {e}"),
+                    None,
+                ),
+            };
+        }
+        break;
+    }
     // Set once the worker process has exited: its exit status, and until when lines it wrote
     // before are still read.
     let mut exited: Option<std::io::Result<ExitStatus>> = None;
@@ -252,12 +280,20 @@ pub(super) async fn run_job(
             };
             // A blank line (print's own newline after a reply's) is no reply, as from clients.
             if line.iter().all(u8::is_ascii_whitespace) {
+                ignored += line.len() + 1;
+                if ignored > MAX_IGNORED {
+                    return lost(FailureKind::Protocol, flooded(), checkpoint);
+                }
                 continue;
             }
             match decode_worker_reply(&line) {
                 Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
                 Ok(reply) if reply.job != Some(job_id) => {
                     log_discard(pool, *pid, discards, job_id, &line);
+                    ignored += line.len() + 1;
+                    if ignored > MAX_IGNORED {
+                        return lost(FailureKind::Protocol, flooded(), checkpoint);
+                    }
                 }
                 Ok(reply) => match reply.kind {
                     WorkerReplyKind::Checkpoint(state) => {
@@ -344,6 +380,15 @@ pub(super) async fn run_job(
             }
         }
     }
+}
+
+/// Why a job failed whose worker wrote more than [`MAX_IGNORED`] bytes of lines that are no
+/// reply to it.
+fn flooded() -> String {
+    format!(
+        "worker wrote over {} MiB of blank lines or replies naming another job during the job",
+        MAX_IGNORED >> 20
+    )
 }
 
 /// A job whose worker exited before answering it.

@@ -174,6 +174,11 @@ fn spawn_now(plan: SpawnPlan) -> Result<Child, PoolError> {
     // async-signal-safe system calls on values prepared above; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // precogd ignores SIGXFSZ (a file-size limit fails its writes instead); an ignored
+            // signal stays ignored across exec, so the worker gets the default action back.
+            if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
             // Join the cgroup first, so everything the worker does is charged there.
             if let Some(join) = &join {
                 join.join_raw()?;

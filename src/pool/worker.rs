@@ -206,7 +206,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 checkpoint,
                 exec_us,
             } => {
-                kill_group(pid);
+                kill_worker(pid, &mut child);
                 let _ = child.wait().await;
                 let oom = placement_gone(&shared, id).await;
                 let (kind, message) = if oom {
@@ -530,18 +530,29 @@ fn start_dropped(shared: &Shared) {
 
 /// SIGKILL to the worker's process group (it leads its own group).
 fn kill_group(pid: u32) {
+    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// SIGKILL to the worker's process group and to the worker itself, which may have left its
+/// group (`setpgid`): a wait for its exit must not depend on the worker staying there.
+fn kill_worker(pid: u32, child: &mut Child) {
+    kill_group(pid);
+    // Not reaped yet, so the pid is still the worker's.
+    let _ = child.start_kill();
+}
+
+fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
     if pid > 0 {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
     }
 }
 
-/// SIGTERM, a grace period, then SIGKILL for the whole group.
+/// SIGTERM, a grace period, then SIGKILL, to the whole group and to the worker itself.
 async fn terminate(pid: u32, child: &mut Child) {
-    if pid > 0 {
-        let _ = nix::sys::signal::killpg(
+    signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+    if pid > 0 && child.try_wait().ok().flatten().is_none() {
+        // Not reaped (just checked), so the pid is still the worker's.
+        let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
@@ -550,7 +561,7 @@ async fn terminate(pid: u32, child: &mut Child) {
         .await
         .is_err()
     {
-        kill_group(pid);
+        kill_worker(pid, child);
         let _ = child.wait().await;
     }
     kill_group(pid);

@@ -158,7 +158,12 @@ impl Predictor {
         self.graph = DepGraph::new(&self.processes);
         self.map_processes();
         let idle_ms = cfg.sessions.idle.0.as_millis() as u64;
-        self.profiles.set_limits(cfg.sessions.max, idle_ms);
+        // Sessions a lowered `max` pushes out are gone as if they had ended, as when a new
+        // session pushes one out.
+        for gone in self.profiles.set_limits(cfg.sessions.max, idle_ms) {
+            self.partition.end_session(&gone);
+            self.evicted.push(gone);
+        }
         self.steps.half_life_ms = hl;
         self.runs.half_life_ms = hl;
         self.partition.precision_target = cfg.predict.precision_target;
@@ -169,7 +174,7 @@ impl Predictor {
     }
 
     /// Gives each configured process its run-model id. An id taken over from a name no longer
-    /// configured loses its marks in the live sessions.
+    /// configured loses its marks in the live sessions, and the app's hints for that name.
     fn map_processes(&mut self) {
         let names: Vec<&str> = self.processes.iter().map(|p| p.name.as_str()).collect();
         let (ids, taken_over) = self.runs.assign(&names);
@@ -181,6 +186,7 @@ impl Predictor {
                 for (_, credited) in &mut profile.pending {
                     *credited &= !mask;
                 }
+                profile.hints.retain(|h| mask & (1 << h.0) == 0);
             }
         }
     }

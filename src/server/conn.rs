@@ -41,6 +41,7 @@ pub(super) async fn connection(
     lines: Arc<LineBudget>,
     stop: watch::Receiver<bool>,
 ) {
+    let groups = super::peer_groups(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let client = match stream.peer_cred() {
         Ok(c) => Client {
             uid: c.uid(),
@@ -53,7 +54,7 @@ pub(super) async fn connection(
     let (tx, rx) = mpsc::channel::<Pending>(PIPELINE_DEPTH);
     let writer = tokio::spawn(write_replies(wr, rx, engine.clone(), settings.idle_close));
 
-    if !settings.access.allows(&client) {
+    if !settings.access.allows(&client, groups.as_deref()) {
         tracing::debug!(uid = client.uid, pid = client.pid, "refused a client");
         let e = ErrorReply::new(ErrorCode::Forbidden, "this user may not use precog");
         let _ = tx

@@ -97,9 +97,11 @@ impl Access {
         a
     }
 
-    /// Whether the peer may use precog: root, the daemon's user, a listed user, or a member
-    /// (primary or supplementary) of a listed group.
-    pub fn allows(&self, client: &Client) -> bool {
+    /// Whether the peer may use precog: root, the daemon's user, a listed user, or a process
+    /// holding a listed group (primary or supplementary). `groups` are the supplementary groups
+    /// the peer process holds, as the kernel recorded them at connect; without them (a kernel
+    /// that cannot tell) the user database's are taken.
+    pub fn allows(&self, client: &Client, groups: Option<&[u32]>) -> bool {
         let me = nix::unistd::geteuid().as_raw();
         if !self.restricted || client.uid == 0 || client.uid == me {
             return true;
@@ -107,9 +109,43 @@ impl Access {
         if self.uids.contains(&client.uid) || self.gids.contains(&client.gid) {
             return true;
         }
-        supplementary_groups(client.uid, client.gid)
-            .iter()
-            .any(|g| self.gids.contains(g))
+        match groups {
+            Some(held) => held.iter().any(|g| self.gids.contains(g)),
+            None => supplementary_groups(client.uid, client.gid)
+                .iter()
+                .any(|g| self.gids.contains(g)),
+        }
+    }
+}
+
+/// The supplementary groups of the process at the other end of a Unix socket, as the kernel
+/// recorded them when it connected (`SO_PEERGROUPS`, Linux 4.13); `None` where it cannot tell.
+pub fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `groups`, which holds that many.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / GID);
+            return Some(groups);
+        }
+        // Too small a buffer: the kernel says how large it must be.
+        let needed = len as usize / GID;
+        let too_small = std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE);
+        if !too_small || needed <= groups.len() {
+            return None;
+        }
+        groups.resize(needed, 0);
     }
 }
 
@@ -294,17 +330,17 @@ mod tests {
     #[test]
     fn names_that_do_not_exist_let_nobody_in_rather_than_everyone() {
         let none = Access::resolve(&["no-such-user-precog".into()], &[]);
-        assert!(!none.allows(&client(65534, 65534)));
+        assert!(!none.allows(&client(65534, 65534), None));
         let none = Access::resolve(&[], &["no-such-group-precog".into()]);
-        assert!(!none.allows(&client(65534, 65534)));
+        assert!(!none.allows(&client(65534, 65534), None));
         // Root and the daemon's own user are always served.
-        assert!(none.allows(&client(0, 0)));
+        assert!(none.allows(&client(0, 0), None));
         let me = nix::unistd::geteuid().as_raw();
-        assert!(none.allows(&client(me, 12345)));
+        assert!(none.allows(&client(me, 12345), None));
     }
 
     #[test]
     fn empty_lists_leave_access_to_the_socket_file() {
-        assert!(Access::resolve(&[], &[]).allows(&client(65534, 65534)));
+        assert!(Access::resolve(&[], &[]).allows(&client(65534, 65534), None));
     }
 }

@@ -76,6 +76,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub cgroup_parent: String,
+    /// The file-size limit (`RLIMIT_FSIZE`, bytes) precogd is started under, if any.
+    pub file_size_limit: Option<u64>,
     child: Option<Child>,
 }
 
@@ -89,6 +91,13 @@ impl Daemon {
     /// Like [`Daemon::start`], with `daemon_keys` added to the `[daemon]` table. The daemon's
     /// directory (socket, stores, log) is made under `PRECOG_TEST_DIR` when that is set.
     pub fn start_with(daemon_keys: &str, extra: &str) -> Daemon {
+        let mut d = Daemon::prepare(daemon_keys, extra);
+        d.spawn();
+        d
+    }
+
+    /// Writes the configuration [`Daemon::start_with`] would, without starting the daemon.
+    pub fn prepare(daemon_keys: &str, extra: &str) -> Daemon {
         let dir = match std::env::var_os("PRECOG_TEST_DIR") {
             Some(root) => {
                 std::fs::create_dir_all(&root).expect("create PRECOG_TEST_DIR");
@@ -110,21 +119,31 @@ impl Daemon {
             dir.path().join("state").display(),
         );
         std::fs::write(&config, text).expect("write config");
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             config,
             cgroup_parent: parent,
+            file_size_limit: None,
             child: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts (again) the daemon process on this directory.
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("precogd.log")).expect("log");
-        let child = Command::new(precogd())
+        let mut cmd = Command::new(precogd());
+        if let Some(limit) = self.file_size_limit {
+            use nix::sys::resource::{Resource, setrlimit};
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is one system call, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_FSIZE, limit, limit).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--bus")

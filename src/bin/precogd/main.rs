@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 use precog::cgroup::{CgroupError, Cgroups};
 use precog::cli::{self, DaemonArgs};
 use precog::config::{self, Config};
@@ -29,6 +29,11 @@ fn main() -> ExitCode {
     // Until `run` takes SIGHUP over, its default action would end precogd: one sent while it
     // starts (a reload asked for during a restart) waits, blocked, and is a reload once it serves.
     let _ = SigSet::from(Signal::SIGHUP).thread_block();
+    // Under a file-size limit (systemd's LimitFSIZE=, `ulimit -f`), a write past it would end
+    // precogd with SIGXFSZ; ignored, it fails with EFBIG instead, and the store or the model
+    // save that made it says so as for a full disk. Workers get the default action back.
+    // SAFETY: setting a signal to be ignored installs no handler; nothing runs on it.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGXFSZ, SigHandler::SigIgn) };
     let args = DaemonArgs::parse();
     let sink = precog::logging::init(args.verbose);
 
