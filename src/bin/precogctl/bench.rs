@@ -154,7 +154,7 @@ pub fn run(rounds: usize, as_json: bool) -> anyhow::Result<()> {
         names(&within),
         names(&beyond)
     );
-    for note in machine_notes(load, guest_halt_poll_ns()) {
+    for note in machine_notes(load, allowed.len(), guest_halt_poll_ns()) {
         println!("{note}");
     }
     Ok(())
@@ -179,8 +179,9 @@ fn guest_halt_poll_ns() -> Option<u64> {
 
 /// What about this machine sets the figures across CPUs: a process woken on an idle CPU waits
 /// for that CPU to wake, which on a virtual machine whose idle CPUs halt at once is a round trip
-/// through the hypervisor; and on a busy machine the scheduler keeps the processes together.
-fn machine_notes(load: Option<f64>, halt_poll_ns: Option<u64>) -> Vec<String> {
+/// through the hypervisor; and on a busy machine (a load average of the CPUs allowed, or more)
+/// the scheduler keeps the processes together.
+fn machine_notes(load: Option<f64>, cpus: usize, halt_poll_ns: Option<u64>) -> Vec<String> {
     let mut notes = Vec::new();
     match halt_poll_ns {
         Some(0) => notes.push(
@@ -194,7 +195,8 @@ fn machine_notes(load: Option<f64>, halt_poll_ns: Option<u64>) -> Vec<String> {
         )),
         None => {}
     }
-    if let Some(load) = load.filter(|l| *l >= 1.0) {
+    // As many runnable tasks as CPUs, on average: few of them fall idle.
+    if let Some(load) = load.filter(|l| *l >= cpus as f64) {
         notes.push(format!(
             "load average {load:.2} at the start: on a busy machine the scheduler keeps these \
              processes on fewer CPUs, and the figures as scheduled come near those on one CPU"
@@ -495,14 +497,14 @@ mod tests {
 
     #[test]
     fn the_notes_name_what_sets_the_figures_across_cpus() {
-        let notes = machine_notes(Some(3.5), Some(0));
+        let notes = machine_notes(Some(3.5), 2, Some(0));
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("halt at once"), "{notes:?}");
         assert!(notes[1].starts_with("load average 3.50"), "{notes:?}");
         assert_eq!(
-            machine_notes(Some(0.2), Some(200_000)),
+            machine_notes(Some(1.2), 2, Some(200_000)),
             ["this virtual machine's idle CPUs poll up to 200 us before they halt"]
         );
-        assert!(machine_notes(Some(0.2), None).is_empty());
+        assert!(machine_notes(Some(0.2), 2, None).is_empty());
     }
 }
