@@ -163,6 +163,12 @@ pub fn render(stats: &Value) -> String {
         "Sessions with a profile.",
         path(s, &["sessions", "active"]),
     );
+    o.single(
+        "session_inputs_bytes",
+        "gauge",
+        "What the inputs the sessions made known take together.",
+        path(s, &["sessions", "inputs_bytes"]),
+    );
 
     let sp = &s["speculation"];
     for (k, help) in [

@@ -255,8 +255,9 @@ fn sessions_a_reload_pushes_out_end_with_their_guesses_counted_as_wasted() {
     let mut c = d.connect();
     for i in 0..4 {
         let session = format!("v{i}");
+        let code = format!("{}", 10115 + i);
         c.call(&json!({"op": "event", "session": session, "type": "input",
-            "target": "address", "attrs": {"country": "DE", "postal_code": format!("{}", 10115 + i)}}));
+            "target": "address", "attrs": {"country": "DE", "postal_code": code}}));
         let hint = c.call(&json!({"op": "hint", "session": session,
             "predictions": [{"process": "validate_postal_code", "p": 1.0}]}));
         assert_eq!(hint["ok"], json!(true), "{hint}");
@@ -275,4 +276,32 @@ fn sessions_a_reload_pushes_out_end_with_their_guesses_counted_as_wasted() {
     assert_eq!(stats["sessions"]["active"], json!(1), "{stats}");
     assert_eq!(stats["speculation"]["pending"], json!(1), "{stats}");
     assert_eq!(stats["speculation"]["wasted"], json!(3), "{stats}");
+}
+
+#[test]
+fn sessions_inputs_together_stay_within_sessions_memory() {
+    let d = Daemon::start("[sessions]\nmemory = \"1M\"\n");
+    let mut c = d.connect();
+    // Forty sessions, each with about 60K of inputs: some 2.4M, where 1M is allowed.
+    let note = "n".repeat(60_000);
+    for i in 0..40 {
+        let r = c.call(
+            &json!({"op": "event", "session": format!("s{i}"), "type": "input",
+            "attrs": {"note": note, "country": "DE", "postal_code": format!("{}", 10115 + i)}}),
+        );
+        assert_eq!(r["ok"], json!(true), "{r}");
+    }
+    let stats = c.call(&json!({"op": "stats"}));
+    let bytes = stats["sessions"]["inputs_bytes"].as_u64().unwrap();
+    assert!(bytes <= 1 << 20 && bytes > 1 << 19, "{stats}");
+    let active = stats["sessions"]["active"].as_u64().unwrap();
+    assert!((10..40).contains(&active), "{stats}");
+
+    // The newest session kept its inputs and the oldest went: a run there lacks them.
+    let run = |c: &mut common::Conn, s: &str| {
+        c.call(&json!({"op": "run", "session": s, "process": "validate_postal_code"}))
+    };
+    assert_eq!(run(&mut c, "s39")["ok"], json!(true));
+    let gone = run(&mut c, "s0");
+    assert_eq!(gone["error"]["code"], json!("missing_input"), "{gone}");
 }

@@ -141,6 +141,8 @@ impl DaemonConfig {
 pub struct SessionsConfig {
     pub max: usize,
     pub idle: Span,
+    /// What the known inputs of all sessions may take together.
+    pub memory: ByteSize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

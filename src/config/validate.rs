@@ -18,6 +18,9 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// `cpu.max` on v2).
 const CPU_QUOTA_LEAST_US: u64 = 1_000;
 
+/// The least `sessions.memory`: room for sixteen sessions whose inputs reach their limit.
+const SESSIONS_MEMORY_LEAST: u64 = 1 << 20;
+
 /// The most tasks the kernel can count in `pids.max` (`PID_MAX_LIMIT` on 64-bit).
 const PIDS_MAX_MOST: u64 = 4 << 20;
 
@@ -96,6 +99,10 @@ pub(crate) fn validate(
     }
     if s.max == 0 {
         errors.push(table_err("sessions", "max", "must be at least 1"));
+    }
+    if s.memory.0 < SESSIONS_MEMORY_LEAST {
+        let why = "must be at least 1M: one session's inputs may take 64K";
+        errors.push(table_err("sessions", "memory", why));
     }
     if s.idle.0 < std::time::Duration::from_secs(1) {
         let why = "must be at least 1s: a session idle for longer is forgotten, with what it \

@@ -160,7 +160,11 @@ impl Predictor {
         let idle_ms = cfg.sessions.idle.0.as_millis() as u64;
         // Sessions a lowered `max` pushes out are gone as if they had ended, as when a new
         // session pushes one out.
-        for gone in self.profiles.set_limits(cfg.sessions.max, idle_ms) {
+        let inputs_budget = usize::try_from(cfg.sessions.memory.0).unwrap_or(usize::MAX);
+        for gone in self
+            .profiles
+            .set_limits(cfg.sessions.max, idle_ms, inputs_budget)
+        {
             self.partition.end_session(&gone);
             self.evicted.push(gone);
         }
@@ -241,6 +245,7 @@ impl Predictor {
             _ => None,
         };
         let (profile, evicted) = self.profiles.touch(&ev.session, now);
+        let inputs_before = profile.known_input_bytes();
         let observed = profile.observe(&ev);
         let step = self.steps.intern(&step_name(&ev, observed.same_item));
 
@@ -269,7 +274,9 @@ impl Predictor {
         }
         profile.hints.retain(|h| h.2 > 0);
 
-        if let Some(gone) = evicted {
+        // Sessions pushed out to make room, for this one or for its inputs, end as if they had.
+        let over_budget = self.profiles.inputs_changed(&ev.session, inputs_before);
+        for gone in evicted.into_iter().chain(over_budget) {
             self.partition.end_session(&gone);
             self.evicted.push(gone);
         }
@@ -437,6 +444,11 @@ impl Predictor {
     /// Sessions with a profile now.
     pub fn session_count(&self) -> usize {
         self.profiles.len()
+    }
+
+    /// What the inputs the live sessions made known take together.
+    pub fn session_inputs_bytes(&self) -> usize {
+        self.profiles.inputs_bytes()
     }
 
     /// The probability a process needs to be guessed, as in force now.

@@ -7,15 +7,18 @@
 //! recent-item list and the pending credit window are capped (see the test that prints the figure),
 //! and so are the number of known inputs ([`MAX_INPUTS`]) and their size ([`MAX_INPUT_BYTES`]).
 //!
-//! [`Profiles`] holds all sessions, with a cap on their number (the least recently active is
-//! evicted first) and idle expiry. Pure code: the caller passes the clock. The signals read the
-//! events' own `ts_ms` (when the visitor did it); activity and expiry the clock the caller gives
-//! (the daemon's own, so a client's clock cannot make a session expire early or never).
+//! [`Profiles`] holds all sessions, with a cap on their number and on what their known inputs
+//! take together (the least recently active is evicted first) and idle expiry. Pure code: the
+//! caller passes the clock. The signals read the events' own `ts_ms` (when the visitor did it);
+//! activity and expiry the clock the caller gives (the daemon's own, so a client's clock cannot
+//! make a session expire early or never).
 
-use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use serde_json::{Map, Value};
+
+mod sessions;
+pub use sessions::Profiles;
 
 /// One thing a visitor did, as the engine hands it over.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,7 +84,7 @@ pub struct Profile {
     /// Inputs taken from event attributes; processes run with these.
     pub known_inputs: Map<String, Value>,
     /// What the known inputs take, as [`input_bytes`] counts them.
-    known_input_bytes: usize,
+    pub(super) known_input_bytes: usize,
     /// Processes (by index in the configuration) the app asked for in this session.
     pub runs_done: u64,
     /// Contexts still waiting to learn which processes followed them: (context keys, credited).
@@ -262,6 +265,11 @@ impl Profile {
         self.last_ts_ms.saturating_sub(self.item_since_ms)
     }
 
+    /// What the known inputs take, as [`input_bytes`] counts them.
+    pub fn known_input_bytes(&self) -> usize {
+        self.known_input_bytes
+    }
+
     /// Bytes this profile holds, input values included.
     pub fn memory_bytes(&self) -> usize {
         let inputs: usize = self
@@ -339,124 +347,6 @@ fn hash_string_key(s: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut hasher);
     hasher.finish()
-}
-
-/// All live sessions, capped in number, with idle expiry.
-#[derive(Debug, Default)]
-pub struct Profiles {
-    /// Profile, sequence number and last activity (its key in `by_activity`).
-    by_session: HashMap<String, (Profile, u64, u64)>,
-    /// (last activity, sequence) → session, so the idlest session is found first.
-    by_activity: BTreeMap<(u64, u64), String>,
-    seq: u64,
-    max: usize,
-    idle_ms: u64,
-}
-
-impl Profiles {
-    pub fn new(max: usize, idle_ms: u64) -> Profiles {
-        Profiles {
-            max: max.max(1),
-            idle_ms,
-            ..Profiles::default()
-        }
-    }
-
-    /// Sets the most sessions kept and their idle span; returns the sessions pushed out to
-    /// fit a lowered `max`.
-    pub fn set_limits(&mut self, max: usize, idle_ms: u64) -> Vec<String> {
-        self.max = max.max(1);
-        self.idle_ms = idle_ms;
-        let mut evicted = Vec::new();
-        while self.by_session.len() > self.max {
-            evicted.extend(self.evict_idlest());
-        }
-        evicted
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_session.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_session.is_empty()
-    }
-
-    pub fn get(&self, session: &str) -> Option<&Profile> {
-        self.by_session.get(session).map(|(p, _, _)| p)
-    }
-
-    pub fn get_mut(&mut self, session: &str) -> Option<&mut Profile> {
-        self.by_session.get_mut(session).map(|(p, _, _)| p)
-    }
-
-    /// The session's profile, created when new (evicting the idlest session at the cap), and
-    /// marked active at `ts_ms`. Returns the profile and the session evicted, if any.
-    pub fn touch(&mut self, session: &str, ts_ms: u64) -> (&mut Profile, Option<String>) {
-        let mut evicted = None;
-        if !self.by_session.contains_key(session) {
-            if self.by_session.len() >= self.max {
-                evicted = self.evict_idlest();
-            }
-            self.seq += 1;
-            self.by_activity
-                .insert((ts_ms, self.seq), session.to_string());
-            let profile = Profile::new(ts_ms);
-            self.by_session
-                .insert(session.to_string(), (profile, self.seq, ts_ms));
-        } else {
-            let (_, seq, active) = self.by_session.get_mut(session).expect("checked above");
-            if ts_ms > *active {
-                let name = self
-                    .by_activity
-                    .remove(&(*active, *seq))
-                    .unwrap_or_default();
-                self.by_activity.insert((ts_ms, *seq), name);
-                *active = ts_ms;
-            }
-        }
-        let (profile, _, _) = self.by_session.get_mut(session).expect("inserted above");
-        (profile, evicted)
-    }
-
-    fn evict_idlest(&mut self) -> Option<String> {
-        let (_, session) = self.by_activity.pop_first()?;
-        self.by_session.remove(&session);
-        Some(session)
-    }
-
-    pub fn remove(&mut self, session: &str) -> Option<Profile> {
-        let (profile, seq, active) = self.by_session.remove(session)?;
-        self.by_activity.remove(&(active, seq));
-        Some(profile)
-    }
-
-    /// Removes and names the sessions idle longer than the configured span at `now_ms`.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
-        let mut expired = Vec::new();
-        while let Some((&(ts, _), _)) = self.by_activity.first_key_value() {
-            if now_ms.saturating_sub(ts) < self.idle_ms {
-                break;
-            }
-            if let Some(session) = self.evict_idlest() {
-                expired.push(session);
-            }
-        }
-        expired
-    }
-
-    pub fn profiles_mut(&mut self) -> impl Iterator<Item = &mut Profile> {
-        self.by_session.values_mut().map(|(p, _, _)| p)
-    }
-
-    pub fn sessions(&self) -> impl Iterator<Item = &str> {
-        self.by_session.keys().map(String::as_str)
-    }
-
-    /// A stable key for a session name (for per-session tables kept elsewhere).
-    pub fn session_key(session: &str) -> u64 {
-        hash_string_key(session)
-    }
 }
 
 #[cfg(test)]
@@ -565,22 +455,5 @@ mod tests {
             (p.first_ts_ms, p.gap_ms, p.time_on_item_ms()),
             (1_000, 3_000, 3_000)
         );
-    }
-
-    #[test]
-    fn cap_evicts_the_idlest_and_idle_sessions_expire() {
-        let mut all = Profiles::new(2, 1000);
-        all.touch("a", 0);
-        all.touch("b", 10);
-        all.touch("a", 20);
-        let (_, evicted) = all.touch("c", 30);
-        assert_eq!(evicted.as_deref(), Some("b"));
-        assert_eq!(all.len(), 2);
-        assert_eq!(all.expire(1025), vec!["a".to_string()]);
-        assert!(all.get("c").is_some());
-        assert!(all.remove("c").is_some());
-        assert!(all.is_empty());
-        assert!(all.by_activity.is_empty());
-        assert!(all.expire(u64::MAX).is_empty());
     }
 }
