@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
+use super::locate::{Lines, find_lines};
 use super::values::in_plain_words;
 use super::{BUILTIN, Config, ConfigError, validate};
 
@@ -245,47 +246,6 @@ fn locate(sources: &[Source], section: &str, name: &str, key: &str) -> (String, 
             (last, 1)
         }
     }
-}
-
-/// Where a layer sets a key, and where its entry starts (a `[[section]]` table's `name` line).
-struct Lines {
-    key: Option<usize>,
-    entry: Option<usize>,
-}
-
-fn find_lines(text: &str, section: &str, name: &str, key: &str) -> Lines {
-    let mut in_entry = false;
-    let mut entry_line = None;
-    let mut entry = None;
-    for (i, raw) in text.lines().enumerate() {
-        let l = raw.trim();
-        if l.starts_with('[') {
-            let header = l.trim_matches(|c| c == '[' || c == ']').trim();
-            in_entry = header == section && name.is_empty();
-            if header == section && !name.is_empty() {
-                in_entry = false;
-                entry_line = Some(i + 1);
-            } else {
-                entry_line = None;
-            }
-            continue;
-        }
-        let Some((k, v)) = l.split_once('=') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if entry_line.is_some() && k == "name" && v.trim_matches('"') == name {
-            in_entry = true;
-            entry = entry.or(Some(i + 1));
-        }
-        if in_entry && k == key {
-            return Lines {
-                key: Some(i + 1),
-                entry,
-            };
-        }
-    }
-    Lines { key: None, entry }
 }
 
 #[cfg(test)]
