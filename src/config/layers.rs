@@ -1,10 +1,11 @@
 //! Reading the configuration layers and merging them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::locate::{Lines, find_lines};
+use super::locate::{Lines, find_in_entry, find_lines};
 use super::values::in_plain_words;
 use super::{BUILTIN, Config, ConfigError, validate};
 
@@ -170,6 +171,8 @@ fn merge(base: &mut Table, layer: Table, src: &Source) -> Result<(), ConfigError
                 let Value::Array(list) = list else {
                     unreachable!("checked by the layer parse")
                 };
+                // Names this layer defined, and how often: a second definition is a slip.
+                let mut defined: HashMap<String, usize> = HashMap::new();
                 for entry in entries {
                     let Value::Table(entry) = entry else { continue };
                     let Some(name) = entry.get("name").and_then(Value::as_str) else {
@@ -180,6 +183,17 @@ fn merge(base: &mut Table, layer: Table, src: &Source) -> Result<(), ConfigError
                             message: format!("every [[{section}]] needs a name"),
                         });
                     };
+                    let times = defined.entry(name.to_string()).or_default();
+                    *times += 1;
+                    if *times > 1 {
+                        let found = find_in_entry(&src.text, &section, name, *times - 1, "name");
+                        return Err(ConfigError::Invalid {
+                            file: src.name.clone(),
+                            line: found.entry.unwrap_or(1),
+                            key: format!("{section}.{name}.name"),
+                            message: "is defined twice in this file".into(),
+                        });
+                    }
                     let existing = list.iter_mut().find_map(|v| match v {
                         Value::Table(t) if t.get("name").and_then(Value::as_str) == Some(name) => {
                             Some(t)

@@ -12,6 +12,11 @@ pub(super) struct Lines {
 /// table such as `[daemon]`. The text is read as TOML, so comments, quotes, dotted keys and
 /// inline tables place keys where they are written.
 pub(super) fn find_lines(text: &str, section: &str, name: &str, key: &str) -> Lines {
+    find_in_entry(text, section, name, 0, key)
+}
+
+/// As [`find_lines`], in the entry named `name` that comes `nth` (from 0) among those so named.
+pub(super) fn find_in_entry(text: &str, section: &str, name: &str, nth: usize, key: &str) -> Lines {
     let mut found = Lines {
         key: None,
         entry: None,
@@ -48,7 +53,8 @@ pub(super) fn find_lines(text: &str, section: &str, name: &str, key: &str) -> Li
                     DeValue::Table(t) => Some(t),
                     _ => None,
                 })
-                .find(named);
+                .filter(named)
+                .nth(nth);
             if let Some(t) = entry {
                 found.entry = key_line(t, "name");
                 found.key = key_line(t, key);
@@ -122,5 +128,22 @@ mod tests {
         ] {
             assert_eq!(at(text, entry), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn an_entry_named_twice_in_one_file_is_refused_at_its_second_definition() {
+        let layer = Source {
+            name: "x.toml".into(),
+            text: "[[process]]\nname = \"p\"\npool = \"shop\"\nidempotent = true\n\n\
+                   [[process]]\nname = \"p\"\npool = \"shop\"\n"
+                .into(),
+        };
+        let msg = super::super::load_sources(&[Source::builtin(), layer])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "x.toml:7: process.p.name: is defined twice in this file"
+        );
     }
 }
