@@ -1,9 +1,11 @@
 //! Reading the configuration layers and merging them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
+use super::locate::{Lines, find_in_entry, find_lines};
 use super::values::in_plain_words;
 use super::{BUILTIN, Config, ConfigError, validate};
 
@@ -169,6 +171,8 @@ fn merge(base: &mut Table, layer: Table, src: &Source) -> Result<(), ConfigError
                 let Value::Array(list) = list else {
                     unreachable!("checked by the layer parse")
                 };
+                // Names this layer defined, and how often: a second definition is a slip.
+                let mut defined: HashMap<String, usize> = HashMap::new();
                 for entry in entries {
                     let Value::Table(entry) = entry else { continue };
                     let Some(name) = entry.get("name").and_then(Value::as_str) else {
@@ -179,6 +183,17 @@ fn merge(base: &mut Table, layer: Table, src: &Source) -> Result<(), ConfigError
                             message: format!("every [[{section}]] needs a name"),
                         });
                     };
+                    let times = defined.entry(name.to_string()).or_default();
+                    *times += 1;
+                    if *times > 1 {
+                        let found = find_in_entry(&src.text, &section, name, *times - 1, "name");
+                        return Err(ConfigError::Invalid {
+                            file: src.name.clone(),
+                            line: found.entry.unwrap_or(1),
+                            key: format!("{section}.{name}.name"),
+                            message: "is defined twice in this file".into(),
+                        });
+                    }
                     let existing = list.iter_mut().find_map(|v| match v {
                         Value::Table(t) if t.get("name").and_then(Value::as_str) == Some(name) => {
                             Some(t)
@@ -245,47 +260,6 @@ fn locate(sources: &[Source], section: &str, name: &str, key: &str) -> (String, 
             (last, 1)
         }
     }
-}
-
-/// Where a layer sets a key, and where its entry starts (a `[[section]]` table's `name` line).
-struct Lines {
-    key: Option<usize>,
-    entry: Option<usize>,
-}
-
-fn find_lines(text: &str, section: &str, name: &str, key: &str) -> Lines {
-    let mut in_entry = false;
-    let mut entry_line = None;
-    let mut entry = None;
-    for (i, raw) in text.lines().enumerate() {
-        let l = raw.trim();
-        if l.starts_with('[') {
-            let header = l.trim_matches(|c| c == '[' || c == ']').trim();
-            in_entry = header == section && name.is_empty();
-            if header == section && !name.is_empty() {
-                in_entry = false;
-                entry_line = Some(i + 1);
-            } else {
-                entry_line = None;
-            }
-            continue;
-        }
-        let Some((k, v)) = l.split_once('=') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if entry_line.is_some() && k == "name" && v.trim_matches('"') == name {
-            in_entry = true;
-            entry = entry.or(Some(i + 1));
-        }
-        if in_entry && k == key {
-            return Lines {
-                key: Some(i + 1),
-                entry,
-            };
-        }
-    }
-    Lines { key: None, entry }
 }
 
 #[cfg(test)]

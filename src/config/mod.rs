@@ -14,6 +14,7 @@
 
 mod diff;
 mod layers;
+mod locate;
 mod validate;
 mod values;
 

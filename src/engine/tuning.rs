@@ -134,9 +134,15 @@ impl PoolTuning {
 
 impl Tuning {
     /// Forgets a pool a reload removed: one added later under its name starts afresh, from its
-    /// own configuration.
+    /// own configuration. Operators waiting for its cgroup to take their limits are answered:
+    /// the write under way ends unheard.
     pub(super) fn forget_pool(&mut self, name: &str) {
         self.pools.remove(name);
+        for reply in self.awaiting_write.remove(name).unwrap_or_default() {
+            let _ = reply.send(Err(format!(
+                "pool `{name}` was removed by a reload before its cgroup took the new limits"
+            )));
+        }
     }
 
     fn pool(&mut self, cfg: &crate::config::Config, name: &str) -> Option<&mut PoolTuning> {
@@ -451,42 +457,6 @@ impl Engine {
         });
     }
 
-    /// Answers an operator's change of `pool`'s limits with the pool's view once no write to its
-    /// cgroup is on its way (the change's own write, started by the change), at once when none is.
-    pub(super) fn reply_once_written(&mut self, pool: &str, reply: ControlReply) {
-        match self.tuning.pools.get(pool) {
-            Some(t) if t.writing => {
-                let waiting = self.tuning.awaiting_write.entry(pool.to_string());
-                waiting.or_default().push(reply);
-            }
-            _ => {
-                let _ = reply.send(Ok(self.pools_view()[pool].clone()));
-            }
-        }
-    }
-
-    /// Answers the operators waiting for `pool`'s limits: with the kernel's refusal, or with the
-    /// pool's view once no other write follows.
-    fn answer_awaiting(&mut self, pool: &str, refused: Option<(&str, &PoolLimits)>) {
-        if refused.is_none() && self.tuning.pools.get(pool).is_some_and(|t| t.writing) {
-            return;
-        }
-        let Some(waiting) = self.tuning.awaiting_write.remove(pool) else {
-            return;
-        };
-        let answer = match refused {
-            Some((error, held)) => Err(format!(
-                "the configuration of pool `{pool}` changed, but its cgroup refused the new \
-                 limits: {error}; it holds {held}, and precogd tries again every {} s",
-                WRITE_RETRY.as_secs()
-            )),
-            None => Ok(self.pools_view()[pool].clone()),
-        };
-        for reply in waiting {
-            let _ = reply.send(answer.clone());
-        }
-    }
-
     /// A write of new limits ended; limits wanted meanwhile are written next. After a refusal,
     /// `limits` is what the cgroup holds, and the write is tried again in [`WRITE_RETRY`].
     pub(super) fn limits_written(
@@ -600,3 +570,9 @@ impl Engine {
         json!({"pools": pools, "processes": processes})
     }
 }
+
+#[path = "tuning_replies.rs"]
+mod replies;
+#[cfg(test)]
+#[path = "tuning_tests.rs"]
+mod tests;
