@@ -69,6 +69,9 @@ struct PoolTuning {
     applied: PoolLimits,
     /// A write of new limits is on its way; the next waits for it.
     writing: bool,
+    /// The configured limits changed while a write was on its way: that write does not carry
+    /// them, so a refusal of it is not theirs.
+    changed_while_writing: bool,
     /// A write was refused: the tuner's limits are tried again from this time on (a change of
     /// the configured limits is written at once).
     retry_at: Option<Instant>,
@@ -118,6 +121,7 @@ impl PoolTuning {
             configured: limits.clone(),
             applied: limits,
             writing: false,
+            changed_while_writing: false,
             retry_at: None,
             plan: None,
             window: None,
@@ -412,6 +416,7 @@ impl Engine {
         t.configured = limits;
         // The operator's new limits go out now, even while an earlier refusal waits its retry.
         t.retry_at = None;
+        t.changed_while_writing = t.writing;
         self.apply_quota(&new.name);
     }
 
@@ -469,9 +474,18 @@ impl Engine {
             return;
         };
         t.writing = false;
+        let superseded = std::mem::take(&mut t.changed_while_writing);
         if let Err(error) = result {
             tracing::warn!(pool, %error, retry_s = WRITE_RETRY.as_secs(), held = %limits,
                 "cannot apply tuned limits");
+            if superseded {
+                // The limits configured since were never tried: they go out now, and whoever
+                // changed them hears of their own write.
+                t.applied = limits;
+                t.retry_at = None;
+                self.apply_quota(&pool);
+                return self.answer_awaiting(&pool, None);
+            }
             t.retry_at = Some(Instant::now() + WRITE_RETRY);
             self.answer_awaiting(&pool, Some((&error, &limits)));
             if let Some(t) = self.tuning.pools.get_mut(&pool) {
