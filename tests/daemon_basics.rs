@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, have_python, skip_unless, worker};
+use common::{Daemon, check_config, have_python, skip_unless, worker};
 use serde_json::json;
 
 /// A pool of Python echo workers with a 1 s timeout, and processes on it.
@@ -290,115 +290,6 @@ fn an_idle_connection_is_closed_after_idle_close() {
         "an idle connection stayed open past idle_close"
     );
     assert_eq!(d.call(json!({"op": "ping"}))["ok"], json!(true));
-}
-
-/// `precogd --check-config` on the file at `path`.
-fn check_config(path: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(path)
-        .arg("--check-config")
-        .output()
-        .expect("run precogd --check-config")
-}
-
-#[test]
-fn check_config_reports_file_line_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[daemon]\nqueue_max = \"many\"\n").unwrap();
-    let out = check_config(&path);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:2: daemon.queue_max"), "{err}");
-
-    // A worker that cannot be found would be refused at start and at reload: so here too.
-    std::fs::write(
-        &path,
-        "[[pool]]\nname = \"gone\"\ncommand = [\"no-such-precog-worker\"]\n",
-    )
-    .unwrap();
-    let out = check_config(&path);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:3: pool.gone.command") && err.contains("no-such-precog-worker"),
-        "{err}"
-    );
-
-    // So is a path that does not exist, or names a file no one may execute.
-    let plain = dir.path().join("worker.py");
-    std::fs::write(&plain, "print('hi')\n").unwrap();
-    for (command, why) in [
-        ("/nonexistent/precog-worker".to_string(), "does not exist"),
-        (plain.display().to_string(), "is not executable"),
-        (dir.path().display().to_string(), "is not a file"),
-    ] {
-        let text = format!("[[pool]]\nname = \"gone\"\ncommand = [\"{command}\"]\n");
-        std::fs::write(&path, text).unwrap();
-        let out = check_config(&path);
-        assert_eq!(out.status.code(), Some(2), "{command} passed");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("bad.toml:3: pool.gone.command")
-                && err.contains(&command)
-                && err.contains(why),
-            "{err}"
-        );
-    }
-
-    std::fs::write(&path, "[sessions]\nmax = 10\n").unwrap();
-    let out = check_config(&path);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[test]
-fn check_config_notes_what_a_start_goes_on_with() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.toml");
-    let text = "[daemon]\nsocket_group = \"no-such-precog-group\"\n\
-                allowed_users = [\"no-such-precog-user\"]\nallowed_groups = []\n";
-    std::fs::write(&path, text).unwrap();
-    let out = check_config(&path);
-    let err = String::from_utf8_lossy(&out.stderr);
-    // precogd starts with them (and warns), so they are notes, not errors.
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("access.toml:2: daemon.socket_group: group `no-such-precog-group`"),
-        "{err}"
-    );
-    assert!(
-        err.contains(
-            "access.toml:3: daemon.allowed_users: user `no-such-precog-user` does not exist: \
-             only root and precogd's own user may use the socket"
-        ),
-        "{err}"
-    );
-
-    // A pool no process runs in keeps warm workers for nothing.
-    let text = "[[pool]]\nname = \"idle\"\ncommand = [\"sh\"]\nwarm_min = 2\n";
-    std::fs::write(&path, text).unwrap();
-    let out = check_config(&path);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("access.toml:4: pool.idle.warm_min: no process runs in pool `idle`"),
-        "{err}"
-    );
-
-    // Beside a user who exists, a missing one is only named.
-    let text = "[daemon]\nallowed_users = [\"root\", \"no-such-precog-user\"]\n\
-                allowed_groups = []\n";
-    std::fs::write(&path, text).unwrap();
-    let err = String::from_utf8_lossy(&check_config(&path).stderr).into_owned();
-    assert!(
-        err.contains("user `no-such-precog-user` does not exist\n"),
-        "{err}"
-    );
 }
 
 /// A CPU this process may not run on, nor precogd started from it: one past its last.

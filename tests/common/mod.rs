@@ -16,6 +16,16 @@ pub fn precogd() -> &'static str {
     env!("CARGO_BIN_EXE_precogd")
 }
 
+/// `precogd --check-config` on the file at `path`.
+pub fn check_config(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(precogd())
+        .arg("--config")
+        .arg(path)
+        .arg("--check-config")
+        .output()
+        .expect("run precogd --check-config")
+}
+
 /// Path of a test worker in `tests/workers/`.
 pub fn worker(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
