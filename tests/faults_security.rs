@@ -161,17 +161,26 @@ idempotent = true
     )
 }
 
-#[test]
-fn only_allowed_groups_are_served_and_others_are_told_forbidden() {
+/// A daemon whose socket is open to all at the file level and allows only a group made for
+/// the test; `None` (having said why) without root, python3 or `groupadd`.
+fn daemon_allowing_a_new_group() -> Option<(TempGroup, Daemon)> {
     if !preconditions() {
-        return;
+        return None;
     }
     let Some(group) = TempGroup::create() else {
         println!("SKIPPED: cannot create a group with groupadd");
-        return;
+        return None;
     };
     let mut d = Daemon::start("");
     restart_with_drop_in(&mut d, &format!("allowed_groups = [\"{}\"]", group.name));
+    Some((group, d))
+}
+
+#[test]
+fn only_allowed_groups_are_served_and_others_are_told_forbidden() {
+    let Some((group, d)) = daemon_allowing_a_new_group() else {
+        return;
+    };
 
     let ping = json!({"id": 1, "op": "ping"});
     let outsider = call_as(NOBODY, NOBODY, &d, &[ping.clone(), ping.clone()]);
@@ -198,15 +207,9 @@ fn only_allowed_groups_are_served_and_others_are_told_forbidden() {
 
 #[test]
 fn allowed_groups_are_those_the_client_process_holds_not_those_the_user_database_lists() {
-    if !preconditions() {
-        return;
-    }
-    let Some(group) = TempGroup::create() else {
-        println!("SKIPPED: cannot create a group with groupadd");
+    let Some((group, d)) = daemon_allowing_a_new_group() else {
         return;
     };
-    let mut d = Daemon::start("");
-    restart_with_drop_in(&mut d, &format!("allowed_groups = [\"{}\"]", group.name));
     let ping = json!({"id": 1, "op": "ping"});
 
     // A process given the group (as systemd's SupplementaryGroups= does), though the user

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{Daemon, precogd};
+use common::{Daemon, check_config};
 use serde_json::json;
 
 fn free_port() -> u16 {
@@ -79,12 +79,7 @@ fn a_metrics_listener_off_loopback_is_refused_at_config_check() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("precogd.toml");
     std::fs::write(&cfg, "[daemon]\nmetrics_listen = \"0.0.0.0:9187\"\n").unwrap();
-    let out = Command::new(precogd())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&cfg);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback address"), "{err}");
