@@ -93,6 +93,19 @@ fn check_config_notes_what_a_start_goes_on_with() {
         "{err}"
     );
 
+    // Reservations beyond the memory budget: kept, but nothing is left to share.
+    let text = "[budget]\nmemory = \"32M\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "access.toml:2: budget.memory: the pools' memory_reserve add up to 64M (`shop` 64M)"
+        ),
+        "{err}"
+    );
+
     // Beside a user who exists, a missing one is only named.
     let text = "[daemon]\nallowed_users = [\"root\", \"no-such-precog-user\"]\n\
                 allowed_groups = []\n";

@@ -320,6 +320,37 @@ pub fn fit_cpus(cfg: &mut Config, allowed: &[usize]) -> Result<Vec<String>, Unus
     Ok(notes)
 }
 
+/// Says so when the reservations of the pools' `warm_min` workers add up to more than
+/// `budget.memory`. The allocator keeps every pool's `warm_min` workers and their reservation
+/// all the same, and has nothing left for a warm worker beyond them; a configuration that asks
+/// for that is served, with this note for the log and `--check-config`.
+pub fn budget_note(cfg: &Config) -> Option<String> {
+    let reserving: Vec<&PoolConfig> = cfg
+        .pools
+        .iter()
+        .filter(|p| p.warm_min > 0 && p.memory_reserve.is_some_and(|m| m.0 > 0))
+        .collect();
+    let total: u64 = reserving
+        .iter()
+        .filter_map(|p| p.memory_reserve)
+        .map(|m| m.0)
+        .sum();
+    if total <= cfg.budget.memory.0 {
+        return None;
+    }
+    let each: Vec<String> = reserving
+        .iter()
+        .map(|p| format!("`{}` {}", p.name, p.memory_reserve.unwrap_or_default()))
+        .collect();
+    Some(format!(
+        "the pools' memory_reserve add up to {} ({}), above budget.memory = {}: their warm_min \
+         workers keep it all the same, and no pool gets a warm worker beyond warm_min",
+        ByteSize(total),
+        each.join(", "),
+        cfg.budget.memory
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,5 +443,28 @@ mod tests {
         };
         let e = load_sources(&[Source::builtin(), layer]).unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn reservations_beyond_the_memory_budget_are_noted() {
+        // The built-in shop pool reserves 64M of a 1G budget.
+        assert_eq!(budget_note(&Config::builtin()), None);
+        let layer = Source {
+            name: "b.toml".into(),
+            text: "[budget]\nmemory = \"512M\"\n[[pool]]\nname = \"big\"\n\
+                   command = [\"/bin/cat\"]\nmemory_reserve = \"500M\"\n\
+                   [[pool]]\nname = \"cold\"\ncommand = [\"/bin/cat\"]\nwarm_min = 0\n\
+                   memory_reserve = \"1G\"\n"
+                .into(),
+        };
+        let cfg = load_sources(&[Source::builtin(), layer]).expect("valid");
+        let note = budget_note(&cfg).expect("a note");
+        // A pool without warm workers reserves nothing, so `cold` is not counted.
+        assert_eq!(
+            note,
+            "the pools' memory_reserve add up to 564M (`shop` 64M, `big` 500M), above \
+             budget.memory = 512M: their warm_min workers keep it all the same, and no pool gets \
+             a warm worker beyond warm_min"
+        );
     }
 }

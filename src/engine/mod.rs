@@ -283,6 +283,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         engine.remove_cgroups();
         return Err(e);
     }
+    pools::warn_of_budget(&engine.config);
     let config = engine.config.clone();
     let mut ready = Vec::new();
     for p in &config.pools {

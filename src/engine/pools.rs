@@ -48,6 +48,13 @@ pub(super) fn fit_cpus(cfg: &mut Config) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Warns when the pools' reservations leave the allocator no memory budget to share.
+pub(super) fn warn_of_budget(cfg: &Config) {
+    if let Some(note) = crate::config::budget_note(cfg) {
+        tracing::warn!("{note}");
+    }
+}
+
 /// Removes the cgroup of a pool a reload removed, once its workers are gone, unless a pool
 /// added again under its name uses the same directory. Emptying and removing a cgroup waits on
 /// the kernel, so it runs on a blocking thread.
@@ -173,6 +180,7 @@ impl Engine {
             }
         }
         self.predictor.reconfigure(&config);
+        warn_of_budget(&config);
         let changed = crate::config::changes(&self.config, &config);
         self.config = config;
         self.end_evicted_sessions();

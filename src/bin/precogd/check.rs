@@ -9,7 +9,7 @@ use precog::config::{self, Config, Source};
 /// Errors are what a start or a reload would refuse: a worker command that cannot be found, a
 /// pool on CPUs this host does not let precogd use. Notes are what a start goes on with: a pool
 /// that keeps some of its CPUs, users and groups that do not exist, a pool that keeps warm
-/// workers for no process.
+/// workers for no process, reservations beyond the memory budget.
 pub fn check_config(args: &DaemonArgs, config: &Config) -> ExitCode {
     let (path, explicit) = super::config_path(args);
     let sources = match config::sources(path, explicit) {
@@ -60,6 +60,10 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
             );
             notes.push(at(("pool", &p.name, "warm_min"), why));
         }
+    }
+
+    if let Some(why) = config::budget_note(cfg) {
+        notes.push(at(("budget", "", "memory"), why));
     }
 
     let d = &cfg.daemon;
