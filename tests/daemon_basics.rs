@@ -337,8 +337,9 @@ fn a_pool_on_a_cpu_precogd_may_not_use_is_refused_by_check_config_and_by_a_reloa
         "the reload was not refused:\n{}",
         d.log()
     );
+    // Placed at the line that moved it, as `--check-config` places it.
     assert!(
-        d.log().contains("names no CPU precogd may use"),
+        d.log().contains("pool.t.cpus: ") && d.log().contains("names no CPU precogd may use"),
         "{}",
         d.log()
     );

@@ -270,18 +270,56 @@ fn a_daemon_stopped_while_it_starts_leaves_no_cgroup() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-/// A daemon that fails at start (here, a pool's worker cannot be found) exits with the reason and
+/// A daemon that fails at start after it made cgroups (here the kernel refuses the pool's CPU
+/// quota, above that of the cgroup precogd is given to work in) exits with the reason and
 /// removes the cgroups it made before it found out.
 #[test]
 fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
-    if !cgroups_usable() {
+    if !cgroups_usable()
+        || skip_unless(
+            Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists(),
+            "caps a cgroup v1 CPU quota",
+        )
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (config, parent) = own_config(
         dir.path(),
-        "[[pool]]\nname = \"shop\"\nwarm_min = 1\n\
-         [[pool]]\nname = \"zz\"\ncommand = [\"no-such-precog-worker\"]\n",
+        "[[pool]]\nname = \"shop\"\nwarm_min = 1\ncpu_quota = \"150%\"\n",
+    );
+    let capped = Path::new("/sys/fs/cgroup/cpu").join(&parent);
+    std::fs::create_dir(&capped).unwrap();
+    std::fs::write(capped.join("cpu.cfs_quota_us"), "50000").unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("precogd.sock"))
+        .args(["--bus", "none"])
+        .output()
+        .unwrap();
+    let left = cgroups_left(&parent);
+    let _ = std::fs::remove_dir(&capped);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "precogd started:\n{log}");
+    assert!(
+        log.contains("cpu.cfs_quota_us") && log.contains("refused"),
+        "{log}"
+    );
+    assert!(left.is_empty(), "left behind: {left:?}\n{log}");
+}
+
+/// A worker that cannot be found is refused before anything is made, placed at the file and
+/// line that names it, like every other configuration error; so is a pool on CPUs precogd may
+/// not use, and both are reported at once.
+#[test]
+fn a_start_refuses_what_only_the_host_can_tell_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, parent) = own_config(
+        dir.path(),
+        "[[pool]]\nname = \"zz\"\ncommand = [\"no-such-precog-worker\"]\n\
+         [[pool]]\nname = \"far\"\ncommand = [\"/bin/cat\"]\ncpus = \"4095\"\n",
     );
     let out = std::process::Command::new(common::precogd())
         .arg("--config")
@@ -292,10 +330,14 @@ fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "precogd started:\n{log}");
-    assert!(log.contains("no-such-precog-worker"), "{log}");
-    let left = cgroups_left(&parent);
-    assert!(left.is_empty(), "left behind: {left:?}\n{log}");
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("precogd.toml:9: pool.zz.command: worker executable `no-such-precog-worker`"),
+        "{log}"
+    );
+    assert!(log.contains("precogd.toml:13: pool.far.cpus: "), "{log}");
+    assert!(cgroups_left(&parent).is_empty());
+    assert!(!dir.path().join("precogd.sock").exists());
 }
 
 #[test]

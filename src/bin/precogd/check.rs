@@ -33,6 +33,16 @@ pub fn check_config(args: &DaemonArgs, config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What a start or a reload refuses that only this host can tell, each placed at the file and
+/// line that set it; empty when there is nothing.
+pub fn host_errors(args: &DaemonArgs, config: &Config) -> Vec<String> {
+    let (path, explicit) = super::config_path(args);
+    match config::sources(path, explicit) {
+        Ok(sources) => host_findings(config, &sources).0,
+        Err(e) => vec![e.to_string()],
+    }
+}
+
 fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>) {
     let at = |entry: (&str, &str, &str), message: String| {
         config::located(sources, entry, message).to_string()

@@ -55,6 +55,13 @@ fn main() -> ExitCode {
     if args.check_config {
         return check::check_config(&args, &config);
     }
+    let refused = check::host_errors(&args, &config);
+    if !refused.is_empty() {
+        for e in &refused {
+            eprintln!("precogd: {e}");
+        }
+        return ExitCode::from(2);
+    }
     tracing::debug!(?sink, "logging set up");
 
     // One thread serves every task. A request crosses several tasks (connection, engine, pool,
@@ -473,20 +480,29 @@ impl Stop<'_> {
     }
 }
 
-/// Reads the configuration on a thread of its own, so a file that blocks (a FIFO, a hung network
-/// mount) holds up that thread, not the runtime that serves requests. The thread is not waited
-/// for at exit.
+/// Reads the configuration, and checks what only this host can tell, on a thread of its own, so
+/// a file that blocks (a FIFO, a hung network mount) holds up that thread, not the runtime that
+/// serves requests. The thread is not waited for at exit.
 async fn load_config_aside(args: &DaemonArgs) -> Result<Config, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let args = args.clone();
     std::thread::Builder::new()
         .name("precogd-config".into())
         .spawn(move || {
-            let _ = tx.send(load_config(&args));
+            let loaded = load_config(&args).map_err(|e| e.to_string());
+            let checked = loaded.and_then(|cfg| {
+                let refused = check::host_errors(&args, &cfg);
+                if refused.is_empty() {
+                    Ok(cfg)
+                } else {
+                    Err(refused.join("\n"))
+                }
+            });
+            let _ = tx.send(checked);
         })
         .map_err(|e| format!("cannot start a thread to read the configuration: {e}"))?;
     match rx.await {
-        Ok(loaded) => loaded.map_err(|e| e.to_string()),
+        Ok(checked) => checked,
         Err(_) => Err("reading the configuration failed".into()),
     }
 }
