@@ -3,23 +3,14 @@
 
 use std::process::ExitCode;
 
-use precog::cli::DaemonArgs;
 use precog::config::{self, Config, Source};
 
 /// Errors are what a start or a reload would refuse: a worker command that cannot be found, a
 /// pool on CPUs this host does not let precogd use. Notes are what a start goes on with: a pool
 /// that keeps some of its CPUs, users and groups that do not exist, a pool that keeps warm
 /// workers for no process, reservations beyond the memory budget.
-pub fn check_config(args: &DaemonArgs, config: &Config) -> ExitCode {
-    let (path, explicit) = super::config_path(args);
-    let sources = match config::sources(path, explicit) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("precogd: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let (errors, notes) = host_findings(config, &sources);
+pub fn check_config(config: &Config, sources: &[Source]) -> ExitCode {
+    let (errors, notes) = host_findings(config, sources);
     for n in &notes {
         eprintln!("precogd: note: {n}");
     }
@@ -35,12 +26,8 @@ pub fn check_config(args: &DaemonArgs, config: &Config) -> ExitCode {
 
 /// What a start or a reload refuses that only this host can tell, each placed at the file and
 /// line that set it; empty when there is nothing.
-pub fn host_errors(args: &DaemonArgs, config: &Config) -> Vec<String> {
-    let (path, explicit) = super::config_path(args);
-    match config::sources(path, explicit) {
-        Ok(sources) => host_findings(config, &sources).0,
-        Err(e) => vec![e.to_string()],
-    }
+pub fn host_errors(config: &Config, sources: &[Source]) -> Vec<String> {
+    host_findings(config, sources).0
 }
 
 fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>) {

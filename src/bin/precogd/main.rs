@@ -14,7 +14,7 @@ use clap::Parser;
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 use precog::cgroup::{CgroupError, Cgroups};
 use precog::cli::{self, DaemonArgs};
-use precog::config::{self, Config};
+use precog::config::{self, Config, Source};
 use precog::control::{self, ReloadRequest};
 use precog::engine::{self, EngineHandle, EngineParts};
 use precog::predict::Predictor;
@@ -37,8 +37,8 @@ fn main() -> ExitCode {
     let args = DaemonArgs::parse();
     let sink = precog::logging::init(args.verbose);
 
-    let config = match load_config(&args) {
-        Ok(c) => c,
+    let (config, sources) = match load_config(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             for line in e.to_string().lines() {
                 eprintln!("precogd: {line}");
@@ -53,9 +53,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.check_config {
-        return check::check_config(&args, &config);
+        return check::check_config(&config, &sources);
     }
-    let refused = check::host_errors(&args, &config);
+    let refused = check::host_errors(&config, &sources);
     if !refused.is_empty() {
         for e in &refused {
             eprintln!("precogd: {e}");
@@ -95,10 +95,12 @@ fn config_path(args: &DaemonArgs) -> (&Path, bool) {
     }
 }
 
-/// Reads the configuration layers and adapts paths for an unprivileged run.
-fn load_config(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
+/// Reads the configuration layers and adapts paths for an unprivileged run; returns the layers
+/// read too, to place what later checks find.
+fn load_config(args: &DaemonArgs) -> Result<(Config, Vec<Source>), config::ConfigError> {
     let (path, explicit) = config_path(args);
-    let mut cfg = config::load(path, explicit)?;
+    let sources = config::sources(path, explicit)?;
+    let mut cfg = config::load_sources(&sources)?;
     if !nix::unistd::geteuid().is_root() {
         let builtin = Config::builtin();
         let (runtime, cache, state) = user_dirs();
@@ -121,7 +123,7 @@ fn load_config(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
     if let Some(socket) = &args.socket {
         cfg.daemon.socket = socket.clone();
     }
-    Ok(cfg)
+    Ok((cfg, sources))
 }
 
 /// The per-user runtime, cache and state directories (XDG, with the usual fallbacks).
@@ -490,8 +492,8 @@ async fn load_config_aside(args: &DaemonArgs) -> Result<Config, String> {
         .name("precogd-config".into())
         .spawn(move || {
             let loaded = load_config(&args).map_err(|e| e.to_string());
-            let checked = loaded.and_then(|cfg| {
-                let refused = check::host_errors(&args, &cfg);
+            let checked = loaded.and_then(|(cfg, sources)| {
+                let refused = check::host_errors(&cfg, &sources);
                 if refused.is_empty() {
                     Ok(cfg)
                 } else {
