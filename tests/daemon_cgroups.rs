@@ -270,6 +270,18 @@ fn a_daemon_stopped_while_it_starts_leaves_no_cgroup() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Starts precogd on `config` with its socket in `dir`, for a start that must fail.
+fn start_to_exit(config: &Path, dir: &Path) -> std::process::Output {
+    std::process::Command::new(common::precogd())
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(dir.join("precogd.sock"))
+        .args(["--bus", "none"])
+        .output()
+        .unwrap()
+}
+
 /// A daemon that fails at start after it made cgroups (here the kernel refuses the pool's CPU
 /// quota, above that of the cgroup precogd is given to work in) exits with the reason and
 /// removes the cgroups it made before it found out.
@@ -291,14 +303,7 @@ fn a_daemon_that_cannot_start_leaves_no_cgroups_behind() {
     let capped = Path::new("/sys/fs/cgroup/cpu").join(&parent);
     std::fs::create_dir(&capped).unwrap();
     std::fs::write(capped.join("cpu.cfs_quota_us"), "50000").unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.path().join("precogd.sock"))
-        .args(["--bus", "none"])
-        .output()
-        .unwrap();
+    let out = start_to_exit(&config, dir.path());
     let left = cgroups_left(&parent);
     let _ = std::fs::remove_dir(&capped);
     let log = String::from_utf8_lossy(&out.stderr);
@@ -321,14 +326,7 @@ fn a_start_refuses_what_only_the_host_can_tell_with_file_and_line() {
         "[[pool]]\nname = \"zz\"\ncommand = [\"no-such-precog-worker\"]\n\
          [[pool]]\nname = \"far\"\ncommand = [\"/bin/cat\"]\ncpus = \"4095\"\n",
     );
-    let out = std::process::Command::new(common::precogd())
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.path().join("precogd.sock"))
-        .args(["--bus", "none"])
-        .output()
-        .unwrap();
+    let out = start_to_exit(&config, dir.path());
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(
