@@ -35,6 +35,7 @@ fn healthy_cache(dir: &Path) {
         let k = CacheKey {
             owner: 7,
             process: "p",
+            version: 0,
             inputs: &inputs,
         };
         cache
@@ -69,6 +70,7 @@ fn assert_set_aside(spoil: impl FnOnce(&Path), reason: &str) {
     let k = CacheKey {
         owner: 7,
         process: "p",
+        version: 0,
         inputs: &inputs,
     };
     assert_eq!(cache.get(&k, 1), None);
@@ -219,6 +221,7 @@ fn a_flipped_record_byte_drops_that_record_only() {
             &CacheKey {
                 owner: 7,
                 process: "p",
+                version: 0,
                 inputs: &inputs,
             },
             1,
@@ -265,6 +268,7 @@ fn a_scrambled_index_loses_entries_but_never_serves_wrong_bytes() {
             &CacheKey {
                 owner: 7,
                 process: "p",
+                version: 0,
                 inputs: &inputs,
             },
             1,

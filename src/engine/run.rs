@@ -19,6 +19,10 @@ pub struct JobKey {
     pub owner: u32,
     pub process: String,
     pub inputs: String,
+    /// What computes the result, as the configuration stood when the job was asked for (see
+    /// `Engine::process_version`): a result or a running job of another worker command or
+    /// pool is not this job's.
+    pub version: u64,
     /// 0 for a job that every request with the same inputs may share; a number of its own for
     /// a run of a process that is not idempotent, which no other request joins: four shoppers
     /// reserving the same SKU at once are four reservations.
@@ -212,6 +216,7 @@ impl Engine {
             owner: client.uid,
             process: process.to_string(),
             inputs: canonical,
+            version: self.process_version(process),
             run,
         };
         Ok((key, inputs, proc_cfg.pool.clone()))
