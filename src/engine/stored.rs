@@ -106,6 +106,29 @@ impl Engine {
         format!("{owner}\u{0}{process}\u{0}{version:016x}\u{0}{basis}").into_bytes()
     }
 
+    /// The checkpoint a job starting now resumes from, and the job counted as holding its key
+    /// until [`Engine::state_released`]. A checkpoint is handed only to a job that follows the
+    /// one that wrote it, never to one running beside it: a second run of a process that is not
+    /// idempotent is an action of its own, and must not take up where the first one is.
+    pub(super) fn state_taken(&mut self, state_key: &[u8]) -> Option<Value> {
+        let holders = self.running_states.entry(state_key.to_vec()).or_insert(0);
+        *holders += 1;
+        if *holders > 1 {
+            return None;
+        }
+        self.saved_state(state_key)
+    }
+
+    /// A job that held `state_key` is no longer in flight.
+    pub(super) fn state_released(&mut self, state_key: &[u8]) {
+        if let Some(holders) = self.running_states.get_mut(state_key) {
+            *holders -= 1;
+            if *holders == 0 {
+                self.running_states.remove(state_key);
+            }
+        }
+    }
+
     pub(super) fn saved_state(&mut self, state_key: &[u8]) -> Option<Value> {
         let bytes = self.states.as_mut()?.get(state_key, now_ms())?;
         serde_json::from_slice(&bytes).ok()
