@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     let key = |n: usize| CacheKey {
         owner: 1000,
         process: "calc_shipping",
+        version: 0,
         inputs: &keys[n],
     };
 

@@ -316,3 +316,31 @@ fn a_reload_that_moves_the_stores_leaves_them_and_the_model_where_they_are_until
     assert!(d.stop());
     assert!(moved.join("model.bin").exists(), "{}", d.log());
 }
+
+#[test]
+fn a_run_of_a_process_not_idempotent_never_resumes_from_another_runs_checkpoint() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    // Two reservations of the same thing at once are two reservations: the second must not
+    // take up where the first one is, nor where one that failed stopped.
+    let extra = format!(
+        "[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{}\"]\ntimeout = \"20s\"\n\
+         warm_min = 2\n\
+         [[process]]\nname = \"reserve\"\npool = \"t\"\ninputs = [\"steps\", \"step_ms\"]\n",
+        worker("checkpointer.py")
+    );
+    let d = Daemon::start(&extra);
+    let req = json!({"op": "run", "session": "s", "process": "reserve",
+        "inputs": {"steps": 8, "step_ms": 150}});
+    let sock = d.socket.clone();
+    let first = req.clone();
+    let client = std::thread::spawn(move || common::Conn::open(&sock).unwrap().call(&first));
+    std::thread::sleep(Duration::from_millis(700));
+    let second = d.call(req);
+    let first = client.join().unwrap();
+    for r in [&first, &second] {
+        assert_eq!(r["ok"], json!(true), "{r}\n{}", d.log());
+        assert_eq!(r["result"]["resumed_from"], json!(0), "{r}");
+    }
+}

@@ -35,6 +35,7 @@ fn healthy_cache(dir: &Path) {
         let k = CacheKey {
             owner: 7,
             process: "p",
+            version: 0,
             inputs: &inputs,
         };
         cache
@@ -69,6 +70,7 @@ fn assert_set_aside(spoil: impl FnOnce(&Path), reason: &str) {
     let k = CacheKey {
         owner: 7,
         process: "p",
+        version: 0,
         inputs: &inputs,
     };
     assert_eq!(cache.get(&k, 1), None);
@@ -194,6 +196,42 @@ fn a_changed_capacity_starts_an_empty_cache() {
 }
 
 #[test]
+fn only_the_latest_file_set_aside_is_kept() {
+    // A cache resized at each restart is set aside each time, whole: kept all, the files would
+    // fill the disk the cache is on.
+    let dir = tempfile::tempdir().unwrap();
+    healthy_cache(dir.path());
+    let aside = |dir: &Path| {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("results.db.bad-")
+            })
+            .count()
+    };
+    for round in 0..4u64 {
+        let capacity = if round % 2 == 0 {
+            2 * CAPACITY
+        } else {
+            CAPACITY
+        };
+        let (cache, set_aside) = ResultCache::open(dir.path(), capacity).unwrap();
+        drop(cache);
+        assert_eq!(set_aside.len(), 1, "round {round}");
+        assert_eq!(
+            set_aside[0].removed.len(),
+            usize::from(round > 0),
+            "round {round}"
+        );
+        assert_eq!(aside(dir.path()), 1, "round {round}");
+        assert!(set_aside[0].path.exists(), "round {round}");
+    }
+}
+
+#[test]
 fn a_flipped_record_byte_drops_that_record_only() {
     let dir = tempfile::tempdir().unwrap();
     healthy_cache(dir.path());
@@ -219,6 +257,7 @@ fn a_flipped_record_byte_drops_that_record_only() {
             &CacheKey {
                 owner: 7,
                 process: "p",
+                version: 0,
                 inputs: &inputs,
             },
             1,
@@ -265,6 +304,7 @@ fn a_scrambled_index_loses_entries_but_never_serves_wrong_bytes() {
             &CacheKey {
                 owner: 7,
                 process: "p",
+                version: 0,
                 inputs: &inputs,
             },
             1,

@@ -20,6 +20,7 @@ fn results_round_trip_per_owner_and_survive_reopen() {
     let alice = CacheKey {
         owner: 1000,
         process: "calc_shipping",
+        version: 0,
         inputs: &inputs,
     };
     let bob = CacheKey {
@@ -59,6 +60,7 @@ fn expired_results_are_not_served_and_are_counted() {
     let k = CacheKey {
         owner: 0,
         process: "apply_coupon",
+        version: 0,
         inputs: "{}",
     };
     cache.put(&k, b"ok", 10_000, 500).unwrap();
@@ -81,6 +83,7 @@ fn purge_expired_drops_whole_expired_segments() {
         let k = CacheKey {
             owner,
             process: "check_inventory",
+            version: 0,
             inputs: &inputs,
         };
         cache.put(&k, &value, 0, 1_000).unwrap();
@@ -103,6 +106,7 @@ fn eviction_keeps_the_store_within_capacity_and_the_counters_add_up() {
         let k = CacheKey {
             owner,
             process: "check_inventory",
+            version: 0,
             inputs: &inputs,
         };
         let value = vec![(n % 251) as u8; 100 + (n % 700) as usize];
@@ -131,6 +135,7 @@ fn eviction_keeps_the_store_within_capacity_and_the_counters_add_up() {
         let k = CacheKey {
             owner,
             process: "check_inventory",
+            version: 0,
             inputs: &inputs,
         };
         if let Some(v) = cache.get(&k, 20_000) {
@@ -143,6 +148,7 @@ fn eviction_keeps_the_store_within_capacity_and_the_counters_add_up() {
     let newest = CacheKey {
         owner,
         process: "check_inventory",
+        version: 0,
         inputs: &inputs,
     };
     assert!(cache.get(&newest, 20_000).is_some());
@@ -164,6 +170,7 @@ fn results_read_between_laps_outlive_unread_ones() {
                 &CacheKey {
                     owner: *owner,
                     process: "p",
+                    version: 0,
                     inputs,
                 },
                 &value,
@@ -179,6 +186,7 @@ fn results_read_between_laps_outlive_unread_ones() {
                 let k = CacheKey {
                     owner: *owner,
                     process: "p",
+                    version: 0,
                     inputs,
                 };
                 cache.get(&k, 1).is_some()
@@ -201,6 +209,7 @@ fn results_read_between_laps_outlive_unread_ones() {
                 &CacheKey {
                     owner,
                     process: "p",
+                    version: 0,
                     inputs: &inputs,
                 },
                 &value,
@@ -218,6 +227,7 @@ fn results_read_between_laps_outlive_unread_ones() {
                     &CacheKey {
                         owner: *owner,
                         process: "p",
+                        version: 0,
                         inputs,
                     },
                     3,
@@ -235,6 +245,7 @@ fn clear_empties_the_cache() {
     let k = CacheKey {
         owner: 0,
         process: "p",
+        version: 0,
         inputs: "{}",
     };
     cache.put(&k, b"v", 0, 1_000).unwrap();
@@ -279,6 +290,7 @@ fn bad_sizes_are_refused_with_their_limits() {
     let k = CacheKey {
         owner: 0,
         process: "p",
+        version: 0,
         inputs: "{}",
     };
     let huge = vec![0u8; cache.max_record()];

@@ -45,6 +45,7 @@ fn a_cache_whose_file_shrinks_serves_nothing_more_until_reopened() {
     let key = |inputs| CacheKey {
         owner: 7,
         process: "p",
+        version: 0,
         inputs,
     };
     cache.put(&key("old"), b"result", 0, 60_000).unwrap();

@@ -76,6 +76,7 @@ fn crash_writer_child() {
         let key = CacheKey {
             owner: (k % 5) as u32,
             process: &process,
+            version: 0,
             inputs: &inputs,
         };
         match rng.next() % 20 {
@@ -111,6 +112,7 @@ fn check(dir: &Path) -> (u64, u64) {
         let key = CacheKey {
             owner: (k % 5) as u32,
             process: &process,
+            version: 0,
             inputs: &inputs,
         };
         if let Some(value) = cache.get(&key, NOW_MS) {

@@ -105,6 +105,7 @@ fn reservation_fails_cleanly_when_the_disk_is_too_small() {
     let k = CacheKey {
         owner: 0,
         process: "p",
+        version: 0,
         inputs: "{}",
     };
     cache.put(&k, b"v", 0, 1_000).unwrap();
@@ -131,6 +132,7 @@ fn a_disk_that_fills_after_open_does_not_take_the_cache_space() {
         let k = CacheKey {
             owner: 1,
             process: "check_inventory",
+            version: 0,
             inputs: &inputs,
         };
         cache.put(&k, &value, 0, 1_000_000).unwrap();
@@ -141,6 +143,7 @@ fn a_disk_that_fills_after_open_does_not_take_the_cache_space() {
     let newest = CacheKey {
         owner: 1,
         process: "check_inventory",
+        version: 0,
         inputs: "{\"n\":19999}",
     };
     assert_eq!(cache.get(&newest, 1), Some(value));

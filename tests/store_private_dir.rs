@@ -19,6 +19,7 @@ fn planted_key() -> CacheKey<'static> {
     CacheKey {
         owner: 0,
         process: "p",
+        version: 0,
         inputs: "{}",
     }
 }

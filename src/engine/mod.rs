@@ -215,6 +215,8 @@ struct Engine {
     config: Config,
     pools: HashMap<String, Pool>,
     inflight: HashMap<JobKey, run::Inflight>,
+    /// The partial-state keys of the jobs in flight, with how many hold each.
+    running_states: HashMap<Vec<u8>, u32>,
     counters: Counters,
     started: Instant,
     /// Where the pools report finished jobs and checkpoints; unbounded, since a report must
@@ -256,6 +258,7 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         config: config.clone(),
         pools: HashMap::new(),
         inflight: HashMap::new(),
+        running_states: HashMap::new(),
         counters,
         started: Instant::now(),
         done_tx,

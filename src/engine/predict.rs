@@ -19,12 +19,13 @@ use serde_json::{Map, Value, json};
 
 use super::run::now_ms;
 use super::speculative::SpeculativeRecord;
+use super::stored::cache_key;
 use super::{Client, Engine, JobKey, Reply, json_map};
 use crate::pool::{FailureKind, JobOutcome, Priority};
 use crate::predict::HotEntry;
 use crate::profile::Event;
 use crate::protocol::{ErrorCode, ErrorReply, EventRequest};
-use crate::store::{CacheKey, canonical_json};
+use crate::store::canonical_json;
 
 /// Counters of speculation, for `stats`.
 #[derive(Debug, Default)]
@@ -286,6 +287,7 @@ impl Engine {
                 owner: client.uid,
                 process: proc_cfg.name.clone(),
                 inputs: format!("prepare:{}", canonical_json(&Value::Object(inputs.clone()))),
+                version: self.process_version(&proc_cfg.name),
                 run: 0,
             };
             let state_key = self.state_key(&key, &inputs);
@@ -387,11 +389,7 @@ impl Engine {
     /// Drops a wasted speculative result from the cache.
     fn uncache(&mut self, key: &JobKey) {
         if let Some(cache) = self.cache.as_mut() {
-            cache.remove(&CacheKey {
-                owner: key.owner,
-                process: &key.process,
-                inputs: &key.inputs,
-            });
+            cache.remove(&cache_key(key));
         }
     }
 
@@ -433,6 +431,7 @@ impl Engine {
             owner,
             process: process.to_string(),
             inputs: canonical_json(&Value::Object(inputs)),
+            version: self.process_version(process),
             run: 0,
         })
     }
@@ -441,16 +440,7 @@ impl Engine {
         let Some(cache) = self.cache.as_mut() else {
             return false;
         };
-        cache
-            .get(
-                &CacheKey {
-                    owner: key.owner,
-                    process: &key.process,
-                    inputs: &key.inputs,
-                },
-                now_ms(),
-            )
-            .is_some()
+        cache.get(&cache_key(key), now_ms()).is_some()
     }
 
     pub(super) fn speculation_json(&self) -> Value {

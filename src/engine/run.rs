@@ -19,6 +19,10 @@ pub struct JobKey {
     pub owner: u32,
     pub process: String,
     pub inputs: String,
+    /// What computes the result, as the configuration stood when the job was asked for (see
+    /// `Engine::process_version`): a result or a running job of another worker command or
+    /// pool is not this job's.
+    pub version: u64,
     /// 0 for a job that every request with the same inputs may share; a number of its own for
     /// a run of a process that is not idempotent, which no other request joins: four shoppers
     /// reserving the same SKU at once are four reservations.
@@ -30,6 +34,8 @@ pub(super) struct Inflight {
     seq: u64,
     waiters: Vec<Waiter>,
     pub(super) speculative: bool,
+    /// Where its checkpoints are stored.
+    state_key: Vec<u8>,
     /// A prepare run: its checkpoint is what counts, its result is not kept.
     prepare: bool,
     pub(super) cancelled: Arc<AtomicBool>,
@@ -115,6 +121,7 @@ impl Engine {
             // rather than wait behind the speculative queue.
             inflight.cancelled.store(true, Ordering::Relaxed);
             let mut old = self.inflight.remove(&key).expect("present");
+            self.state_released(&old.state_key);
             let waiters = std::mem::take(&mut old.waiters);
             self.submit(
                 key,
@@ -212,6 +219,7 @@ impl Engine {
             owner: client.uid,
             process: process.to_string(),
             inputs: canonical,
+            version: self.process_version(process),
             run,
         };
         Ok((key, inputs, proc_cfg.pool.clone()))
@@ -249,14 +257,15 @@ impl Engine {
     ) {
         self.note_arrival(pool_name);
         let state_key = self.state_key(&key, &inputs);
-        let state = self.saved_state(&state_key);
-        let Some(pool) = self.pools.get(pool_name) else {
+        if !self.pools.contains_key(pool_name) {
             for w in waiters {
                 let e = ErrorReply::new(ErrorCode::Internal, format!("pool `{pool_name}` is gone"));
                 let _ = w.reply.send(Err(e));
             }
             return;
-        };
+        }
+        let state = self.state_taken(&state_key);
+        let pool = self.pools.get(pool_name).expect("checked above");
         let cancelled = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
         let joins = Arc::new(crate::pool::Joins::default());
@@ -266,6 +275,7 @@ impl Engine {
         // Only a job's latest checkpoint matters, so one waits for the engine at a time: a
         // worker that writes them faster than they are stored replaces the one waiting.
         let latest: Arc<Mutex<Option<Value>>> = Arc::default();
+        let inflight_state_key = state_key.clone();
         let checkpoints: crate::pool::Checkpoints = Arc::new(move |state| {
             let mut slot = latest.lock().expect("latest checkpoint");
             let queued = slot.replace(state).is_some();
@@ -305,18 +315,22 @@ impl Engine {
             },
             deliver,
         );
-        self.inflight.insert(
+        let replaced = self.inflight.insert(
             key.clone(),
             Inflight {
                 seq,
                 waiters,
                 speculative: priority == Priority::Speculative,
+                state_key: inflight_state_key,
                 prepare: phase.is_some(),
                 cancelled,
                 started,
                 joins,
             },
         );
+        if let Some(old) = replaced {
+            self.state_released(&old.state_key);
+        }
     }
 
     pub(super) fn job_done(&mut self, key: JobKey, seq: u64, outcome: JobOutcome) {
@@ -328,6 +342,7 @@ impl Engine {
         let Some(mut inflight) = self.inflight.remove(&key) else {
             return;
         };
+        self.state_released(&inflight.state_key);
         // The requests waiting for the job are answered first; what the engine learns from it
         // waits until their replies are on their way (see `Later`).
         let finished = |outcome| Later::Finished {

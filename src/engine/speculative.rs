@@ -92,6 +92,7 @@ mod tests {
             owner: 0,
             process: "p".into(),
             inputs: n.to_string(),
+            version: 0,
             run: 0,
         }
     }

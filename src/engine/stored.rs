@@ -9,19 +9,58 @@ use super::Engine;
 use super::run::{JobKey, now_ms};
 use crate::store::{CacheKey, StoreError, canonical_json};
 
+/// Where a job's result is kept in the cache.
+pub(super) fn cache_key(key: &JobKey) -> CacheKey<'_> {
+    CacheKey {
+        owner: key.owner,
+        process: &key.process,
+        version: key.version,
+        inputs: &key.inputs,
+    }
+}
+
+/// 64-bit FNV-1a: a hash that stays the same from one build to the next, for what is kept on
+/// disk across restarts.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.as_bytes().iter().chain(&[0xff]) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
 impl Engine {
+    /// What computes `process`'s results in the running configuration: its pool, that pool's
+    /// worker command and the user its workers run as. A result kept, a job in flight or a
+    /// checkpoint of another version is not served for, joined by or resumed in this one, so a
+    /// reload or a restart that gives the process another worker never answers with the old
+    /// worker's results. 0 for a process not configured.
+    pub(super) fn process_version(&self, process: &str) -> u64 {
+        let Some(p) = self.config.process(process) else {
+            return 0;
+        };
+        let mut parts: Vec<&str> = vec![&p.pool];
+        if let Some(pool) = self.config.pool(&p.pool) {
+            parts.push("command");
+            parts.extend(pool.command.iter().map(String::as_str));
+        }
+        if let Some(user) = &self.config.daemon.worker_user {
+            parts.push("user");
+            parts.push(user);
+        }
+        fnv1a(&parts)
+    }
+
     pub(super) fn is_cacheable(&self, process: &str) -> bool {
         self.cache.is_some() && self.config.process(process).is_some_and(|p| p.idempotent)
     }
 
     pub(super) fn cache_get(&mut self, key: &JobKey) -> Option<Value> {
         let cache = self.cache.as_mut()?;
-        let ck = CacheKey {
-            owner: key.owner,
-            process: &key.process,
-            inputs: &key.inputs,
-        };
-        let bytes = cache.get(&ck, now_ms())?;
+        let bytes = cache.get(&cache_key(key), now_ms())?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -39,13 +78,8 @@ impl Engine {
         let Some(cache) = self.cache.as_mut() else {
             return;
         };
-        let ck = CacheKey {
-            owner: key.owner,
-            process: &key.process,
-            inputs: &key.inputs,
-        };
         let bytes = serde_json::to_vec(result).unwrap_or_default();
-        if let Err(e) = cache.put(&ck, &bytes, now_ms(), ttl) {
+        if let Err(e) = cache.put(&cache_key(key), &bytes, now_ms(), ttl) {
             self.store_error("result cache", &e);
         }
     }
@@ -68,7 +102,31 @@ impl Engine {
                 .collect();
             canonical_json(&Value::Object(subset))
         };
-        format!("{}\u{0}{}\u{0}{}", key.owner, key.process, basis).into_bytes()
+        let (owner, process, version) = (key.owner, &key.process, key.version);
+        format!("{owner}\u{0}{process}\u{0}{version:016x}\u{0}{basis}").into_bytes()
+    }
+
+    /// The checkpoint a job starting now resumes from, and the job counted as holding its key
+    /// until [`Engine::state_released`]. A checkpoint is handed only to a job that follows the
+    /// one that wrote it, never to one running beside it: a second run of a process that is not
+    /// idempotent is an action of its own, and must not take up where the first one is.
+    pub(super) fn state_taken(&mut self, state_key: &[u8]) -> Option<Value> {
+        let holders = self.running_states.entry(state_key.to_vec()).or_insert(0);
+        *holders += 1;
+        if *holders > 1 {
+            return None;
+        }
+        self.saved_state(state_key)
+    }
+
+    /// A job that held `state_key` is no longer in flight.
+    pub(super) fn state_released(&mut self, state_key: &[u8]) {
+        if let Some(holders) = self.running_states.get_mut(state_key) {
+            *holders -= 1;
+            if *holders == 0 {
+                self.running_states.remove(state_key);
+            }
+        }
     }
 
     pub(super) fn saved_state(&mut self, state_key: &[u8]) -> Option<Value> {

@@ -15,15 +15,20 @@ const MAX_KEY: usize = 16 * 1024;
 pub struct CacheKey<'a> {
     pub owner: u32,
     pub process: &'a str,
+    /// What computed the result (the daemon's fingerprint of the worker command it ran on): a
+    /// result another version computed is not this key's.
+    pub version: u64,
     /// The inputs as [`canonical_json`] writes them.
     pub inputs: &'a str,
 }
 
 impl CacheKey<'_> {
-    /// Owner, then the process name with its length, then the inputs: no two keys share bytes.
+    /// Owner, version, then the process name with its length, then the inputs: no two keys
+    /// share bytes.
     fn encode_into(&self, buf: &mut Vec<u8>) {
         buf.clear();
         buf.extend_from_slice(&self.owner.to_le_bytes());
+        buf.extend_from_slice(&self.version.to_le_bytes());
         buf.extend_from_slice(&(self.process.len() as u32).to_le_bytes());
         buf.extend_from_slice(self.process.as_bytes());
         buf.extend_from_slice(self.inputs.as_bytes());
@@ -125,6 +130,7 @@ mod tests {
         let base = CacheKey {
             owner: 1,
             process: "ab",
+            version: 7,
             inputs: "c",
         };
         assert_ne!(
@@ -136,5 +142,6 @@ mod tests {
             })
         );
         assert_ne!(encode(base), encode(CacheKey { owner: 2, ..base }));
+        assert_ne!(encode(base), encode(CacheKey { version: 8, ..base }));
     }
 }

@@ -25,6 +25,9 @@ use crate::store::layout::{HEADER_LEN, Layout, StoreKind, check_header, encode_h
 pub struct SetAside {
     pub path: PathBuf,
     pub reason: String,
+    /// Files set aside at earlier opens, removed now: only the latest is kept, so files set
+    /// aside one restart after another (each as large as the store) cannot fill the disk.
+    pub removed: Vec<PathBuf>,
 }
 
 /// The mapped data file. Its bus-fault guard goes first when dropped, then the mapping (by
@@ -241,10 +244,35 @@ fn move_aside(path: &Path, reason: String) -> Result<SetAside, StoreError> {
         path: path.into(),
         source,
     })?;
+    let removed = remove_older_aside(path, &aside);
     Ok(SetAside {
         path: aside,
         reason,
+        removed,
     })
+}
+
+/// Removes the files set aside before `kept` for the store file at `path` (`<name>.db.bad-*`
+/// beside it); returns those removed. One that cannot be removed is left where it is.
+fn remove_older_aside(path: &Path, kept: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.bad-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let older = entry.path();
+        let ours = entry.file_name().to_string_lossy().starts_with(&prefix);
+        // A regular file only: never follow a link planted in the directory.
+        let file = entry.file_type().is_ok_and(|t| t.is_file());
+        if ours && file && older != kept && fs::remove_file(&older).is_ok() {
+            removed.push(older);
+        }
+    }
+    removed
 }
 
 /// Creates a new file under a temporary name and renames it in place once it is reserved and

@@ -245,6 +245,10 @@ fn open_stores(
         for s in set_aside {
             tracing::warn!(store = which, file = %s.path.display(), reason = %s.reason,
                 "a damaged store file was set aside; starting with an empty store");
+            for older in &s.removed {
+                tracing::info!(store = which, file = %older.display(),
+                    "removed a store file set aside earlier; only the latest is kept");
+            }
         }
     }
     let d = &cfg.daemon;
