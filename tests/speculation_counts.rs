@@ -346,7 +346,11 @@ fn a_joined_guess_retried_after_its_worker_died_is_not_taken_back() {
     let inputs = json!({"n": 1, "steps": 10, "step_ms": 200});
     guess(&d, "a", inputs.clone(), 0.95);
     wait_until("the guess never started", &d, |_| pool(&d)["busy"] == 1);
-    std::thread::sleep(Duration::from_millis(500));
+    // A job that dies before its first checkpoint fails instead of being tried again; on a
+    // loaded machine the worker may take long to get to it.
+    wait_until("the guess never saved a checkpoint", &d, |_| {
+        d.call(json!({"op": "stats"}))["states"]["entries"].as_u64() >= Some(1)
+    });
     let mut c = d.connect();
     let joined = std::thread::spawn(move || {
         c.call(&json!({"op": "run", "session": "a", "process": "quote", "inputs": inputs}))
