@@ -416,7 +416,10 @@ fn worker_code(v: Option<Value>) -> Option<String> {
 /// Why a worker's line was not a valid reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkerProtocolError {
-    #[error("worker wrote a line that is not JSON")]
+    #[error(
+        "worker wrote a line that is not JSON on stdout, which carries replies only (write \
+         diagnostics to stderr)"
+    )]
     NotJson,
     #[error("worker wrote a JSON line with none of `result`, `error` or `checkpoint`")]
     NoPayload,
