@@ -217,7 +217,10 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
             let shown: String = other.chars().take(64).collect();
             return Err(ErrorReply::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op `{shown}`"),
+                format!(
+                    "unknown op `{shown}`; protocol {PROTOCOL_VERSION} has ping, event, hint, \
+                     predict, run, end and stats"
+                ),
             ));
         }
     };
