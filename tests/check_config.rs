@@ -50,6 +50,20 @@ fn check_config_reports_file_line_and_key() {
         );
     }
 
+    // A pool written as one table rather than an entry of the list says how to write it.
+    std::fs::write(
+        &path,
+        "[daemon]\nqueue_max = 8\n\n[pool]\nname = \"m\"\ncommand = [\"/bin/cat\"]\n",
+    )
+    .unwrap();
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4: pool: `[pool]` makes one table") && err.contains("[[pool]]"),
+        "{err}"
+    );
+
     std::fs::write(&path, "[sessions]\nmax = 10\n").unwrap();
     let out = check_config(&path);
     assert!(

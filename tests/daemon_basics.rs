@@ -58,6 +58,12 @@ fn run_is_served_warm_by_the_shop_worker() {
 
     let r = c.call(&json!({"id": 2, "op": "run", "session": "s1", "process": "teleport"}));
     assert_eq!(r["error"]["code"], json!("unknown_process"), "{r}");
+    // The message names the processes that are configured, a misspelt name's right spelling.
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("those configured: ") && message.contains("validate_postal_code"),
+        "{r}"
+    );
 
     let r = c.call(
         &json!({"op": "run", "session": "s1", "process": "calc_shipping",

@@ -201,6 +201,13 @@ fn garbage_and_a_100_mib_line_are_errors_memory_stays_bounded_and_the_next_run_w
             "inputs": {"x": round}}));
         assert_eq!(r["error"]["code"], json!("worker_failed"), "{r}");
         assert_eq!(r["error"]["reason"], json!("protocol"), "{r}");
+        // The message quotes the stray line and says where such output belongs.
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("\"this is not json: ")
+                && message.contains("write diagnostics to stderr"),
+            "{r}"
+        );
 
         let started = Instant::now();
         let r = d.call(json!({"op": "run", "session": "j", "process": "huge",

@@ -285,6 +285,10 @@ fn arguments_that_cannot_replay_are_refused_with_the_reason() {
             "only --mode precog replays against the daemon at --socket",
         ),
         (&["--svg", "/nonexistent-dir/x.svg"], "no such directory"),
+        (
+            &["--speed", "20"],
+            "an events file names products but holds no catalogue",
+        ),
     ];
     for (extra, expected) in cases {
         let mut cmd = precogctl();

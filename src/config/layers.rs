@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::locate::{Lines, find_in_entry, find_lines};
+use super::locate::{Lines, find_in_entry, find_lines, list_written_as_table};
 use super::values::in_plain_words;
 use super::{BUILTIN, Config, ConfigError, validate};
 
@@ -106,6 +106,17 @@ impl Config {
 fn layer_error(src: &Source, e: &toml::de::Error) -> ConfigError {
     let offset = e.span().map(|s| s.start).unwrap_or(0);
     let line = src.text[..offset.min(src.text.len())].matches('\n').count() + 1;
+    if let Some(section) = list_written_as_table(&src.text, line) {
+        return ConfigError::Invalid {
+            file: src.name.clone(),
+            line,
+            key: section.into(),
+            message: format!(
+                "`[{section}]` makes one table, but each {section} is an entry of a list: \
+                 write `[[{section}]]`, once for each {section}"
+            ),
+        };
+    }
     ConfigError::Invalid {
         file: src.name.clone(),
         line,
@@ -124,7 +135,8 @@ fn key_at(text: &str, line: usize) -> String {
         .split_once('=')
         .map(|(k, _)| k.trim().to_string())
         .unwrap_or_default();
-    let header = lines[..line.saturating_sub(1).min(lines.len())]
+    // The line itself when it is a header (a table written twice is reported there).
+    let header = lines[..line.min(lines.len())]
         .iter()
         .rposition(|l| l.trim().starts_with('['));
     let mut section = header

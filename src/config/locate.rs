@@ -65,6 +65,15 @@ pub(super) fn find_in_entry(text: &str, section: &str, name: &str, nth: usize, k
     found
 }
 
+/// The section, `pool` or `process`, whose list of entries `line` of `text` opens as a single
+/// table (`[pool]` where `[[pool]]` is meant), if it does.
+pub(super) fn list_written_as_table(text: &str, line: usize) -> Option<&'static str> {
+    let here = text.lines().nth(line.checked_sub(1)?)?;
+    let header = here.split('#').next().unwrap_or_default().trim();
+    let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
+    ["pool", "process"].into_iter().find(|s| *s == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Source, located};
@@ -145,5 +154,36 @@ mod tests {
             msg,
             "x.toml:7: process.p.name: is defined twice in this file"
         );
+    }
+
+    #[test]
+    fn a_list_written_as_one_table_is_named_at_its_header() {
+        let sources = |text: &str| {
+            [
+                Source::builtin(),
+                Source {
+                    name: "x.toml".into(),
+                    text: text.into(),
+                },
+            ]
+        };
+        let once = "[daemon]\nqueue_max = 8\n\n[pool] # mine\nname = \"m\"\ncommand = [\"w\"]\n";
+        let twice = "[[pool]]\nname = \"m\"\ncommand = [\"w\"]\n[process]\nname = \"a\"\n\
+                     pool = \"m\"\n[process]\nname = \"b\"\npool = \"m\"\n";
+        for (text, expected) in [
+            (once, "x.toml:4: pool: `[pool]` makes one table"),
+            (twice, "x.toml:7: process: `[process]` makes one table"),
+        ] {
+            let msg = super::super::load_sources(&sources(text))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(expected), "{msg}");
+            assert!(msg.contains("write `[[process]]`") || msg.contains("write `[[pool]]`"));
+        }
+        // Another table written twice is named at its second header, not the one before it.
+        let msg = super::super::load_sources(&sources("[daemon]\n[sessions]\n[daemon]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("x.toml:3: daemon:"), "{msg}");
     }
 }

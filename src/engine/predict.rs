@@ -94,14 +94,30 @@ impl Engine {
 
     /// `unknown_process` unless a process of this name is configured.
     fn check_process(&self, process: &str) -> Result<(), ErrorReply> {
-        if self.config.process(process).is_some() {
-            return Ok(());
+        match self.config.process(process) {
+            Some(_) => Ok(()),
+            None => Err(self.unknown_process(process)),
         }
+    }
+
+    /// The `unknown_process` error for `process`: it names the processes configured, so a
+    /// misspelt name shows beside the right one.
+    pub(super) fn unknown_process(&self, process: &str) -> ErrorReply {
         let shown: String = process.chars().take(64).collect();
-        Err(ErrorReply::new(
+        let mut names: Vec<&str> = self
+            .config
+            .processes
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        names.sort_unstable();
+        ErrorReply::new(
             ErrorCode::UnknownProcess,
-            format!("no process named `{shown}` is configured"),
-        ))
+            format!(
+                "no process named `{shown}` is configured; those configured: {}",
+                names.join(", ")
+            ),
+        )
     }
 
     /// The ranked hot path with what state each process is in for this client.

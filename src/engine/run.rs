@@ -155,11 +155,7 @@ impl Engine {
         mut given: Map<String, Value>,
     ) -> Result<(JobKey, Map<String, Value>, String), ErrorReply> {
         let Some(proc_cfg) = self.config.process(process) else {
-            let shown: String = process.chars().take(64).collect();
-            return Err(ErrorReply::new(
-                ErrorCode::UnknownProcess,
-                format!("no process named `{shown}` is configured"),
-            ));
+            return Err(self.unknown_process(process));
         };
         let known = self.predictor.known_inputs(session);
         let mut inputs = Map::new();

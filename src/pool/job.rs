@@ -31,6 +31,8 @@ const DRAIN: Duration = Duration::from_millis(200);
 
 /// Most of a discarded reply shown in the log.
 const SHOWN: usize = 200;
+/// Bytes of a line that is not a reply quoted in the job's error, so its author knows it.
+const SHOWN_IN_ERROR: usize = 80;
 
 /// How a job on this worker ended.
 pub(super) enum Ran {
@@ -287,7 +289,12 @@ pub(super) async fn run_job(
                 continue;
             }
             match decode_worker_reply(&line) {
-                Err(e) => return lost(FailureKind::Protocol, e.to_string(), checkpoint),
+                Err(e) => {
+                    let start = &line[..line.len().min(SHOWN_IN_ERROR)];
+                    let shown = String::from_utf8_lossy(start);
+                    let message = format!("{e}: {shown:?}");
+                    return lost(FailureKind::Protocol, message, checkpoint);
+                }
                 Ok(reply) if reply.job != Some(job_id) => {
                     log_discard(pool, *pid, discards, job_id, &line);
                     ignored += line.len() + 1;

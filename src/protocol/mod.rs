@@ -217,7 +217,10 @@ fn decode_op(obj: &mut Map<String, Value>) -> Result<Op, ErrorReply> {
             let shown: String = other.chars().take(64).collect();
             return Err(ErrorReply::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op `{shown}`"),
+                format!(
+                    "unknown op `{shown}`; protocol {PROTOCOL_VERSION} has ping, event, hint, \
+                     predict, run, end and stats"
+                ),
             ));
         }
     };
@@ -416,7 +419,10 @@ fn worker_code(v: Option<Value>) -> Option<String> {
 /// Why a worker's line was not a valid reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkerProtocolError {
-    #[error("worker wrote a line that is not JSON")]
+    #[error(
+        "worker wrote a line that is not JSON on stdout, which carries replies only (write \
+         diagnostics to stderr)"
+    )]
     NotJson,
     #[error("worker wrote a JSON line with none of `result`, `error` or `checkpoint`")]
     NoPayload,

@@ -62,6 +62,9 @@ fn bad_requests_get_stable_codes_and_keep_their_id() {
         err_code(r#"{"id":"a","op":"fly"}"#),
         (json!("a"), "unknown_op")
     );
+    // The message lists the ops there are, so a misspelt one shows beside the right one.
+    let (_, e) = decode_request(br#"{"op":"evnt"}"#).unwrap_err();
+    assert!(e.message.contains("ping, event, hint"), "{}", e.message);
     assert_eq!(err_code(r#"{"id":3}"#), (json!(3), "bad_request"));
     assert_eq!(err_code(r#"{"op":"run","process":"x"}"#).1, "bad_request");
     assert_eq!(err_code(r#"{"op":"run","session":"s"}"#).1, "bad_request");

@@ -58,6 +58,8 @@ pub struct RunAnswer {
     pub result: Option<Value>,
     /// The error code of a failed run.
     pub error: Option<String>,
+    /// What the error said.
+    pub message: Option<String>,
 }
 
 pub trait Backend: Send {
@@ -118,6 +120,9 @@ impl Backend for Daemon {
             },
             latency_us,
             result: error.is_none().then(|| reply["result"].take()),
+            message: error
+                .as_ref()
+                .and_then(|_| reply["error"]["message"].as_str().map(Into::into)),
             error,
         })
     }
@@ -169,6 +174,11 @@ impl Backend for Spawn {
             latency_us,
             result: ok.then(|| reply["result"].take()),
             error: (!ok).then(|| "worker_failed".to_string()),
+            message: match &reply["error"] {
+                Value::String(e) if !ok => Some(e.clone()),
+                _ if !ok => Some(format!("the worker answered {:?}", line.trim_end())),
+                _ => None,
+            },
         })
     }
 }

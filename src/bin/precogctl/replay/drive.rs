@@ -40,6 +40,8 @@ pub struct RunRecord {
     /// When the run was answered, from the start of the replay.
     pub at: Duration,
     pub error: Option<String>,
+    /// What the error said.
+    pub message: Option<String>,
     /// Whether the action's own event made the run's inputs known (the item first viewed, the
     /// cart just changed): no guess could have started before that event.
     pub new_inputs: bool,
@@ -305,6 +307,7 @@ fn act(
             latency_us: answer.latency_us,
             at: start.elapsed(),
             error: answer.error,
+            message: answer.message,
             new_inputs,
         });
         if process == "cart_total"

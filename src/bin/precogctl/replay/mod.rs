@@ -306,6 +306,11 @@ pub fn replay(args: &ReplayArgs, socket: Option<&Path>, announce: bool) -> anyho
 fn build_catalog(args: &ReplayArgs, dir: &Path) -> anyhow::Result<PathBuf> {
     let source = match &args.catalog_from {
         Some(file) => file.clone(),
+        None if matches!(args.format, Format::Events) => bail!(
+            "an events file names products but holds no catalogue of them: pass --catalog-from \
+             with a JD, REES46 or OTTO file, or a catalogue built with `precog-shop-worker \
+             build-catalog`, whose products are the skus of your events"
+        ),
         None => first_file(&args.file, &args.format)?,
     };
     let source = &source;

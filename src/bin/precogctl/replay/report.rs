@@ -40,6 +40,8 @@ pub struct ModeReport {
     /// Share of runs answered from the cache or by joining a job in flight.
     pub cache_or_inflight: f64,
     pub run_errors: BTreeMap<String, u64>,
+    /// The first failed run's process and message, by error code.
+    pub first_failures: BTreeMap<String, String>,
     pub latency_us: Latency,
     /// Mean latency by how the run was served; `None` where no run was served that way.
     pub mean_us_by_served: BTreeMap<String, Option<f64>>,
@@ -83,6 +85,7 @@ impl ModeReport {
             .map(|s| (s.name().to_string(), 0))
             .collect();
         let mut run_errors = BTreeMap::new();
+        let mut first_failures = BTreeMap::new();
         let mut per_process: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut cold_late = 0;
         for r in &played.runs {
@@ -94,6 +97,10 @@ impl ModeReport {
                 .or_default() += 1;
             if let Some(code) = &r.error {
                 *run_errors.entry(code.clone()).or_default() += 1;
+                let message = r.message.as_deref().unwrap_or("no message");
+                first_failures
+                    .entry(code.clone())
+                    .or_insert_with(|| format!("{}: {message}", r.process));
             }
             cold_late += (r.served == Served::Cold && r.at > WARM_UP) as u64;
         }
@@ -122,6 +129,7 @@ impl ModeReport {
             cache_or_inflight: (served["cache"] + served["inflight"]) as f64 / runs.max(1) as f64,
             served,
             run_errors,
+            first_failures,
             latency_us: Latency {
                 p50: quantile(&latencies_us, 0.5),
                 p90: quantile(&latencies_us, 0.9),
@@ -330,6 +338,10 @@ impl Report {
             each(&|m| opt(m.speculation.wasted)),
         );
         row(
+            "speculative jobs cancelled",
+            each(&|m| opt(m.speculation.cancelled)),
+        );
+        row(
             "CPU s wasted on speculation",
             each(&|m| {
                 m.speculation
@@ -382,8 +394,16 @@ impl Report {
         out.push_str(
             "  served      cache: a finished result, often a guess's; inflight: joined a job \
              already running;\n              warm: run on an idle worker; cold: a worker had to \
-             start first\n  schedule lag  how late the replay sent each step against the \
-             recorded timeline\n",
+             start first\n  runs on inputs known before / new in event\n              whether \
+             the action's own event made a run's inputs known: no guess can start before it\n  \
+             speculative jobs  issued: computed ahead of time; used: a run was answered from \
+             one;\n              wasted: its session ended first; cancelled: dropped before it \
+             ran, or its worker\n              taken back for a real run; the rest failed or were \
+             still running\n  cold starts (daemon)  jobs, runs or guesses, that a newly started \
+             worker ran\n  cold runs after first minute  runs past the warm-up that waited for \
+             a worker to start\n  events sent   the replayed events, and an `input` event after \
+             each cart total; refused:\n              those precogd answered with an error\n  \
+             schedule lag  how late the replay sent each step against the recorded timeline\n",
         );
         let _ = write!(out, "{}", self.conclusion());
         out
@@ -424,7 +444,12 @@ impl Report {
             .map(|m| m.run_errors.values().sum::<u64>())
             .sum();
         if failed > 0 {
-            let _ = writeln!(out, "{failed} runs failed: the failed runs row says why.");
+            let _ = writeln!(out, "{failed} runs failed; the first of each kind:");
+            for m in self.modes.iter() {
+                for (code, first) in &m.first_failures {
+                    let _ = writeln!(out, "  {:<12}{code} in {first}", m.mode);
+                }
+            }
         }
         if precog.cold_runs_after_first_minute > 0 {
             let _ = writeln!(
@@ -467,96 +492,4 @@ fn join_counts(counts: &BTreeMap<String, u64>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn run(process: &str, served: Served, latency_us: u64, at_s: u64) -> RunRecord {
-        RunRecord {
-            process: process.into(),
-            served,
-            latency_us,
-            at: Duration::from_secs(at_s),
-            error: (served == Served::Failed).then(|| "timeout".into()),
-            new_inputs: process == "cart_total",
-        }
-    }
-
-    #[test]
-    fn every_run_is_counted_once_and_latencies_summarised() {
-        let played = Played {
-            runs: vec![
-                run("price_quote", Served::Cache, 10, 1),
-                run("price_quote", Served::Inflight, 20, 2),
-                run("cart_total", Served::Warm, 30, 3),
-                run("cart_total", Served::Cold, 1000, 90),
-                run("calc_shipping", Served::Failed, 40, 91),
-            ],
-            ..Played::default()
-        };
-        let stats = json!({"speculation": {"used": 3, "wasted": 1},
-                           "pools": {"shop": {"cold_starts": 2}}});
-        let m = ModeReport::new("precog", &played, Some(&stats));
-        assert_eq!(m.runs, 5);
-        assert_eq!(m.served.values().sum::<u64>(), 5);
-        assert_eq!(m.cache_or_inflight, 0.4);
-        assert_eq!(m.latency_us.p50, 30);
-        assert_eq!(m.latency_us.p99, 1000);
-        assert_eq!(m.latency_us.mean, 220.0);
-        assert_eq!(m.speculation.used, Some(3));
-        assert_eq!(m.speculation.cpu_s_wasted, None);
-        assert_eq!(m.cold_starts, Some(2));
-        assert_eq!(m.cold_runs_after_first_minute, 1);
-        assert_eq!(m.run_errors["timeout"], 1);
-        assert_eq!(m.per_process["cart_total"]["cold"], 1);
-        assert_eq!(m.mean_us_by_served["inflight"], Some(20.0));
-        assert_eq!(m.mean_us_by_served["cold"], Some(1000.0));
-        assert_eq!(m.new_input_runs, 2);
-        assert_eq!(m.new_inputs_mean_us, Some(515.0));
-        assert_eq!(m.known_inputs_mean_us, Some(70.0 / 3.0));
-    }
-
-    #[test]
-    fn the_table_shows_ratios_and_missing_counters() {
-        let fast = Played {
-            runs: vec![run("p", Served::Cache, 100, 1)],
-            ..Played::default()
-        };
-        let slow = Played {
-            runs: vec![run("p", Served::Warm, 300, 1)],
-            ..Played::default()
-        };
-        let r = Report::new(Report {
-            file: "f".into(),
-            format: "otto".into(),
-            speed: 10.0,
-            sessions: 1,
-            recorded_events: 1,
-            span_s: 1.0,
-            modes: vec![
-                ModeReport::new("precog", &fast, None),
-                ModeReport::new("no-predict", &slow, None),
-            ],
-            mean_latency_ratio: BTreeMap::new(),
-        });
-        assert_eq!(r.mean_latency_ratio["no-predict/precog"], 3.0);
-        let table = r.table();
-        assert!(table.contains("3.00x"), "{table}");
-        assert!(table.contains("n/a"), "{table}");
-        let reading = r.reading();
-        assert!(
-            reading.contains(
-                "  precog                   100 us, 100.0% from the cache or in flight\n  \
-                 without prediction       300 us (3.00x precog's), 0.0% from the cache or in \
-                 flight\n"
-            ),
-            "{reading}"
-        );
-        assert!(
-            reading.contains("  no-predict  the same precogd"),
-            "{reading}"
-        );
-        assert!(!reading.contains("spawn"), "{reading}");
-        assert!(!reading.contains("failed"), "{reading}");
-    }
-}
+mod tests;
