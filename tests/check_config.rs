@@ -120,6 +120,25 @@ fn check_config_notes_what_a_start_goes_on_with() {
         "{err}"
     );
 
+    // A worker's script named relative to where precogd was started: workers start in `/`.
+    std::fs::write(dir.path().join("my-worker.py"), "print()\n").unwrap();
+    let text = "[[pool]]\nname = \"mine\"\ncommand = [\"sh\", \"my-worker.py\"]\nwarm_min = 0\n";
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .current_dir(dir.path())
+        .args(["--config", "access.toml", "--check-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "access.toml:3: pool.mine.command: `my-worker.py` is a file here, but workers start \
+             in `/`, where it is `/my-worker.py`: write its absolute path"
+        ),
+        "{err}"
+    );
+
     // Beside a user who exists, a missing one is only named.
     let text = "[daemon]\nallowed_users = [\"root\", \"no-such-precog-user\"]\n\
                 allowed_groups = []\n";

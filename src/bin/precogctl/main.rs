@@ -63,7 +63,10 @@ enum Cmd {
     /// Run a micro-process, e.g. `precogctl run calc_shipping --session s1 country=DE
     /// postal_code='"10115"' cart_weight_g=900`.
     Run {
+        /// The micro-process, as a `[[process]]` of precogd's configuration names it.
         process: String,
+        /// The visitor session the run counts for: precog learns from it what a session needs
+        /// next.
         #[arg(long, default_value = "precogctl")]
         session: String,
         /// Inputs as key=value; a value that parses as JSON (numbers, true, [..], {..}) is used as

@@ -8,7 +8,8 @@ use precog::config::{self, Config, Source};
 /// Errors are what a start or a reload would refuse: a worker command that cannot be found, a
 /// pool on CPUs this host does not let precogd use. Notes are what a start goes on with: a pool
 /// that keeps some of its CPUs, users and groups that do not exist, a pool that keeps warm
-/// workers for no process, reservations beyond the memory budget.
+/// workers for no process, reservations beyond the memory budget, a worker's file named by a
+/// relative path.
 pub fn check_config(config: &Config, sources: &[Source]) -> ExitCode {
     let (errors, notes) = host_findings(config, sources);
     for n in &notes {
@@ -47,6 +48,14 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
             Ok(fits) => notes.extend(fits),
             Err(e) => errors.push(at(("pool", &e.pool, "cpus"), e.to_string())),
         }
+    }
+
+    for (pool, arg) in relative_files(cfg) {
+        let why = format!(
+            "`{arg}` is a file here, but workers start in `/`, where it is `/{arg}`: write its \
+             absolute path"
+        );
+        notes.push(at(("pool", pool, "command"), why));
     }
 
     for p in &cfg.pools {
@@ -97,6 +106,26 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
         }
     }
     (errors, notes)
+}
+
+/// Arguments of a worker command that name a file by a path relative to the directory precogd
+/// was started in (`["python3", "worker.py"]`), which workers, started in `/`, do not find.
+/// Only files that exist here and not under `/` count, so options and inline scripts do not.
+pub fn relative_files(cfg: &Config) -> Vec<(&str, &str)> {
+    let mut found = Vec::new();
+    for p in &cfg.pools {
+        for arg in p.command.iter().skip(1) {
+            let path = std::path::Path::new(arg);
+            if !arg.starts_with('-')
+                && path.is_relative()
+                && path.is_file()
+                && !std::path::Path::new("/").join(path).exists()
+            {
+                found.push((p.name.as_str(), arg.as_str()));
+            }
+        }
+    }
+    found
 }
 
 fn group_exists(name: &str) -> bool {

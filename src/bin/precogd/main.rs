@@ -62,6 +62,13 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(2);
     }
+    for (pool, arg) in check::relative_files(&config) {
+        tracing::warn!(
+            pool,
+            "worker command names `{arg}`, a file here; workers start in `/`, \
+            where it is `/{arg}`: write its absolute path"
+        );
+    }
     tracing::debug!(?sink, "logging set up");
 
     // One thread serves every task. A request crosses several tasks (connection, engine, pool,
