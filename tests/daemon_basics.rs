@@ -70,6 +70,21 @@ fn run_is_served_warm_by_the_shop_worker() {
         "inputs": {"country": "DE"}}),
     );
     assert_eq!(r["error"]["code"], json!("missing_input"), "{r}");
+
+    // An input sent as null is not given, and the message says so.
+    let r = c.call(
+        &json!({"op": "run", "session": "s1", "process": "validate_postal_code",
+        "inputs": {"country": "DE", "postal_code": null}}),
+    );
+    assert_eq!(r["error"]["code"], json!("missing_input"), "{r}");
+    assert_eq!(
+        r["error"]["message"],
+        json!(
+            "`validate_postal_code` needs input(s) postal_code; null counts as not given \
+               (sent for postal_code)"
+        ),
+        "{r}"
+    );
 }
 
 #[test]

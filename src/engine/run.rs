@@ -160,10 +160,14 @@ impl Engine {
         let known = self.predictor.known_inputs(session);
         let mut inputs = Map::new();
         let mut missing = Vec::new();
+        let mut sent_null = Vec::new();
         for name in &proc_cfg.inputs {
             let value = match given.remove(name) {
                 Some(v) if !v.is_null() => Some(v),
-                Some(_) => None,
+                Some(_) => {
+                    sent_null.push(name.as_str());
+                    None
+                }
                 None => known
                     .and_then(|k| k.get(name))
                     .filter(|v| !v.is_null())
@@ -188,11 +192,14 @@ impl Engine {
             }
         }
         if !missing.is_empty() {
-            return Err(ErrorReply::new(
-                ErrorCode::MissingInput,
-                format!("`{process}` needs input(s) {}", missing.join(", ")),
-            )
-            .with("missing", json!(missing)));
+            let mut message = format!("`{process}` needs input(s) {}", missing.join(", "));
+            if !sent_null.is_empty() {
+                let null = sent_null.join(", ");
+                message.push_str(&format!("; null counts as not given (sent for {null})"));
+            }
+            return Err(
+                ErrorReply::new(ErrorCode::MissingInput, message).with("missing", json!(missing))
+            );
         }
         let canonical = canonical_json(&Value::Object(inputs.clone()));
         if canonical.len() > MAX_INPUTS {
