@@ -30,7 +30,8 @@ use crate::config::ProcessConfig;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpeculativeJob {
     pub process: String,
-    /// The process's declared inputs only, from the session's known inputs.
+    /// The inputs a run would take, from the session's known inputs: the declared ones and the
+    /// optional ones it knows.
     pub inputs: Map<String, Value>,
     pub p: f64,
 }
@@ -312,15 +313,26 @@ fn threshold_of(
         .unwrap_or(shared.min(INITIAL_THRESHOLD))
 }
 
-/// The process's declared inputs from what the session knows, or None if one is missing.
+/// The inputs a run of the process would take from what the session knows: its declared
+/// inputs, or None if one is missing (null counts as missing, as in a run), and the optional
+/// ones the session knows. A guess computed without the optional inputs would be kept under
+/// another key than the run that needs it, and never used.
 pub fn declared_inputs(
     cfg: &ProcessConfig,
     known: &Map<String, Value>,
 ) -> Option<Map<String, Value>> {
-    cfg.inputs
+    let value = |name: &String| known.get(name).filter(|v| !v.is_null()).cloned();
+    let mut inputs: Map<String, Value> = cfg
+        .inputs
         .iter()
-        .map(|name| known.get(name).map(|v| (name.clone(), v.clone())))
-        .collect()
+        .map(|name| Some((name.clone(), value(name)?)))
+        .collect::<Option<_>>()?;
+    for name in &cfg.optional_inputs {
+        if let Some(v) = value(name) {
+            inputs.insert(name.clone(), v);
+        }
+    }
+    Some(inputs)
 }
 
 /// The cache key of a job: its process and its inputs in canonical (sorted-key) JSON.
@@ -531,5 +543,22 @@ mod tests {
         assert_eq!(part.cancellable("again", &[]).len(), 2);
         assert_eq!(part.cancellable("s0", &[]).len(), 1);
         assert_eq!(part.cancellable("late", &[]).len(), 1);
+    }
+
+    #[test]
+    fn a_guess_takes_the_optional_inputs_the_session_knows_and_no_null() {
+        let mut cfg = process("quote", &["sku"], &[], true);
+        cfg.optional_inputs = vec!["qty".into()];
+        let known = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            declared_inputs(&cfg, &known(json!({"sku": "a", "qty": 3, "other": 1}))),
+            Some(known(json!({"sku": "a", "qty": 3})))
+        );
+        assert_eq!(
+            declared_inputs(&cfg, &known(json!({"sku": "a"}))),
+            Some(known(json!({"sku": "a"})))
+        );
+        // A declared input known as null is not known, as a run takes it.
+        assert_eq!(declared_inputs(&cfg, &known(json!({"sku": null}))), None);
     }
 }
