@@ -85,6 +85,15 @@ fn run_is_served_warm_by_the_shop_worker() {
         ),
         "{r}"
     );
+    // As for an input not sent at all, the session's value then stands in.
+    let r = c.call(&json!({"op": "event", "session": "s1", "type": "input",
+        "attrs": {"postal_code": "10115"}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = c.call(
+        &json!({"op": "run", "session": "s1", "process": "validate_postal_code",
+        "inputs": {"country": "DE", "postal_code": null}}),
+    );
+    assert_eq!(r["result"]["postal_code"], json!("10115"), "{r}");
 }
 
 #[test]

@@ -160,24 +160,28 @@ impl Engine {
         let known = self.predictor.known_inputs(session);
         let mut inputs = Map::new();
         let mut missing = Vec::new();
-        let mut sent_null = Vec::new();
+        let mut null_sent = Vec::new();
         for name in &proc_cfg.inputs {
-            let value = match given.remove(name) {
-                Some(v) if !v.is_null() => Some(v),
-                Some(_) => {
-                    sent_null.push(name.as_str());
-                    None
-                }
-                None => known
+            // An input sent as null is not given: the session's value stands in, as for one
+            // not sent at all (and as for optional inputs).
+            let sent = given.remove(name);
+            let sent_null = sent.as_ref().is_some_and(Value::is_null);
+            let value = sent.filter(|v| !v.is_null()).or_else(|| {
+                known
                     .and_then(|k| k.get(name))
                     .filter(|v| !v.is_null())
-                    .cloned(),
-            };
+                    .cloned()
+            });
             match value {
                 Some(v) => {
                     inputs.insert(name.clone(), v);
                 }
-                None => missing.push(name.as_str()),
+                None => {
+                    missing.push(name.as_str());
+                    if sent_null {
+                        null_sent.push(name.as_str());
+                    }
+                }
             }
         }
         for name in &proc_cfg.optional_inputs {
@@ -193,8 +197,8 @@ impl Engine {
         }
         if !missing.is_empty() {
             let mut message = format!("`{process}` needs input(s) {}", missing.join(", "));
-            if !sent_null.is_empty() {
-                let null = sent_null.join(", ");
+            if !null_sent.is_empty() {
+                let null = null_sent.join(", ");
                 message.push_str(&format!("; null counts as not given (sent for {null})"));
             }
             return Err(
