@@ -32,6 +32,17 @@ fn fnv1a(parts: &[&str]) -> u64 {
     hash
 }
 
+/// The hash [`Engine::process_version`] gives a pool, its worker command and the user its
+/// workers run as. The command's length goes first, so no argument can pass for the user, nor
+/// the user for an argument.
+fn worker_version(pool: &str, command: &[String], user: Option<&str>) -> u64 {
+    let count = command.len().to_string();
+    let mut parts: Vec<&str> = vec![pool, &count];
+    parts.extend(command.iter().map(String::as_str));
+    parts.push(user.unwrap_or(""));
+    fnv1a(&parts)
+}
+
 impl Engine {
     /// What computes `process`'s results in the running configuration: its pool, that pool's
     /// worker command and the user its workers run as. A result kept, a job in flight or a
@@ -42,16 +53,8 @@ impl Engine {
         let Some(p) = self.config.process(process) else {
             return 0;
         };
-        let mut parts: Vec<&str> = vec![&p.pool];
-        if let Some(pool) = self.config.pool(&p.pool) {
-            parts.push("command");
-            parts.extend(pool.command.iter().map(String::as_str));
-        }
-        if let Some(user) = &self.config.daemon.worker_user {
-            parts.push("user");
-            parts.push(user);
-        }
-        fnv1a(&parts)
+        let command: &[String] = self.config.pool(&p.pool).map_or(&[], |pool| &pool.command);
+        worker_version(&p.pool, command, self.config.daemon.worker_user.as_deref())
     }
 
     pub(super) fn is_cacheable(&self, process: &str) -> bool {
@@ -175,5 +178,27 @@ impl Engine {
             let error = e.with_causes();
             tracing::warn!(store = which, %error, "storing failed; precog keeps serving");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_version;
+
+    #[test]
+    fn no_argument_passes_for_the_user() {
+        let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let as_args = worker_version("t", &cmd(&["python3", "w.py", "user", "nobody"]), None);
+        let as_user = worker_version("t", &cmd(&["python3", "w.py"]), Some("nobody"));
+        assert_ne!(as_args, as_user);
+        assert_ne!(
+            worker_version("t", &cmd(&["a", "b"]), None),
+            worker_version("t", &cmd(&["a"]), Some("b"))
+        );
+        // The same pool, command and user give the same version, from one start to the next.
+        assert_eq!(
+            worker_version("t", &cmd(&["a"]), Some("b")),
+            worker_version("t", &cmd(&["a"]), Some("b"))
+        );
     }
 }
