@@ -139,6 +139,19 @@ fn check_config_notes_what_a_start_goes_on_with() {
         "{err}"
     );
 
+    // A bare word is an option's value, even when a file of that name is here.
+    std::fs::write(dir.path().join("fast"), "").unwrap();
+    let text = "[[pool]]\nname = \"mine\"\ncommand = [\"/bin/sh\", \"--mode\", \"fast\"]\n\
+                warm_min = 0\n";
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(common::precogd())
+        .current_dir(dir.path())
+        .args(["--config", "access.toml", "--check-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("is a file here"), "{err}");
+
     // Beside a user who exists, a missing one is only named.
     let text = "[daemon]\nallowed_users = [\"root\", \"no-such-precog-user\"]\n\
                 allowed_groups = []\n";

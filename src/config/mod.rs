@@ -286,12 +286,13 @@ pub struct UnusableCpus {
 /// CPUs 0-1) still serves on a smaller one; each such pool is described in the notes returned,
 /// for a warning. The CPUs are the host's, not the file's, so the caller says which are
 /// allowed: only a start, a reload or `--check-config` on the host itself can tell. `[budget]
-/// cpus` is only counted, never pinned to, so it is left alone.
-pub fn fit_cpus(cfg: &mut Config, allowed: &[usize]) -> Result<Vec<String>, UnusableCpus> {
+/// cpus` is only counted, never pinned to, so it is left alone. Every pool refused is returned.
+pub fn fit_cpus(cfg: &mut Config, allowed: &[usize]) -> Result<Vec<String>, Vec<UnusableCpus>> {
     let mut allowed = allowed.to_vec();
     allowed.sort_unstable();
     allowed.dedup();
     let mut notes = Vec::new();
+    let mut refused = Vec::new();
     for p in &mut cfg.pools {
         let Some(cpus) = &p.cpus else { continue };
         let usable: Vec<usize> = cpus
@@ -301,11 +302,12 @@ pub fn fit_cpus(cfg: &mut Config, allowed: &[usize]) -> Result<Vec<String>, Unus
             .filter(|c| allowed.contains(c))
             .collect();
         if usable.is_empty() {
-            return Err(UnusableCpus {
+            refused.push(UnusableCpus {
                 pool: p.name.clone(),
                 cpus: cpus.clone(),
-                allowed: CpuList(allowed),
+                allowed: CpuList(allowed.clone()),
             });
+            continue;
         }
         if usable.len() < cpus.0.len() {
             let fitted = CpuList(usable);
@@ -317,7 +319,11 @@ pub fn fit_cpus(cfg: &mut Config, allowed: &[usize]) -> Result<Vec<String>, Unus
             p.cpus = Some(fitted);
         }
     }
-    Ok(notes)
+    if refused.is_empty() {
+        Ok(notes)
+    } else {
+        Err(refused)
+    }
 }
 
 /// Says so when the reservations of the pools' `warm_min` workers add up to more than
@@ -330,11 +336,10 @@ pub fn budget_note(cfg: &Config) -> Option<String> {
         .iter()
         .filter(|p| p.warm_min > 0 && p.memory_reserve.is_some_and(|m| m.0 > 0))
         .collect();
-    let total: u64 = reserving
+    let total = reserving
         .iter()
         .filter_map(|p| p.memory_reserve)
-        .map(|m| m.0)
-        .sum();
+        .fold(0u64, |sum, m| sum.saturating_add(m.0));
     if total <= cfg.budget.memory.0 {
         return None;
     }
@@ -378,10 +383,20 @@ mod tests {
         let mut cfg = Config::builtin();
         let shop = cfg.pools.iter_mut().find(|p| p.name == "shop").unwrap();
         shop.cpus = Some("2-3".parse().unwrap());
-        let e = fit_cpus(&mut cfg.clone(), &[1, 0]).unwrap_err();
+        let mut other = cfg.pools[0].clone();
+        other.name = "other".into();
+        other.cpus = Some("7".parse().unwrap());
+        let mut two = cfg.clone();
+        two.pools.push(other);
+        // Every pool refused is named, not only the first.
+        let e = fit_cpus(&mut two, &[1, 0]).unwrap_err();
+        let e: Vec<String> = e.iter().map(ToString::to_string).collect();
         assert_eq!(
-            e.to_string(),
-            "pool `shop`: cpus = \"2-3\" names no CPU precogd may use; name CPUs among 0-1"
+            e,
+            [
+                "pool `shop`: cpus = \"2-3\" names no CPU precogd may use; name CPUs among 0-1",
+                "pool `other`: cpus = \"7\" names no CPU precogd may use; name CPUs among 0-1"
+            ]
         );
         assert_eq!(fit_cpus(&mut cfg.clone(), &[0, 1, 2, 3]), Ok(vec![]));
         // The built-in pool on a host of one CPU keeps the one, and says so.
@@ -459,6 +474,12 @@ mod tests {
         };
         let cfg = load_sources(&[Source::builtin(), layer]).expect("valid");
         let note = budget_note(&cfg).expect("a note");
+        // Sizes that add up past 64 bits are above any budget, not wrapped below it.
+        let mut huge = cfg.clone();
+        for p in &mut huge.pools {
+            p.memory_reserve = Some(ByteSize(1 << 63));
+        }
+        assert!(budget_note(&huge).is_some());
         // A pool without warm workers reserves nothing, so `cold` is not counted.
         assert_eq!(
             note,

@@ -42,7 +42,9 @@ pub(super) fn fit_cpus(cfg: &mut Config) -> Result<(), EngineError> {
     let Some(allowed) = crate::pool::usable_cpus() else {
         return Ok(());
     };
-    for note in crate::config::fit_cpus(cfg, &allowed)? {
+    // The first refusal is enough here: the host checks before a start or a reload name all.
+    let fitted = crate::config::fit_cpus(cfg, &allowed).map_err(|mut refused| refused.remove(0));
+    for note in fitted? {
         tracing::warn!("{note}");
     }
     Ok(())

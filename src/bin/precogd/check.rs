@@ -46,7 +46,11 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
         let mut fitted = cfg.clone();
         match config::fit_cpus(&mut fitted, &allowed) {
             Ok(fits) => notes.extend(fits),
-            Err(e) => errors.push(at(("pool", &e.pool, "cpus"), e.to_string())),
+            Err(refused) => {
+                for e in refused {
+                    errors.push(at(("pool", &e.pool, "cpus"), e.to_string()));
+                }
+            }
         }
     }
 
@@ -116,12 +120,16 @@ pub fn relative_files(cfg: &Config) -> Vec<(&str, &str)> {
     for p in &cfg.pools {
         for arg in p.command.iter().skip(1) {
             let path = std::path::Path::new(arg);
+            // A path by its look: a bare word may be an option's value that names a file here
+            // by chance.
+            let looks_like_a_path = arg.contains('/') || path.extension().is_some();
             if !arg.starts_with('-')
+                && looks_like_a_path
                 && path.is_relative()
                 && path.is_file()
                 && !std::path::Path::new("/").join(path).exists()
             {
-                found.push((p.name.as_str(), arg.as_str()));
+                found.push((p.name.as_str(), arg.trim_start_matches("./")));
             }
         }
     }
