@@ -290,7 +290,13 @@ pub(super) async fn run_job(
             }
             match decode_worker_reply(&line) {
                 Err(e) => {
-                    let start = &line[..line.len().min(SHOWN_IN_ERROR)];
+                    let mut start = &line[..line.len().min(SHOWN_IN_ERROR)];
+                    // Not into the middle of a character the cut would split.
+                    if let Err(e) = std::str::from_utf8(start)
+                        && e.error_len().is_none()
+                    {
+                        start = &start[..e.valid_up_to()];
+                    }
                     let shown = String::from_utf8_lossy(start);
                     let message = format!("{e}: {shown:?}");
                     return lost(FailureKind::Protocol, message, checkpoint);
