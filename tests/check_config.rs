@@ -5,6 +5,15 @@ mod common;
 
 use common::check_config;
 
+/// `precogd --check-config` on file `name`, started in `dir`, where relative paths are read.
+fn check_config_from(dir: &std::path::Path, name: &str) -> std::process::Output {
+    std::process::Command::new(common::precogd())
+        .current_dir(dir)
+        .args(["--config", name, "--check-config"])
+        .output()
+        .expect("run precogd --check-config")
+}
+
 #[test]
 fn check_config_reports_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,11 +133,7 @@ fn check_config_notes_what_a_start_goes_on_with() {
     std::fs::write(dir.path().join("my-worker.py"), "print()\n").unwrap();
     let text = "[[pool]]\nname = \"mine\"\ncommand = [\"sh\", \"my-worker.py\"]\nwarm_min = 0\n";
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .current_dir(dir.path())
-        .args(["--config", "access.toml", "--check-config"])
-        .output()
-        .unwrap();
+    let out = check_config_from(dir.path(), "access.toml");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -144,11 +149,7 @@ fn check_config_notes_what_a_start_goes_on_with() {
     let text = "[[pool]]\nname = \"mine\"\ncommand = [\"/bin/sh\", \"--mode\", \"fast\"]\n\
                 warm_min = 0\n";
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(common::precogd())
-        .current_dir(dir.path())
-        .args(["--config", "access.toml", "--check-config"])
-        .output()
-        .unwrap();
+    let out = check_config_from(dir.path(), "access.toml");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("is a file here"), "{err}");
 
