@@ -264,6 +264,12 @@ pub fn render(stats: &Value) -> String {
             "Speculative jobs waiting.",
         ),
         (
+            "pool_real_peak",
+            "real_peak",
+            "gauge",
+            "Most real jobs held at once over the last 5 to 10 s; guesses use only workers above it.",
+        ),
+        (
             "pool_workers_started_total",
             "spawned",
             "counter",

@@ -129,3 +129,58 @@ fn a_real_request_takes_back_the_worker_of_a_long_guess_when_the_pool_is_full() 
     // The guess is gone: a run for its inputs is a run of its own.
     assert_eq!(stats["pools"]["t"]["busy"], json!(0), "{stats}");
 }
+
+#[test]
+fn guesses_wait_while_real_requests_lately_needed_every_worker() {
+    if common::skip_unless(common::have_python(), "python3 is not installed") {
+        return;
+    }
+    let two_workers = config().replace(
+        "warm_min = 3\nworkers_max = 3",
+        "warm_min = 2\nworkers_max = 2",
+    );
+    let d = Daemon::start(&two_workers);
+    let mut c = d.connect();
+
+    // One real request at a time leaves a worker to spare: a guess runs.
+    let r = c.call(&json!({"op": "run", "session": "buyer", "process": "spin",
+        "inputs": {"n": 1, "cpu_ms": 1, "report_policy": false}}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let first = json!({"n": 2, "cpu_ms": 1, "report_policy": false});
+    make_hot(&mut c, "early", &first);
+    wait_state(&mut c, "early", "cached");
+
+    // Two at once need both workers: the next guess waits in its queue.
+    std::thread::scope(|s| {
+        for n in [3, 4] {
+            let mut conn = d.connect();
+            s.spawn(move || {
+                let r = conn.call(&json!({"op": "run", "session": format!("b{n}"),
+                    "process": "spin",
+                    "inputs": {"n": n, "cpu_ms": 300, "report_policy": false}}));
+                assert_eq!(r["ok"], json!(true), "{r}");
+            });
+        }
+    });
+    let held = json!({"n": 5, "cpu_ms": 1, "report_policy": false});
+    make_hot(&mut c, "late", &held);
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = c.call(&json!({"op": "stats"}));
+    let pool = &stats["pools"]["t"];
+    assert_eq!(pool["real_peak"], json!(2), "{stats}");
+    assert_eq!(pool["queued_speculative"], json!(1), "{stats}");
+    assert_eq!(pool["busy"], json!(0), "{stats}");
+
+    // Once the peak is behind it (one to two windows of 5 s), the guess runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = c.call(&json!({"op": "stats"}));
+        if stats["pools"]["t"]["queued_speculative"] == json!(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the guess never ran: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = c.call(&json!({"op": "run", "session": "late", "process": "spin", "inputs": held}));
+    assert_eq!(r["served"], json!("cache"), "{r}");
+}

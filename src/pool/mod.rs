@@ -19,6 +19,7 @@ mod job;
 mod observe;
 mod placement;
 mod priority;
+mod slack;
 mod spawn;
 mod supervise;
 mod worker;
@@ -223,6 +224,9 @@ pub struct PoolStats {
     pub timeout_ms: u64,
     pub queued_on_demand: usize,
     pub queued_speculative: usize,
+    /// The most real jobs the pool held at once (running or waiting) lately: guesses run only
+    /// on the workers above it.
+    pub real_peak: usize,
     pub spawned: u64,
     /// Workers that could not start, or died before serving a job soon after starting.
     pub start_failures: u64,
@@ -291,6 +295,7 @@ struct State {
     backoff_until: Option<Instant>,
     generation: u64,
     stats: PoolStats,
+    real_peak: slack::RecentPeak,
 }
 
 struct Shared {
@@ -399,6 +404,7 @@ impl Pool {
                     return;
                 }
                 st.on_demand.push_back(queued);
+                st.note_real_demand();
                 if supervise::take_back_guess(&mut st, workers_max).is_some() {
                     // Only young guesses hold the workers: the supervisor looks again.
                     self.shared.supervisor_wake.notify_one();
@@ -460,7 +466,7 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let st = self.shared.state.lock().expect("pool state");
+        let mut st = self.shared.state.lock().expect("pool state");
         let mut s = st.stats.clone();
         s.workers = st.workers.len();
         s.busy = st.workers.values().filter(|w| w.busy.is_some()).count();
@@ -472,6 +478,8 @@ impl Pool {
         drop(settings);
         s.queued_on_demand = st.on_demand.len();
         s.queued_speculative = st.speculative.len();
+        let demand = st.real_demand();
+        s.real_peak = st.real_peak.peak(Instant::now(), demand);
         s.cgroup = self.shared.placement.as_ref().map(|p| {
             let mut v = p.describe();
             if let Some(u) = p.usage() {

@@ -78,7 +78,9 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             let now = Instant::now();
             let backing_off = st.backoff_until.is_some_and(|u| u > now);
             let idle = st.workers.values().filter(|w| w.idle()).count();
-            let waiting = st.on_demand.len() + st.speculative.len();
+            // Guesses count only as far as real demand leaves workers for them.
+            let guesses = st.speculative.len().min(st.guess_room(max));
+            let waiting = st.on_demand.len() + guesses;
             let live = st.workers.len() + st.starting;
             let wanted = st
                 .target_warm

@@ -150,6 +150,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
             if let Some(busy) = st.workers.get_mut(&id).and_then(|w| w.busy.as_mut()) {
                 busy.priority = Priority::OnDemand;
             }
+            st.note_real_demand();
         };
         let joinable = Joinable {
             joins: &queued.job.joins,
@@ -330,25 +331,18 @@ async fn next_job(
                 return retire(&mut st, id);
             }
             // Speculation leaves one idle worker for the next real request: taking a worker
-            // back from a speculative job costs that request a cold start.
+            // back from a speculative job costs that request a cold start. Guesses take only
+            // workers that real requests have not needed lately (see `slack`).
             let idle_others = st
                 .workers
                 .iter()
                 .filter(|(w, slot)| **w != id && slot.idle())
                 .count();
-            // ... and guesses hold at most half the pool's workers, so a burst of real
-            // requests finds most of the pool free instead of waiting behind guesses.
-            let guessing = st
-                .workers
-                .values()
-                .filter(|slot| {
-                    slot.busy
-                        .as_ref()
-                        .is_some_and(|b| b.priority == Priority::Speculative)
-                })
-                .count();
-            let may_speculate =
-                (idle_others > 0 || st.workers.len() <= 1) && guessing < (workers_max / 2).max(1);
+            let may_speculate = (idle_others > 0 || st.workers.len() <= 1)
+                && (st.speculative.is_empty() || st.guess_room(workers_max) > 0);
+            if !may_speculate {
+                st.drop_cancelled_guesses();
+            }
             while let Some(q) = st
                 .on_demand
                 .pop_front()
