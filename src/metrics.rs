@@ -180,6 +180,10 @@ pub fn render(stats: &Value) -> String {
             "Speculative jobs dropped before they ran, or taken back for a real request.",
         ),
         ("failed", "Speculative jobs that ended without a result."),
+        (
+            "held",
+            "Guesses not issued: their pool had no worker that real requests left spare.",
+        ),
     ] {
         o.single(
             &format!("speculative_{k}_total"),

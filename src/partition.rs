@@ -259,6 +259,16 @@ impl Partitioner {
         }
     }
 
+    /// Takes back a job [`Partitioner::select`] chose that was not issued after all (its pool
+    /// had no worker to spare): a later event of the session may choose it again.
+    pub fn withdraw(&mut self, session: &str, job: &SpeculativeJob) {
+        if let Some(jobs) = self.sessions.get_mut(session) {
+            jobs.live
+                .retain(|j| !(j.process == job.process && j.inputs == job.inputs));
+            jobs.issued.remove(&cache_key(&job.process, &job.inputs));
+        }
+    }
+
     /// Marks a job as done with (a result the session asked for is no longer live).
     pub fn consumed(&mut self, session: &str, process: &str) {
         if let Some(jobs) = self.sessions.get_mut(session) {
@@ -485,6 +495,33 @@ mod tests {
         assert_eq!(jobs.len(), 1);
         part.feedback("a", true, 0);
         assert!(part.threshold_for("a") < t);
+    }
+
+    #[test]
+    fn a_withdrawn_job_may_be_chosen_again_and_holds_no_share() {
+        let procs = vec![
+            process("a", &[], &[], true),
+            process("b", &[], &["a"], true),
+        ];
+        let mut part = Partitioner::new(0.5, 1, true);
+        let both = hot(&[("a", 0.9), ("b", 0.9)]);
+        let jobs = part.select("s", &both, &Map::new(), &procs, &|_| false);
+        assert_eq!(jobs.len(), 1);
+        assert!(
+            part.select("s", &both, &Map::new(), &procs, &|_| false)
+                .is_empty()
+        );
+        part.withdraw("s", &jobs[0]);
+        // Chosen again: it no longer counts as in flight, nor as issued.
+        let again = part.select("s", &both, &Map::new(), &procs, &|_| false);
+        assert_eq!(again, jobs);
+        // What waits on it is not ready while it is withdrawn.
+        part.withdraw("s", &again[0]);
+        let only_b = hot(&[("b", 0.9)]);
+        assert!(
+            part.select("s", &only_b, &Map::new(), &procs, &|_| false)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn guesses_wait_while_real_requests_lately_needed_every_worker() {
     make_hot(&mut c, "early", &first);
     wait_state(&mut c, "early", "cached");
 
-    // Two at once need both workers: the next guess waits in its queue.
+    // Two at once need both workers: the next guess is held, not issued.
     std::thread::scope(|s| {
         for n in [3, 4] {
             let mut conn = d.connect();
@@ -162,25 +162,28 @@ fn guesses_wait_while_real_requests_lately_needed_every_worker() {
             });
         }
     });
-    let held = json!({"n": 5, "cpu_ms": 1, "report_policy": false});
-    make_hot(&mut c, "late", &held);
-    std::thread::sleep(Duration::from_millis(500));
+    let late = json!({"n": 5, "cpu_ms": 1, "report_policy": false});
+    make_hot(&mut c, "late", &late);
     let stats = c.call(&json!({"op": "stats"}));
     let pool = &stats["pools"]["t"];
     assert_eq!(pool["real_peak"], json!(2), "{stats}");
-    assert_eq!(pool["queued_speculative"], json!(1), "{stats}");
+    assert_eq!(pool["queued_speculative"], json!(0), "{stats}");
     assert_eq!(pool["busy"], json!(0), "{stats}");
+    assert!(stats["speculation"]["held"].as_u64() >= Some(1), "{stats}");
+    wait_state(&mut c, "late", "cold");
 
-    // Once the peak is behind it (one to two windows of 5 s), the guess runs.
+    // Once the peak is behind it (one to two windows of 5 s), the next hint issues the guess.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = c.call(&json!({"op": "stats"}));
-        if stats["pools"]["t"]["queued_speculative"] == json!(0) {
+        if stats["pools"]["t"]["real_peak"] == json!(0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the guess never ran: {stats}");
+        assert!(Instant::now() < deadline, "the peak never faded: {stats}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = c.call(&json!({"op": "run", "session": "late", "process": "spin", "inputs": held}));
+    make_hot(&mut c, "late", &late);
+    wait_state(&mut c, "late", "cached");
+    let r = c.call(&json!({"op": "run", "session": "late", "process": "spin", "inputs": late}));
     assert_eq!(r["served"], json!("cache"), "{r}");
 }

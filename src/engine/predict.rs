@@ -35,6 +35,8 @@ pub(super) struct SpeculationCounters {
     pub used: u64,
     pub wasted: u64,
     pub cancelled: u64,
+    /// Not issued: their pool had no worker that real requests left spare.
+    pub held: u64,
     /// Ended without a result: timed out, crashed, or the worker's own error.
     pub failed: u64,
     pub cpu_ns_wasted: u64,
@@ -251,6 +253,10 @@ impl Engine {
             let Some(pool) = self.config.process(&job.process).map(|p| p.pool.clone()) else {
                 continue;
             };
+            if !self.pool_takes_guesses(&pool) {
+                self.predictor.withdraw(session, &job);
+                continue;
+            }
             let rec = SpeculativeRecord {
                 session: session.to_string(),
                 process: job.process.clone(),
@@ -277,6 +283,16 @@ impl Engine {
             );
         }
         self.prepare_hot(client, session, hot);
+    }
+
+    /// Whether `pool` has a worker for a guess (see `Pool::takes_guesses`); counts the guess as
+    /// held when not.
+    fn pool_takes_guesses(&mut self, pool: &str) -> bool {
+        let takes = self.pools.get(pool).is_some_and(|p| p.takes_guesses());
+        if !takes {
+            self.spec.held += 1;
+        }
+        takes
     }
 
     /// Hot processes with a `prepare` phase whose prepare inputs are known but not all inputs:
@@ -311,6 +327,9 @@ impl Engine {
                 continue;
             }
             let pool = proc_cfg.pool.clone();
+            if !self.pool_takes_guesses(&pool) {
+                continue;
+            }
             self.spec.prepared += 1;
             self.start_job(
                 key,
@@ -470,6 +489,7 @@ impl Engine {
             "used": s.used,
             "wasted": s.wasted,
             "cancelled": s.cancelled,
+            "held": s.held,
             "failed": s.failed,
             "pending": self.speculative.pending(),
             "cpu_s_wasted": s.cpu_ns_wasted as f64 / 1e9,

@@ -357,6 +357,17 @@ impl Pool {
         self.shared.shutting_down.load(Ordering::Relaxed)
     }
 
+    /// Whether guesses may run on this pool: it has workers that real requests have not needed
+    /// lately. A guess issued when it has none would only wait in the queue until its session
+    /// moves on; one issued while other guesses hold those workers waits its turn.
+    pub fn takes_guesses(&self) -> bool {
+        let settings = self.shared.settings.lock().expect("pool settings");
+        let workers_max = settings.workers_max;
+        drop(settings);
+        let mut st = self.shared.state.lock().expect("pool state");
+        st.guess_slots(workers_max) > 0
+    }
+
     /// Queues a job; `deliver` gets its outcome. Never blocks.
     pub fn submit(&self, job: Job, deliver: Deliver) {
         let (queue_max, workers_max) = {

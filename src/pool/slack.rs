@@ -58,12 +58,16 @@ impl RecentPeak {
     }
 }
 
-/// How many more guesses may start: guesses hold at most half the pool's workers (one in a
-/// pool of one or two), and only workers above the recent peak of real demand.
-pub(super) fn guess_room(workers_max: usize, guessing: usize, real_peak: usize) -> usize {
+/// How many workers guesses may hold: at most half the pool's workers (one in a pool of one or
+/// two), and only workers above the recent peak of real demand.
+pub(super) fn guess_slots(workers_max: usize, real_peak: usize) -> usize {
     let half = (workers_max / 2).max(1);
-    let spare = workers_max.saturating_sub(real_peak);
-    half.min(spare).saturating_sub(guessing)
+    half.min(workers_max.saturating_sub(real_peak))
+}
+
+/// How many more guesses may start, with `guessing` running.
+pub(super) fn guess_room(workers_max: usize, guessing: usize, real_peak: usize) -> usize {
+    guess_slots(workers_max, real_peak).saturating_sub(guessing)
 }
 
 impl State {
@@ -108,6 +112,13 @@ impl State {
             q.reply
                 .send(JobOutcome::failed(FailureKind::Cancelled, "cancelled"));
         }
+    }
+
+    /// How many workers guesses may hold now (see the module's note).
+    pub(super) fn guess_slots(&mut self, workers_max: usize) -> usize {
+        let demand = self.real_demand();
+        let peak = self.real_peak.peak(Instant::now(), demand);
+        guess_slots(workers_max, peak)
     }
 
     /// How many more guesses may start now (see the module's note).
@@ -161,5 +172,9 @@ mod tests {
         assert_eq!(guess_room(1, 0, 1), 0);
         // A peak above the limit (the limit was lowered) leaves nothing.
         assert_eq!(guess_room(2, 0, 5), 0);
+        // Slots count the guesses running: one held by a guess leaves room for none.
+        assert_eq!(guess_slots(1, 0), 1);
+        assert_eq!(guess_room(1, 1, 0), 0);
+        assert_eq!(guess_slots(3, 3), 0);
     }
 }

@@ -388,6 +388,11 @@ impl Predictor {
         )
     }
 
+    /// A job [`Predictor::speculate_from`] chose that was not issued: it may be chosen again.
+    pub fn withdraw(&mut self, session: &str, job: &SpeculativeJob) {
+        self.partition.withdraw(session, job);
+    }
+
     /// Issued speculative jobs that are no longer worth finishing.
     pub fn cancellable(&mut self, session: &str) -> Vec<SpeculativeJob> {
         let hot = self.hot_path(session, self.hot_path_len);
