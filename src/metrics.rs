@@ -268,10 +268,10 @@ pub fn render(stats: &Value) -> String {
             "Speculative jobs waiting.",
         ),
         (
-            "pool_real_peak",
-            "real_peak",
+            "pool_real_load",
+            "real_load",
             "gauge",
-            "Most real jobs held at once over the last 5 to 10 s; guesses use only workers above it.",
+            "Most real jobs held at once for a tenth of the last 5 to 10 s; guesses use workers above it.",
         ),
         (
             "pool_workers_started_total",

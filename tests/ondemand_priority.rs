@@ -166,20 +166,20 @@ fn guesses_wait_while_real_requests_lately_needed_every_worker() {
     make_hot(&mut c, "late", &late);
     let stats = c.call(&json!({"op": "stats"}));
     let pool = &stats["pools"]["t"];
-    assert_eq!(pool["real_peak"], json!(2), "{stats}");
+    assert_eq!(pool["real_load"], json!(2), "{stats}");
     assert_eq!(pool["queued_speculative"], json!(0), "{stats}");
     assert_eq!(pool["busy"], json!(0), "{stats}");
     assert!(stats["speculation"]["held"].as_u64() >= Some(1), "{stats}");
     wait_state(&mut c, "late", "cold");
 
-    // Once the peak is behind it (one to two windows of 5 s), the next hint issues the guess.
+    // Once the load is behind it (one to two windows of 5 s), the next hint issues the guess.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = c.call(&json!({"op": "stats"}));
-        if stats["pools"]["t"]["real_peak"] == json!(0) {
+        if stats["pools"]["t"]["real_load"] == json!(0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the peak never faded: {stats}");
+        assert!(Instant::now() < deadline, "the load never faded: {stats}");
         std::thread::sleep(Duration::from_millis(100));
     }
     make_hot(&mut c, "late", &late);

@@ -224,9 +224,9 @@ pub struct PoolStats {
     pub timeout_ms: u64,
     pub queued_on_demand: usize,
     pub queued_speculative: usize,
-    /// The most real jobs the pool held at once (running or waiting) lately: guesses run only
-    /// on the workers above it.
-    pub real_peak: usize,
+    /// The most real jobs (running or waiting) the pool held at once for a tenth of the last 5
+    /// to 10 s or more: guesses run only on the workers above it.
+    pub real_load: usize,
     pub spawned: u64,
     /// Workers that could not start, or died before serving a job soon after starting.
     pub start_failures: u64,
@@ -295,7 +295,7 @@ struct State {
     backoff_until: Option<Instant>,
     generation: u64,
     stats: PoolStats,
-    real_peak: slack::RecentPeak,
+    real_load: slack::RecentLoad,
 }
 
 struct Shared {
@@ -489,8 +489,7 @@ impl Pool {
         drop(settings);
         s.queued_on_demand = st.on_demand.len();
         s.queued_speculative = st.speculative.len();
-        let demand = st.real_demand();
-        s.real_peak = st.real_peak.peak(Instant::now(), demand);
+        s.real_load = st.real_load();
         s.cgroup = self.shared.placement.as_ref().map(|p| {
             let mut v = p.describe();
             if let Some(u) = p.usage() {

@@ -3,39 +3,78 @@
 //!
 //! A guess holds its worker until it ends, or for its first 50 ms at least when a real request
 //! wants the worker back; so a guess started while real requests keep the pool near its size
-//! limit makes one of them wait, or costs a replacement's cold start.
-//! The pool therefore remembers the most real jobs it held at once (running or waiting) over
-//! the last window or two, and lets guesses run only on the workers above that peak, within
-//! `workers_max`. Under a load that fills the pool, guesses wait in their queue and run when it
-//! eases; at a lighter load they run as before.
+//! limit makes one of them wait, or costs a replacement's cold start. The pool therefore keeps
+//! how long it held each number of real jobs at once (running or waiting) over the last window
+//! or two, and takes as its real load the most it held for a tenth of that time or more. Guesses
+//! run only on the workers above that load, within `workers_max`. A steady load that fills the
+//! pool leaves no worker to guesses; a short burst does not count (the runs of a burst are the
+//! ones the guesses before it answer from the cache).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{FailureKind, JobOutcome, Priority, Queued, State};
 
-/// How long a peak of real demand is remembered: one to two of these.
-pub(super) const PEAK_WINDOW: Duration = Duration::from_secs(5);
+/// How long the load is remembered: one to two of these.
+pub(super) const LOAD_WINDOW: Duration = Duration::from_secs(5);
 
-/// The most real jobs held at once in the current window and the one before.
+/// The share of the time remembered for which a number of real jobs must have been held at
+/// once to count as the load.
+const LOAD_SHARE: f64 = 0.01;
+
+/// Numbers of real jobs at once told apart; more count as this many.
+const LEVELS: usize = 256;
+
+/// How long the pool held at least 1, 2, … real jobs at once, in the current window and the one
+/// before.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RecentPeak {
+pub(super) struct RecentLoad {
     window_start: Option<Instant>,
-    this_window: usize,
-    last_window: usize,
+    /// When `demand` was last told, and what it was.
+    noted_at: Option<Instant>,
+    demand: usize,
+    /// `[n]`: time at `n + 1` real jobs or more in this window.
+    this_window: Vec<Duration>,
+    last_window: Vec<Duration>,
+    last_window_len: Duration,
 }
 
-impl RecentPeak {
-    /// Records that `demand` real jobs are running or waiting at `now`.
+impl RecentLoad {
+    /// Records that `demand` real jobs are running or waiting from `now` on.
     pub(super) fn note(&mut self, now: Instant, demand: usize) {
+        if let Some(at) = self.noted_at {
+            let held = now.saturating_duration_since(at);
+            let levels = self.demand.min(LEVELS);
+            if self.this_window.len() < levels {
+                self.this_window.resize(levels, Duration::ZERO);
+            }
+            for t in &mut self.this_window[..levels] {
+                *t += held;
+            }
+        }
+        self.noted_at = Some(now);
+        self.demand = demand;
         self.roll(now);
-        self.this_window = self.this_window.max(demand);
     }
 
-    /// The peak over the current window and the one before, counting `demand` now.
-    pub(super) fn peak(&mut self, now: Instant, demand: usize) -> usize {
+    /// The load: the most real jobs held at once for a tenth of the time remembered or more.
+    pub(super) fn load(&mut self, now: Instant, demand: usize) -> usize {
         self.note(now, demand);
-        self.this_window.max(self.last_window)
+        let Some(start) = self.window_start else {
+            return 0;
+        };
+        let remembered = self.last_window_len + now.saturating_duration_since(start);
+        if remembered.is_zero() {
+            return 0;
+        }
+        let at_least = |n: usize| {
+            self.this_window.get(n).copied().unwrap_or_default()
+                + self.last_window.get(n).copied().unwrap_or_default()
+        };
+        let needed = remembered.mul_f64(LOAD_SHARE);
+        (0..LEVELS)
+            .take_while(|&n| at_least(n) >= needed && !at_least(n).is_zero())
+            .count()
     }
 
     fn roll(&mut self, now: Instant) {
@@ -44,30 +83,32 @@ impl RecentPeak {
             return;
         };
         let elapsed = now.saturating_duration_since(start);
-        if elapsed < PEAK_WINDOW {
+        if elapsed < LOAD_WINDOW {
             return;
         }
         // A whole window with nothing noted leaves nothing to remember of the one before.
-        self.last_window = if elapsed < 2 * PEAK_WINDOW {
-            self.this_window
+        if elapsed < 2 * LOAD_WINDOW {
+            self.last_window = std::mem::take(&mut self.this_window);
+            self.last_window_len = elapsed;
         } else {
-            0
-        };
-        self.this_window = 0;
+            self.last_window.clear();
+            self.this_window.clear();
+            self.last_window_len = Duration::ZERO;
+        }
         self.window_start = Some(now);
     }
 }
 
 /// How many workers guesses may hold: at most half the pool's workers (one in a pool of one or
-/// two), and only workers above the recent peak of real demand.
-pub(super) fn guess_slots(workers_max: usize, real_peak: usize) -> usize {
+/// two), and only workers above the real load.
+pub(super) fn guess_slots(workers_max: usize, real_load: usize) -> usize {
     let half = (workers_max / 2).max(1);
-    half.min(workers_max.saturating_sub(real_peak))
+    half.min(workers_max.saturating_sub(real_load))
 }
 
 /// How many more guesses may start, with `guessing` running.
-pub(super) fn guess_room(workers_max: usize, guessing: usize, real_peak: usize) -> usize {
-    guess_slots(workers_max, real_peak).saturating_sub(guessing)
+pub(super) fn guess_room(workers_max: usize, guessing: usize, real_load: usize) -> usize {
+    guess_slots(workers_max, real_load).saturating_sub(guessing)
 }
 
 impl State {
@@ -91,10 +132,16 @@ impl State {
             .count()
     }
 
-    /// Records the real demand there is now, toward the recent peak.
+    /// Records the real demand there is from now on, toward the real load.
     pub(super) fn note_real_demand(&mut self) {
         let demand = self.real_demand();
-        self.real_peak.note(Instant::now(), demand);
+        self.real_load.note(Instant::now(), demand);
+    }
+
+    /// The real load now (see the module's note).
+    pub(super) fn real_load(&mut self) -> usize {
+        let demand = self.real_demand();
+        self.real_load.load(Instant::now(), demand)
     }
 
     /// Answers the queued guesses that were cancelled: while guesses are held back, no worker
@@ -116,16 +163,14 @@ impl State {
 
     /// How many workers guesses may hold now (see the module's note).
     pub(super) fn guess_slots(&mut self, workers_max: usize) -> usize {
-        let demand = self.real_demand();
-        let peak = self.real_peak.peak(Instant::now(), demand);
-        guess_slots(workers_max, peak)
+        let load = self.real_load();
+        guess_slots(workers_max, load)
     }
 
     /// How many more guesses may start now (see the module's note).
     pub(super) fn guess_room(&mut self, workers_max: usize) -> usize {
-        let demand = self.real_demand();
-        let peak = self.real_peak.peak(Instant::now(), demand);
-        guess_room(workers_max, self.guessing(), peak)
+        let load = self.real_load();
+        guess_room(workers_max, self.guessing(), load)
     }
 }
 
@@ -133,31 +178,48 @@ impl State {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
-    fn a_peak_is_remembered_for_one_to_two_windows() {
+    fn the_load_is_what_was_held_for_a_tenth_of_the_time_or_more() {
         let t0 = Instant::now();
-        let mut p = RecentPeak::default();
-        p.note(t0, 3);
-        assert_eq!(p.peak(t0 + Duration::from_secs(1), 1), 3);
+        let mut l = RecentLoad::default();
+        // Three jobs at once for 1 s, then one for 3 s: three for a quarter of the time.
+        l.note(t0, 3);
+        l.note(t0 + ms(1000), 1);
+        assert_eq!(l.load(t0 + ms(4000), 1), 3);
+        // A burst of eight for 20 ms in 4 s does not count.
+        l.note(t0 + ms(4000), 8);
+        assert_eq!(l.load(t0 + ms(4020), 1), 3);
+        // Nothing at all for a long while: no load.
+        assert_eq!(l.load(t0 + ms(30_000), 0), 0);
+    }
+
+    #[test]
+    fn the_load_is_remembered_for_one_to_two_windows() {
+        let t0 = Instant::now();
+        let mut l = RecentLoad::default();
+        l.note(t0, 2);
+        l.note(t0 + ms(4000), 0);
         // The next window still remembers the one before.
-        assert_eq!(p.peak(t0 + PEAK_WINDOW + Duration::from_secs(1), 0), 3);
-        // Two windows on, only what the later one saw.
-        assert_eq!(p.peak(t0 + 2 * PEAK_WINDOW + Duration::from_secs(2), 1), 1);
-        // After a long lull, nothing.
-        assert_eq!(p.peak(t0 + 10 * PEAK_WINDOW, 0), 0);
+        assert_eq!(l.load(t0 + ms(6000), 0), 2);
+        // A window later, only what the window after it saw.
+        assert_eq!(l.load(t0 + ms(11_500), 0), 0);
     }
 
     #[test]
-    fn demand_now_counts_even_above_the_peak_remembered() {
+    fn a_steady_load_counts_from_its_start() {
         let t0 = Instant::now();
-        let mut p = RecentPeak::default();
-        p.note(t0, 1);
-        assert_eq!(p.peak(t0 + Duration::from_millis(10), 4), 4);
-        assert_eq!(p.peak(t0 + Duration::from_millis(20), 0), 4);
+        let mut l = RecentLoad::default();
+        l.note(t0, 0);
+        assert_eq!(l.load(t0 + ms(100), 2), 0);
+        assert_eq!(l.load(t0 + ms(400), 2), 2);
     }
 
     #[test]
-    fn guesses_run_only_on_workers_real_demand_left_spare() {
+    fn guesses_run_only_on_workers_real_load_left_spare() {
         // Three workers at most, three real requests at once lately: no room for a guess.
         assert_eq!(guess_room(3, 0, 3), 0);
         // Two at once: one worker to spare.

@@ -187,6 +187,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 if let Some(w) = st.workers.get_mut(&id) {
                     w.busy = None;
                 }
+                st.note_real_demand();
                 if outcome.result.is_ok() {
                     st.stats.jobs_ok += 1;
                 } else {
