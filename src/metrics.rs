@@ -271,7 +271,7 @@ pub fn render(stats: &Value) -> String {
             "pool_real_load",
             "real_load",
             "gauge",
-            "Most real jobs held at once for a tenth of the last 5 to 10 s; guesses use workers above it.",
+            "Most real jobs held at once for 1% of the last 5 to 10 s; guesses use those above.",
         ),
         (
             "pool_workers_started_total",

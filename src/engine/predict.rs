@@ -244,17 +244,18 @@ impl Engine {
         }
 
         for job in self.predictor.speculate_from(session, hot) {
-            let Some(key) = self.key_for(client.uid, &job.process, &job.inputs) else {
-                continue;
-            };
-            if self.inflight.contains_key(&key) || self.is_cached(&key) {
-                continue;
-            }
+            // The pool first: a guess it cannot take costs no key or cache lookup.
             let Some(pool) = self.config.process(&job.process).map(|p| p.pool.clone()) else {
                 continue;
             };
             if !self.pool_takes_guesses(&pool) {
                 self.predictor.withdraw(session, &job);
+                continue;
+            }
+            let Some(key) = self.key_for(client.uid, &job.process, &job.inputs) else {
+                continue;
+            };
+            if self.inflight.contains_key(&key) || self.is_cached(&key) {
                 continue;
             }
             let rec = SpeculativeRecord {

@@ -224,8 +224,8 @@ pub struct PoolStats {
     pub timeout_ms: u64,
     pub queued_on_demand: usize,
     pub queued_speculative: usize,
-    /// The most real jobs (running or waiting) the pool held at once for a tenth of the last 5
-    /// to 10 s or more: guesses run only on the workers above it.
+    /// The most real jobs (running or waiting) the pool held at once for 1% of the last 5 to
+    /// 10 s or more: guesses run only on the workers above it.
     pub real_load: usize,
     pub spawned: u64,
     /// Workers that could not start, or died before serving a job soon after starting.

@@ -5,10 +5,10 @@
 //! wants the worker back; so a guess started while real requests keep the pool near its size
 //! limit makes one of them wait, or costs a replacement's cold start. The pool therefore keeps
 //! how long it held each number of real jobs at once (running or waiting) over the last window
-//! or two, and takes as its real load the most it held for a tenth of that time or more. Guesses
-//! run only on the workers above that load, within `workers_max`. A steady load that fills the
-//! pool leaves no worker to guesses; a short burst does not count (the runs of a burst are the
-//! ones the guesses before it answer from the cache).
+//! or two, and takes as its real load the most it held for a hundredth of that time or more.
+//! Guesses run only on the workers above that load, within `workers_max`. A steady load that
+//! fills the pool leaves no worker to guesses; a short burst does not count (the runs of a burst
+//! are the ones the guesses before it answer from the cache).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ impl RecentLoad {
         self.roll(now);
     }
 
-    /// The load: the most real jobs held at once for a tenth of the time remembered or more.
+    /// The load: the most real jobs held at once for a hundredth of the time remembered or more.
     pub(super) fn load(&mut self, now: Instant, demand: usize) -> usize {
         self.note(now, demand);
         let Some(start) = self.window_start else {
@@ -183,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn the_load_is_what_was_held_for_a_tenth_of_the_time_or_more() {
+    fn the_load_is_what_was_held_for_a_hundredth_of_the_time_or_more() {
         let t0 = Instant::now();
         let mut l = RecentLoad::default();
         // Three jobs at once for 1 s, then one for 3 s: three for a quarter of the time.
