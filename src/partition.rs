@@ -504,24 +504,18 @@ mod tests {
             process("b", &[], &["a"], true),
         ];
         let mut part = Partitioner::new(0.5, 1, true);
+        let pick =
+            |p: &mut Partitioner, h: &[HotEntry]| p.select("s", h, &Map::new(), &procs, &|_| false);
         let both = hot(&[("a", 0.9), ("b", 0.9)]);
-        let jobs = part.select("s", &both, &Map::new(), &procs, &|_| false);
+        let jobs = pick(&mut part, &both);
         assert_eq!(jobs.len(), 1);
-        assert!(
-            part.select("s", &both, &Map::new(), &procs, &|_| false)
-                .is_empty()
-        );
+        assert!(pick(&mut part, &both).is_empty());
         part.withdraw("s", &jobs[0]);
         // Chosen again: it no longer counts as in flight, nor as issued.
-        let again = part.select("s", &both, &Map::new(), &procs, &|_| false);
-        assert_eq!(again, jobs);
+        assert_eq!(pick(&mut part, &both), jobs);
         // What waits on it is not ready while it is withdrawn.
-        part.withdraw("s", &again[0]);
-        let only_b = hot(&[("b", 0.9)]);
-        assert!(
-            part.select("s", &only_b, &Map::new(), &procs, &|_| false)
-                .is_empty()
-        );
+        part.withdraw("s", &jobs[0]);
+        assert!(pick(&mut part, &hot(&[("b", 0.9)])).is_empty());
     }
 
     #[test]
