@@ -32,29 +32,38 @@ fn fnv1a(parts: &[&str]) -> u64 {
     hash
 }
 
-/// The hash [`Engine::process_version`] gives a pool, its worker command and the user its
-/// workers run as. The command's length goes first, so no argument can pass for the user, nor
-/// the user for an argument.
-fn worker_version(pool: &str, command: &[String], user: Option<&str>) -> u64 {
+/// The hash [`Engine::process_version`] gives a pool, its worker command, the user its workers
+/// run as and the stamp of the files they run (`crate::pool::code_stamp`). The command's length
+/// goes first, so no argument can pass for the user, nor the user for an argument.
+fn worker_version(pool: &str, command: &[String], user: Option<&str>, code: u64) -> u64 {
     let count = command.len().to_string();
+    let code = code.to_string();
     let mut parts: Vec<&str> = vec![pool, &count];
     parts.extend(command.iter().map(String::as_str));
     parts.push(user.unwrap_or(""));
+    parts.push(&code);
     fnv1a(&parts)
 }
 
 impl Engine {
     /// What computes `process`'s results in the running configuration: its pool, that pool's
-    /// worker command and the user its workers run as. A result kept, a job in flight or a
-    /// checkpoint of another version is not served for, joined by or resumed in this one, so a
-    /// reload or a restart that gives the process another worker never answers with the old
-    /// worker's results. 0 for a process not configured.
+    /// worker command, the user its workers run as and the files they run as they were when
+    /// the workers were last configured. A result kept, a job in flight or a checkpoint of
+    /// another version is not served for, joined by or resumed in this one, so a reload, a
+    /// restart or a new worker program on disk never answers with the old worker's results. 0
+    /// for a process not configured.
     pub(super) fn process_version(&self, process: &str) -> u64 {
         let Some(p) = self.config.process(process) else {
             return 0;
         };
         let command: &[String] = self.config.pool(&p.pool).map_or(&[], |pool| &pool.command);
-        worker_version(&p.pool, command, self.config.daemon.worker_user.as_deref())
+        let code = self.pools.get(&p.pool).map_or(0, |pool| pool.code());
+        worker_version(
+            &p.pool,
+            command,
+            self.config.daemon.worker_user.as_deref(),
+            code,
+        )
     }
 
     pub(super) fn is_cacheable(&self, process: &str) -> bool {
@@ -188,17 +197,22 @@ mod tests {
     #[test]
     fn no_argument_passes_for_the_user() {
         let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        let as_args = worker_version("t", &cmd(&["python3", "w.py", "user", "nobody"]), None);
-        let as_user = worker_version("t", &cmd(&["python3", "w.py"]), Some("nobody"));
+        let as_args = worker_version("t", &cmd(&["python3", "w.py", "user", "nobody"]), None, 0);
+        let as_user = worker_version("t", &cmd(&["python3", "w.py"]), Some("nobody"), 0);
         assert_ne!(as_args, as_user);
         assert_ne!(
-            worker_version("t", &cmd(&["a", "b"]), None),
-            worker_version("t", &cmd(&["a"]), Some("b"))
+            worker_version("t", &cmd(&["a", "b"]), None, 0),
+            worker_version("t", &cmd(&["a"]), Some("b"), 0)
         );
         // The same pool, command and user give the same version, from one start to the next.
         assert_eq!(
-            worker_version("t", &cmd(&["a"]), Some("b")),
-            worker_version("t", &cmd(&["a"]), Some("b"))
+            worker_version("t", &cmd(&["a"]), Some("b"), 0),
+            worker_version("t", &cmd(&["a"]), Some("b"), 0)
+        );
+        // Another program behind the same command is another version.
+        assert_ne!(
+            worker_version("t", &cmd(&["a"]), Some("b"), 0),
+            worker_version("t", &cmd(&["a"]), Some("b"), 1)
         );
     }
 }

@@ -14,6 +14,7 @@
 //! cgroups and tests need no root.
 
 mod backoff;
+mod code;
 mod forker;
 mod job;
 mod observe;
@@ -36,6 +37,7 @@ use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
+pub use code::{code_files, code_stamp};
 pub use job::{Joins, later};
 pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command, usable_cpus};
@@ -210,6 +212,8 @@ pub struct PoolSettings {
     pub workers_max: usize,
     pub queue_max: usize,
     pub identity: Option<WorkerIdentity>,
+    /// [`code_stamp`] of the program and its script when the workers were configured.
+    pub code: u64,
 }
 
 /// Counters and sizes of one pool, for `stats`.
@@ -353,6 +357,16 @@ impl Pool {
     }
 
     /// Whether the pool is stopping (the daemon stops, or a reload removed it).
+    /// The settings in force.
+    pub fn settings(&self) -> PoolSettings {
+        self.shared.settings.lock().expect("pool settings").clone()
+    }
+
+    /// [`code_stamp`] of the files the pool's workers run, as of their configuration.
+    pub fn code(&self) -> u64 {
+        self.shared.settings.lock().expect("pool settings").code
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.shared.shutting_down.load(Ordering::Relaxed)
     }
@@ -561,6 +575,7 @@ fn needs_new_workers(old: &PoolSettings, new: &PoolSettings) -> bool {
         || old.args != new.args
         || old.cpus != new.cpus
         || old.identity != new.identity
+        || old.code != new.code
 }
 
 #[cfg(test)]

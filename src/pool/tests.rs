@@ -14,6 +14,7 @@ fn settings() -> PoolSettings {
         workers_max: 2,
         queue_max: 8,
         identity: None,
+        code: 0,
     }
 }
 
@@ -40,6 +41,11 @@ fn a_new_worker_user_replaces_the_workers_and_a_new_size_does_not() {
         ..settings()
     };
     assert!(needs_new_workers(&old, &moved));
+    let rebuilt = PoolSettings {
+        code: 1,
+        ..settings()
+    };
+    assert!(needs_new_workers(&old, &rebuilt));
 }
 
 #[test]

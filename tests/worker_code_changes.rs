@@ -1,0 +1,123 @@
+//! Black-box tests of a worker's code changing on disk under a running precogd, as a deploy or
+//! a package upgrade does it: the pool gets new workers, and what the old code computed is not
+//! served for the new, while a change to the worker's data leaves the workers alone.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Daemon, have_python, skip_unless, wait_until};
+use serde_json::{Value, json};
+
+/// A worker that answers with the version written into its own file and its pid.
+fn write_worker(path: &Path, version: &str) {
+    let text = format!(
+        "import json, os, sys\n\
+         for line in sys.stdin:\n\
+         \x20   if not line.strip():\n\
+         \x20       continue\n\
+         \x20   job = json.loads(line)\n\
+         \x20   result = {{\"version\": \"{version}\", \"pid\": os.getpid()}}\n\
+         \x20   print(json.dumps({{\"job\": job.get(\"job\"), \"result\": result}}), flush=True)\n"
+    );
+    // As a deploy does it: the new file is written beside the old and renamed into place.
+    let next = path.with_extension("new");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+fn run(d: &Daemon, x: u64) -> Value {
+    d.call(json!({"op": "run", "session": "s", "process": "q", "inputs": {"x": x}}))
+}
+
+/// A daemon whose pool runs `worker.py` from the test's directory with a data file after it.
+fn start() -> Option<(Daemon, std::path::PathBuf, std::path::PathBuf)> {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return None;
+    }
+    let mut d = Daemon::prepare("", "");
+    let script = d.dir.path().join("worker.py");
+    let data = d.dir.path().join("data.txt");
+    write_worker(&script, "v1");
+    std::fs::write(&data, "rows").unwrap();
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = format!(
+        "{base}[[pool]]\nname = \"t\"\nwarm_min = 1\n\
+         command = [\"python3\", \"{}\", \"--data\", \"{}\"]\n\
+         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        script.display(),
+        data.display()
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn();
+    Some((d, script, data))
+}
+
+#[test]
+fn a_new_worker_script_on_disk_replaces_the_workers_and_the_old_results() {
+    let Some((d, script, _)) = start() else {
+        return;
+    };
+    let first = run(&d, 1);
+    assert_eq!(first["result"]["version"], json!("v1"), "{first}");
+    assert_eq!(run(&d, 1)["served"], json!("cache"));
+    let old_pid = first["result"]["pid"].clone();
+
+    write_worker(&script, "v2");
+    let written = std::time::Instant::now();
+    // Checked once a second, and acted on once the change has held for a check.
+    let mut after = Value::Null;
+    let replaced = wait_until(Duration::from_secs(10), || {
+        after = run(&d, 2);
+        after["result"]["version"] == json!("v2")
+    });
+    assert!(replaced, "still the old code: {after}\n{}", d.log());
+    println!(
+        "the new code answered {:?} after it was written",
+        written.elapsed()
+    );
+    assert_ne!(after["result"]["pid"], old_pid, "{after}");
+    assert!(d.log().contains("changed on disk"), "{}", d.log());
+
+    // The result the old code kept is not served for the new code.
+    let again = run(&d, 1);
+    assert_eq!(again["result"]["version"], json!("v2"), "{again}");
+    assert_ne!(again["served"], json!("cache"), "{again}");
+    assert_eq!(run(&d, 1)["served"], json!("cache"));
+}
+
+#[test]
+fn a_change_to_the_workers_data_leaves_its_workers_and_results_alone() {
+    let Some((d, _, data)) = start() else { return };
+    let first = run(&d, 1);
+    assert_eq!(first["result"]["version"], json!("v1"), "{first}");
+    std::fs::write(&data, "more rows").unwrap();
+    // Three checks pass.
+    std::thread::sleep(Duration::from_millis(3500));
+    let again = run(&d, 1);
+    assert_eq!(again["served"], json!("cache"), "{again}");
+    let other = run(&d, 2);
+    assert_eq!(other["result"]["pid"], first["result"]["pid"], "{other}");
+    assert!(!d.log().contains("changed on disk"), "{}", d.log());
+}
+
+#[test]
+fn a_restart_after_a_new_worker_script_does_not_serve_the_old_results() {
+    let Some((mut d, script, _)) = start() else {
+        return;
+    };
+    assert_eq!(run(&d, 1)["result"]["version"], json!("v1"));
+    assert!(d.stop(), "{}", d.log());
+
+    // Unchanged, the kept result answers after a restart.
+    d.spawn();
+    assert_eq!(run(&d, 1)["served"], json!("cache"));
+    assert!(d.stop(), "{}", d.log());
+
+    write_worker(&script, "v2");
+    d.spawn();
+    let after = run(&d, 1);
+    assert_eq!(after["result"]["version"], json!("v2"), "{after}");
+    assert_ne!(after["served"], json!("cache"), "{after}");
+}
