@@ -121,3 +121,23 @@ fn a_restart_after_a_new_worker_script_does_not_serve_the_old_results() {
     assert_eq!(after["result"]["version"], json!("v2"), "{after}");
     assert_ne!(after["served"], json!("cache"), "{after}");
 }
+
+#[test]
+fn a_worker_script_gone_from_disk_leaves_the_running_workers_serving() {
+    let Some((d, script, _)) = start() else {
+        return;
+    };
+    let first = run(&d, 1);
+    assert_eq!(first["result"]["version"], json!("v1"), "{first}");
+    std::fs::remove_file(&script).unwrap();
+    // Two checks pass, then a reload of the same configuration.
+    std::thread::sleep(Duration::from_millis(2500));
+    let during = run(&d, 2);
+    assert_eq!(during["result"]["pid"], first["result"]["pid"], "{during}");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    d.reload_applied(&text);
+    let after = run(&d, 3);
+    assert_eq!(after["result"]["pid"], first["result"]["pid"], "{after}");
+    assert_eq!(run(&d, 1)["served"], json!("cache"));
+    assert!(!d.log().contains("changed on disk"), "{}", d.log());
+}

@@ -176,9 +176,14 @@ impl Engine {
                 }
             }
         }
-        for (p, settings) in config.pools.iter().zip(settings) {
+        for (p, mut settings) in config.pools.iter().zip(settings) {
             match self.pools.get(&p.name) {
                 Some(pool) => {
+                    // A worker file that cannot be looked at now (gone, or being replaced) is
+                    // no reason to replace the workers running it.
+                    if crate::pool::code_stamp(&settings.program, &settings.args).is_none() {
+                        settings.code = pool.code();
+                    }
                     pool.reconfigure(settings);
                     // The last plan, clamped to the new bounds: a `warm_min` raised and lowered
                     // again must not leave the pool at the count the raise clamped it to.

@@ -356,7 +356,6 @@ impl Pool {
             .clone()
     }
 
-    /// Whether the pool is stopping (the daemon stops, or a reload removed it).
     /// The settings in force.
     pub fn settings(&self) -> PoolSettings {
         self.shared.settings.lock().expect("pool settings").clone()
@@ -367,6 +366,7 @@ impl Pool {
         self.shared.settings.lock().expect("pool settings").code
     }
 
+    /// Whether the pool is stopping (the daemon stops, or a reload removed it).
     pub fn is_stopping(&self) -> bool {
         self.shared.shutting_down.load(Ordering::Relaxed)
     }
