@@ -117,3 +117,37 @@ fn a_restart_serves_the_cache_only_for_the_command_that_computed_it() {
         d.log()
     );
 }
+
+#[test]
+fn a_job_run_again_on_the_pool_its_process_moved_to_is_not_kept_as_the_old_pools_result() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let mut d = Daemon::prepare("shutdown_grace = \"1s\"", "");
+    let both = config(&d, "v1", "other", "t");
+    std::fs::write(&d.config, &both).unwrap();
+    d.spawn();
+    // Pool `t` removed, `q` moved to `u`.
+    let moved = both
+        .replacen("[[pool]]\nname = \"t\"", "[[pool]]\nname = \"gone\"", 1)
+        .replace("pool = \"t\"", "pool = \"u\"");
+    let sock = d.socket.clone();
+    let slow = json!({"x": 6, "sleep_ms": 2000});
+    let req = json!({"op": "run", "session": "s", "process": "q", "inputs": slow});
+    let client = std::thread::spawn(move || common::Conn::open(&sock).unwrap().call(&req));
+    std::thread::sleep(Duration::from_millis(300));
+    d.reload_applied(&moved);
+    // Past the removed pool's grace, the idempotent job runs again where `q` lives now.
+    let answer = client.join().unwrap();
+    assert_eq!(
+        answer["result"]["tag"],
+        json!("other"),
+        "{answer}\n{}",
+        d.log()
+    );
+
+    // `q` back on `t`: what `u` computed is not served as `t`'s result.
+    d.reload_applied(&both);
+    let back = run(&d, slow);
+    assert_eq!(back["result"]["tag"], json!("v1"), "{back}\n{}", d.log());
+}

@@ -450,7 +450,9 @@ impl Engine {
     }
 
     /// What a finished job teaches: its result goes to the cache, its figures to the tuner and
-    /// to the speculation counters.
+    /// to the speculation counters. A result is kept only under the version in force as its job
+    /// ends: a job run again on the pool its process moved to still carries its old pool's key,
+    /// and what an old worker finishes after a change would serve only if the change were undone.
     fn learn_from_job(
         &mut self,
         key: JobKey,
@@ -460,6 +462,7 @@ impl Engine {
     ) {
         if let Ok(result) = &outcome.result
             && !prepare
+            && key.version == self.process_version(&key.process)
         {
             self.cache_put(&key, result);
             self.forget_state(&key);
