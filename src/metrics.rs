@@ -292,6 +292,12 @@ pub fn render(stats: &Value) -> String {
             "Workers that exited or were lost outside a shutdown.",
         ),
         (
+            "pool_worker_protocol_errors_total",
+            "protocol_errors",
+            "counter",
+            "Workers killed for breaking the worker protocol, counted in crashes too.",
+        ),
+        (
             "pool_timeouts_total",
             "timeouts",
             "counter",

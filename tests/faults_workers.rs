@@ -225,6 +225,14 @@ fn garbage_and_a_100_mib_line_are_errors_memory_stays_bounded_and_the_next_run_w
         after < before + 32 * 1024,
         "RSS grew from {before} to {after} KiB"
     );
+    // Each worker lost to a bad line shows as a protocol error of its pool, within its crashes.
+    let stats = d.call(json!({"op": "stats"}));
+    for name in ["junk", "big"] {
+        let p = &stats["pools"][name];
+        assert_eq!(p["protocol_errors"], json!(2), "{name}: {p}");
+        assert_eq!(p["crashes"], json!(2), "{name}: {p}");
+    }
+    assert_eq!(stats["pools"]["t"]["protocol_errors"], json!(0), "{stats}");
 }
 
 #[test]

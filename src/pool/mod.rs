@@ -242,6 +242,9 @@ pub struct PoolStats {
     pub job_errors: u64,
     pub timeouts: u64,
     pub crashes: u64,
+    /// Workers killed for breaking the worker protocol (a line that is not a reply, a flood of
+    /// output), counted in `crashes` too.
+    pub protocol_errors: u64,
     pub oom_kills: u64,
     pub preempted: u64,
     pub backoff_ms: u64,

@@ -425,6 +425,10 @@ fn finish_lost(
         FailureKind::Timeout => st.stats.timeouts += 1,
         FailureKind::Oom => st.stats.oom_kills += 1,
         FailureKind::Cancelled | FailureKind::ShuttingDown => {}
+        FailureKind::Protocol => {
+            st.stats.crashes += 1;
+            st.stats.protocol_errors += 1;
+        }
         _ => st.stats.crashes += 1,
     }
     // A job that got as far as a checkpoint is worth one more try from there; one that did
