@@ -38,6 +38,20 @@ fn check_config_reports_file_line_and_key() {
         "{err}"
     );
 
+    // Watched files are named by their full path: workers start in `/`.
+    std::fs::write(
+        &path,
+        "[[pool]]\nname = \"w\"\ncommand = [\"/bin/cat\"]\nwatch = [\"worker.py\"]\n",
+    )
+    .unwrap();
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4: pool.w.watch") && err.contains("`worker.py` is a relative path"),
+        "{err}"
+    );
+
     // So is a path that does not exist, or names a file no one may execute.
     let plain = dir.path().join("worker.py");
     std::fs::write(&plain, "print('hi')\n").unwrap();

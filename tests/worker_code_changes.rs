@@ -33,17 +33,25 @@ fn run(d: &Daemon, x: u64) -> Value {
 
 /// A daemon whose pool runs `worker.py` from the test's directory with a data file after it.
 fn start() -> Option<(Daemon, std::path::PathBuf, std::path::PathBuf)> {
+    start_warm(1, &|script| write_worker(script, "v1"))
+}
+
+/// [`start`] with `warm_min` warm workers and the worker's file put in place by `install`.
+fn start_warm(
+    warm_min: usize,
+    install: &dyn Fn(&Path),
+) -> Option<(Daemon, std::path::PathBuf, std::path::PathBuf)> {
     if skip_unless(have_python(), "python3 is not installed") {
         return None;
     }
     let mut d = Daemon::prepare("", "");
     let script = d.dir.path().join("worker.py");
     let data = d.dir.path().join("data.txt");
-    write_worker(&script, "v1");
+    install(&script);
     std::fs::write(&data, "rows").unwrap();
     let base = std::fs::read_to_string(&d.config).unwrap();
     let text = format!(
-        "{base}[[pool]]\nname = \"t\"\nwarm_min = 1\n\
+        "{base}[[pool]]\nname = \"t\"\nwarm_min = {warm_min}\n\
          command = [\"python3\", \"{}\", \"--data\", \"{}\"]\n\
          [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
         script.display(),
@@ -140,4 +148,85 @@ fn a_worker_script_gone_from_disk_leaves_the_running_workers_serving() {
     assert_eq!(after["result"]["pid"], first["result"]["pid"], "{after}");
     assert_eq!(run(&d, 1)["served"], json!("cache"));
     assert!(!d.log().contains("changed on disk"), "{}", d.log());
+}
+
+/// Points the symlink `link` at `target`, as a release switch does: a new link renamed over it.
+fn switch(link: &Path, target: &Path) {
+    let next = link.with_extension("next");
+    std::os::unix::fs::symlink(target, &next).unwrap();
+    std::fs::rename(&next, link).unwrap();
+}
+
+#[test]
+fn a_worker_started_before_precogd_took_a_change_keeps_no_result_under_the_old_version() {
+    // Two releases and a link to the first. The stamp follows the link.
+    let install = |script: &Path| {
+        write_worker(&script.with_file_name("a.py"), "v1");
+        write_worker(&script.with_file_name("b.py"), "v2");
+        switch(script, &script.with_file_name("a.py"));
+    };
+    // No warm worker: the run right after the switch starts one on the new code.
+    let Some((d, script, _)) = start_warm(0, &install) else {
+        return;
+    };
+    let (a, b) = (script.with_file_name("a.py"), script.with_file_name("b.py"));
+    switch(&script, &b);
+    let early = run(&d, 7);
+    assert_eq!(early["result"]["version"], json!("v2"), "{early}");
+    // Taken, then rolled back: the version is the first release's again.
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log()
+        .contains("changed on disk")));
+    switch(&script, &a);
+    let rolled_back = wait_until(Duration::from_secs(10), || {
+        d.log().matches("changed on disk").count() >= 2
+    });
+    assert!(rolled_back, "{}", d.log());
+    let after = run(&d, 7);
+    assert_eq!(
+        after["result"]["version"],
+        json!("v1"),
+        "{after}\n{}",
+        d.log()
+    );
+    assert_eq!(run(&d, 7)["served"], json!("cache"));
+}
+
+#[test]
+fn files_a_pool_watches_count_for_a_script_after_an_option_and_its_modules() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let mut d = Daemon::prepare("", "");
+    let script = d.dir.path().join("worker.py");
+    let module = d.dir.path().join("rates.py");
+    write_worker(&script, "v1");
+    std::fs::write(&module, "RATE = 1\n").unwrap();
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = format!(
+        "{base}[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"-u\", \"{s}\"]\n\
+         watch = [\"{s}\", \"{m}\"]\n\
+         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        s = script.display(),
+        m = module.display()
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn();
+    let first = run(&d, 1);
+    assert_eq!(first["result"]["version"], json!("v1"), "{first}");
+
+    // Only the module changes: the workers and the results go all the same.
+    let next = module.with_extension("new");
+    std::fs::write(&next, "RATE = 2\n").unwrap();
+    std::fs::rename(&next, &module).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .log()
+            .contains("changed on disk")),
+        "{}",
+        d.log()
+    );
+    let after = run(&d, 1);
+    assert_ne!(after["served"], json!("cache"), "{after}");
+    assert_ne!(after["result"]["pid"], first["result"]["pid"], "{after}");
 }

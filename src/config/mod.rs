@@ -201,6 +201,10 @@ pub struct PoolConfig {
     /// `0s` makes start-up count against that job.
     #[serde(default = "default_start_timeout")]
     pub start_timeout: Span,
+    /// Absolute paths of files whose change on disk gives the pool new workers, besides the
+    /// program; unset, the command's first argument when it is an absolute path.
+    #[serde(default)]
+    pub watch: Option<Vec<PathBuf>>,
 }
 
 fn default_warm_min() -> usize {

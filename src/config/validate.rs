@@ -153,6 +153,17 @@ fn check_pool(p: &PoolConfig, err: &Err) -> Result<(), ConfigError> {
             "must name an executable".into(),
         ));
     }
+    if let Some(relative) = p.watch.iter().flatten().find(|f| !f.is_absolute()) {
+        return Err(err(
+            "pool",
+            &p.name,
+            "watch",
+            format!(
+                "`{}` is a relative path; give each file's full path",
+                relative.display()
+            ),
+        ));
+    }
     if p.workers_max == 0 || p.warm_min > p.workers_max {
         return Err(err(
             "pool",

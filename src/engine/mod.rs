@@ -225,8 +225,6 @@ struct Engine {
     events: broadcast::Sender<EngineEvent>,
     cgroups: Option<Cgroups>,
     placements: HashMap<String, Arc<CgroupPlacement>>,
-    /// A pool's worker files seen changed on disk at the last tick, by their new stamp.
-    code_seen: HashMap<String, u64>,
     cache: Option<ResultCache>,
     states: Option<StateStore>,
     /// Why a store is off since start, for `stats`.
@@ -267,7 +265,6 @@ pub fn start(config: Config, parts: EngineParts) -> Result<EngineHandle, EngineE
         events: events.clone(),
         cgroups: parts.cgroups,
         placements: HashMap::new(),
-        code_seen: HashMap::new(),
         cache_off: parts.cache.as_ref().err().cloned(),
         states_off: parts.states.as_ref().err().cloned(),
         cache: parts.cache.ok(),

@@ -22,8 +22,7 @@ pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings
         (Some(user), true) => Some(crate::pool::lookup_user(user).map_err(err)?),
         _ => None,
     };
-    let code = crate::pool::code_stamp(&program, &p.command[1..]).unwrap_or(0);
-    Ok(PoolSettings {
+    let mut settings = PoolSettings {
         name: p.name.clone(),
         program,
         args: p.command[1..].to_vec(),
@@ -34,8 +33,11 @@ pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings
         workers_max: p.workers_max,
         queue_max: cfg.daemon.queue_max,
         identity,
-        code,
-    })
+        watch: p.watch.clone(),
+        code: 0,
+    };
+    settings.code = settings.code_stamp().unwrap_or(0);
+    Ok(settings)
 }
 
 /// Refuses pools pinned only to CPUs precogd may not use (none of their workers could start),
@@ -109,38 +111,6 @@ impl Engine {
         Ok(placement)
     }
 
-    /// Gives a pool new workers when the files its workers run changed on disk (a deploy or a
-    /// package upgrade replaced the program or its script) and have stayed the same since the
-    /// last tick, so a file caught half-written is not started. Old workers finish their job
-    /// and retire, as after a reload that changes the command; the process version changes with
-    /// the stamp, so the old code's results, jobs in flight and partial states serve no more.
-    pub(super) fn check_worker_code(&mut self) {
-        for (name, pool) in &self.pools {
-            let settings = pool.settings();
-            let Some(now) = crate::pool::code_stamp(&settings.program, &settings.args) else {
-                continue;
-            };
-            if now == settings.code {
-                self.code_seen.remove(name);
-                continue;
-            }
-            if self.code_seen.insert(name.clone(), now) != Some(now) {
-                continue;
-            }
-            self.code_seen.remove(name);
-            let files: Vec<_> = crate::pool::code_files(&settings.program, &settings.args)
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect();
-            tracing::info!(pool = %name, files = %files.join(" "),
-                "the worker's files changed on disk; new workers replace the old ones");
-            pool.reconfigure(crate::pool::PoolSettings {
-                code: now,
-                ..settings
-            });
-        }
-    }
-
     pub(super) fn reload(&mut self, mut config: Config) -> Result<(), String> {
         let left = config.daemon.keep_start_only(&self.config.daemon);
         let describe = |e: EngineError| match std::error::Error::source(&e) {
@@ -179,10 +149,12 @@ impl Engine {
         for (p, mut settings) in config.pools.iter().zip(settings) {
             match self.pools.get(&p.name) {
                 Some(pool) => {
-                    // A worker file that cannot be looked at now (gone, or being replaced) is
-                    // no reason to replace the workers running it.
-                    if crate::pool::code_stamp(&settings.program, &settings.args).is_none() {
-                        settings.code = pool.code();
+                    // The same command keeps its stamp: the pool takes a change of its files
+                    // on disk once it holds, and a file gone or half-written is no reason to
+                    // replace the workers running the old one.
+                    let running = pool.settings();
+                    if running.code_files() == settings.code_files() {
+                        settings.code = running.code;
                     }
                     pool.reconfigure(settings);
                     // The last plan, clamped to the new bounds: a `warm_min` raised and lowered

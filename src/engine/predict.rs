@@ -445,7 +445,6 @@ impl Engine {
         // At least a slice a second, however busy the engine is.
         self.continue_model_save();
         self.tuning_tick();
-        self.check_worker_code();
     }
 
     /// The job key of `process` for this owner from the known inputs, if all are known.

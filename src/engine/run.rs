@@ -453,6 +453,7 @@ impl Engine {
     /// to the speculation counters. A result is kept only under the version in force as its job
     /// ends: a job run again on the pool its process moved to still carries its old pool's key,
     /// and what an old worker finishes after a change would serve only if the change were undone.
+    /// Nor is one from a worker started on files changed on disk before precogd took the change.
     fn learn_from_job(
         &mut self,
         key: JobKey,
@@ -462,6 +463,7 @@ impl Engine {
     ) {
         if let Ok(result) = &outcome.result
             && !prepare
+            && !outcome.stale_code
             && key.version == self.process_version(&key.process)
         {
             self.cache_put(&key, result);

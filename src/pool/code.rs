@@ -1,37 +1,58 @@
 //! What a pool's workers run, as a stamp of files on disk: the worker program and, when the
-//! command's first argument is an absolute path to a file, that file (the script an interpreter
-//! runs). A worker keeps the code it started with until it exits, so a stamp that changes means
-//! the pool needs new workers, and results the old code computed must not answer for the new.
+//! command's first argument is an absolute path, that file (the script an interpreter runs), or
+//! the files the pool's `watch` names instead. A worker keeps the code it started with until it
+//! exits, so a stamp that changes means the pool needs new workers, and results the old code
+//! computed must not answer for the new.
 //!
-//! Only the first argument counts as code: later ones are as often data (the shop worker's
+//! Only the first argument counts by default: later ones are as often data (the shop worker's
 //! `--catalog` database, which `reserve_stock` writes to), and a worker restarted on every write
 //! to its data would never stay warm.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-/// The files whose contents decide what a worker started with `program` and `args` computes:
-/// the program, and the first argument when it is an absolute path that is not a directory.
-pub fn code_files<'a>(program: &'a Path, args: &'a [String]) -> Vec<&'a Path> {
-    let mut files = vec![program];
-    if let Some(first) = args.first().map(Path::new)
-        && first.is_absolute()
-        && !first.is_dir()
-    {
-        files.push(first);
+use super::{PoolSettings, Shared};
+
+/// How often a pool looks at its workers' files.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl PoolSettings {
+    /// The files whose contents decide what the workers compute: the program, then the `watch`
+    /// list, or without one the first argument when it is an absolute path that is not a
+    /// directory.
+    pub fn code_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.program.clone()];
+        match &self.watch {
+            Some(list) => files.extend(list.iter().cloned()),
+            None => files.extend(
+                self.args
+                    .first()
+                    .map(PathBuf::from)
+                    .filter(|first| first.is_absolute() && !first.is_dir()),
+            ),
+        }
+        files
     }
-    files
+
+    /// [`stamp`] of [`PoolSettings::code_files`].
+    pub fn code_stamp(&self) -> Option<u64> {
+        stamp(&self.code_files())
+    }
 }
 
-/// A stamp of [`code_files`]: the inode, size, and modification and change times of each.
-/// A file replaced by another (a package upgrade, or a deploy that renames a new file into
-/// place) gets another inode; one rewritten in place, another modification time. The stamp is
-/// stable across restarts of precogd, so results kept on disk still answer after a restart that
-/// changed nothing. `None` when a file cannot be looked at (it is gone, or being replaced):
-/// running workers keep the code they loaded, so that is no reason to replace them.
-pub fn code_stamp(program: &Path, args: &[String]) -> Option<u64> {
+/// A stamp of `files`: the inode, size, and modification and change times of each. A file
+/// replaced by another (a package upgrade, or a deploy that renames a new file into place) gets
+/// another inode; one rewritten in place, another modification time; one whose times were put
+/// back, another change time. The stamp is stable across restarts of precogd, so results kept on
+/// disk still answer after a restart that changed nothing. `None` when a file cannot be looked
+/// at (it is gone, or being replaced): running workers keep the code they loaded, so that is no
+/// reason to replace them.
+pub fn stamp(files: &[PathBuf]) -> Option<u64> {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for file in code_files(program, args) {
+    for file in files {
         let m = std::fs::metadata(file).ok()?;
         let fields = [
             m.ino(),
@@ -49,12 +70,65 @@ pub fn code_stamp(program: &Path, args: &[String]) -> Option<u64> {
     Some(hash)
 }
 
+/// Looks at the pool's files every [`LOOK_EVERY`], off the runtime (a file on a hung network
+/// mount holds up only this look). A change that still holds at the next look (so a file caught
+/// half-written is not started) gives the pool new workers as a new command does: each old
+/// worker finishes its job and retires, and the pool's code, part of its processes' version,
+/// changes, so the old code's results, jobs in flight and partial states serve no more.
+pub(super) async fn watch(shared: Arc<Shared>) {
+    let mut seen: Option<u64> = None;
+    loop {
+        tokio::time::sleep(LOOK_EVERY).await;
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let settings = shared.settings.lock().expect("pool settings").clone();
+        let files = settings.code_files();
+        let looked = files.clone();
+        let Ok(Some(now)) = tokio::task::spawn_blocking(move || stamp(&looked)).await else {
+            continue;
+        };
+        if now == settings.code {
+            seen = None;
+            continue;
+        }
+        if seen.replace(now) != Some(now) {
+            continue;
+        }
+        seen = None;
+        let mut new = shared.settings.lock().expect("pool settings").clone();
+        // A reload meanwhile decided for itself.
+        if new.code != settings.code || new.code_files() != files {
+            continue;
+        }
+        let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        tracing::info!(pool = %new.name, files = %shown.join(" "),
+            "the worker's files changed on disk; new workers replace the old ones");
+        new.code = now;
+        super::supervise::reconfigure(&shared, new);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn settings(program: &Path, args: &[&Path], watch: Option<Vec<PathBuf>>) -> PoolSettings {
+        PoolSettings {
+            name: "p".into(),
+            program: program.to_path_buf(),
+            args: args.iter().map(|a| a.display().to_string()).collect(),
+            cpus: None,
+            timeout: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(1),
+            warm_min: 1,
+            workers_max: 2,
+            queue_max: 8,
+            identity: None,
+            watch,
+            code: 0,
+        }
     }
 
     #[test]
@@ -65,22 +139,28 @@ mod tests {
         std::fs::write(&script, "print()\n").unwrap();
         std::fs::write(&data, "rows").unwrap();
         let python = Path::new("/usr/bin/python3");
-        let with_script = args(&[
-            script.to_str().unwrap(),
-            "--catalog",
-            data.to_str().unwrap(),
-        ]);
+        let option = Path::new("--catalog");
+        let with_script = settings(python, &[&script, option, &data], None);
         assert_eq!(
-            code_files(python, &with_script),
-            vec![python, script.as_path()]
+            with_script.code_files(),
+            vec![python.to_path_buf(), script.clone()]
         );
         // An option first: nothing but the program.
-        let option_first = args(&["--catalog", data.to_str().unwrap()]);
-        assert_eq!(code_files(python, &option_first), vec![python]);
+        let option_first = settings(python, &[option, &data], None);
+        assert_eq!(option_first.code_files(), vec![python.to_path_buf()]);
         // A relative name is not looked up (workers start in `/`), nor is a directory.
-        assert_eq!(code_files(python, &args(&["worker.py"])), vec![python]);
-        let dir_first = args(&[dir.path().to_str().unwrap()]);
-        assert_eq!(code_files(python, &dir_first), vec![python]);
+        let relative = settings(python, &[Path::new("worker.py")], None);
+        assert_eq!(relative.code_files(), vec![python.to_path_buf()]);
+        let directory = settings(python, &[dir.path()], None);
+        assert_eq!(directory.code_files(), vec![python.to_path_buf()]);
+        // A `watch` list names the files instead; an empty one leaves the program alone.
+        let listed = settings(python, &[option, &script], Some(vec![script.clone()]));
+        assert_eq!(
+            listed.code_files(),
+            vec![python.to_path_buf(), script.clone()]
+        );
+        let none = settings(python, &[&data], Some(Vec::new()));
+        assert_eq!(none.code_files(), vec![python.to_path_buf()]);
     }
 
     #[test]
@@ -90,26 +170,22 @@ mod tests {
         let data = dir.path().join("data");
         std::fs::write(&program, "one").unwrap();
         std::fs::write(&data, "rows").unwrap();
-        let rest = args(&["--data", data.to_str().unwrap()]);
-        let first = code_stamp(&program, &rest).unwrap();
-        assert_eq!(Some(first), code_stamp(&program, &rest), "nothing changed");
+        let pool = settings(&program, &[Path::new("--data"), &data], None);
+        let first = pool.code_stamp().unwrap();
+        assert_eq!(Some(first), pool.code_stamp(), "nothing changed");
 
         std::fs::write(&data, "more rows").unwrap();
-        assert_eq!(
-            Some(first),
-            code_stamp(&program, &rest),
-            "only the data changed"
-        );
+        assert_eq!(Some(first), pool.code_stamp(), "only the data changed");
 
         // A deploy: a new file renamed into place.
         let next = dir.path().join("worker.new");
         std::fs::write(&next, "two").unwrap();
         std::fs::rename(&next, &program).unwrap();
-        let second = code_stamp(&program, &rest).unwrap();
+        let second = pool.code_stamp().unwrap();
         assert_ne!(first, second);
 
         // Gone: no stamp, so the workers running it are left alone.
         std::fs::remove_file(&program).unwrap();
-        assert_eq!(code_stamp(&program, &rest), None);
+        assert_eq!(pool.code_stamp(), None);
     }
 }

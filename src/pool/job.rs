@@ -452,6 +452,7 @@ fn answered(
         cold: false,
         cpu_ns: 0,
         last_checkpoint,
+        stale_code: false,
     }
 }
 

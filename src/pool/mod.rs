@@ -37,7 +37,6 @@ use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-pub use code::{code_files, code_stamp};
 pub use job::{Joins, later};
 pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command, usable_cpus};
@@ -179,6 +178,9 @@ pub struct JobOutcome {
     pub cold: bool,
     pub cpu_ns: u64,
     pub last_checkpoint: Option<Value>,
+    /// The worker started on files other than those its pool's version was stamped from (they
+    /// changed on disk before precogd took the change), so its result must not be kept.
+    pub stale_code: bool,
 }
 
 impl JobOutcome {
@@ -194,6 +196,7 @@ impl JobOutcome {
             cold: false,
             cpu_ns: 0,
             last_checkpoint: None,
+            stale_code: false,
         }
     }
 }
@@ -212,7 +215,10 @@ pub struct PoolSettings {
     pub workers_max: usize,
     pub queue_max: usize,
     pub identity: Option<WorkerIdentity>,
-    /// [`code_stamp`] of the program and its script when the workers were configured.
+    /// Files whose change on disk gives the pool new workers, besides the program; `None`: the
+    /// first argument, when it is an absolute path (see `code.rs`).
+    pub watch: Option<Vec<PathBuf>>,
+    /// [`PoolSettings::code_stamp`] as the workers were configured.
     pub code: u64,
 }
 
@@ -347,6 +353,7 @@ impl Pool {
             keep_alive_ms: AtomicU64::new(worker::IDLE_RETIRE.as_millis() as u64),
         });
         tokio::spawn(supervise::supervise(shared.clone()));
+        tokio::spawn(code::watch(shared.clone()));
         Pool { shared }
     }
 
@@ -364,7 +371,7 @@ impl Pool {
         self.shared.settings.lock().expect("pool settings").clone()
     }
 
-    /// [`code_stamp`] of the files the pool's workers run, as of their configuration.
+    /// [`PoolSettings::code_stamp`] of the files the workers run, as of their configuration.
     pub fn code(&self) -> u64 {
         self.shared.settings.lock().expect("pool settings").code
     }
@@ -476,21 +483,7 @@ impl Pool {
     /// Applies new settings. Workers started with an older command, CPUs or user finish their
     /// job and retire: none of these can change in a running process.
     pub fn reconfigure(&self, new: PoolSettings) {
-        let mut s = self.shared.settings.lock().expect("pool settings");
-        let restart = needs_new_workers(&s, &new);
-        let (lo, hi) = (new.warm_min, new.workers_max);
-        *s = new;
-        drop(s);
-        let mut st = self.shared.state.lock().expect("pool state");
-        if restart {
-            st.generation += 1;
-            st.failures = 0;
-            st.backoff_until = None;
-        }
-        st.target_warm = st.target_warm.clamp(lo, hi);
-        drop(st);
-        self.shared.job_ready.notify_waiters();
-        self.shared.supervisor_wake.notify_one();
+        supervise::reconfigure(&self.shared, new);
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -579,6 +572,7 @@ fn needs_new_workers(old: &PoolSettings, new: &PoolSettings) -> bool {
         || old.cpus != new.cpus
         || old.identity != new.identity
         || old.code != new.code
+        || old.watch != new.watch
 }
 
 #[cfg(test)]

@@ -61,6 +61,25 @@ fn take_back_for(st: &mut State, workers_max: usize, waiting: usize) -> Option<D
     soonest.filter(|_| wanted > 0)
 }
 
+/// Applies new settings to the pool; see [`super::Pool::reconfigure`].
+pub(super) fn reconfigure(shared: &Shared, new: super::PoolSettings) {
+    let mut s = shared.settings.lock().expect("pool settings");
+    let restart = super::needs_new_workers(&s, &new);
+    let (lo, hi) = (new.warm_min, new.workers_max);
+    *s = new;
+    drop(s);
+    let mut st = shared.state.lock().expect("pool state");
+    if restart {
+        st.generation += 1;
+        st.failures = 0;
+        st.backoff_until = None;
+    }
+    st.target_warm = st.target_warm.clamp(lo, hi);
+    drop(st);
+    shared.job_ready.notify_waiters();
+    shared.supervisor_wake.notify_one();
+}
+
 /// Keeps the pool at its target size and restarts failed workers with backoff.
 pub(super) async fn supervise(shared: Arc<Shared>) {
     loop {

@@ -14,6 +14,7 @@ fn settings() -> PoolSettings {
         workers_max: 2,
         queue_max: 8,
         identity: None,
+        watch: None,
         code: 0,
     }
 }

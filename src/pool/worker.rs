@@ -59,6 +59,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         cgroup_join: join,
     };
     let mut cpu_class = CpuClass::Normal;
+    // Files changed on disk since the pool's version was stamped: this worker runs code the
+    // version does not name until precogd takes the change, so what it computes is not kept.
+    let stale_code = settings.code_stamp() != Some(settings.code);
     // A start still queued when the pool stops, or when a reload changed the command it would
     // run, is not made.
     let outdated = {
@@ -183,6 +186,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 outcome.wait_us = wait_us;
                 outcome.cold = cold;
                 outcome.cpu_ns = cpu_ns;
+                outcome.stale_code = stale_code;
                 let mut st = shared.state.lock().expect("pool state");
                 if let Some(w) = st.workers.get_mut(&id) {
                     w.busy = None;
@@ -462,6 +466,7 @@ fn finish_lost(
         cold: cost.cold,
         cpu_ns: cost.cpu_ns,
         last_checkpoint: checkpoint,
+        stale_code: false,
     });
 }
 
