@@ -51,6 +51,21 @@ fn check_config_reports_file_line_and_key() {
         err.contains("bad.toml:4: pool.w.watch") && err.contains("`worker.py` is a relative path"),
         "{err}"
     );
+    // One that is not there is only noted.
+    std::fs::write(
+        &path,
+        "[[pool]]\nname = \"w\"\ncommand = [\"/bin/cat\"]\nwarm_min = 0\n\
+         watch = [\"/nonexistent/precog-watched.py\"]\n",
+    )
+    .unwrap();
+    let out = check_config(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("bad.toml:5: pool.w.watch")
+            && err.contains("`/nonexistent/precog-watched.py` is not there"),
+        "{err}"
+    );
 
     // So is a path that does not exist, or names a file no one may execute.
     let plain = dir.path().join("worker.py");

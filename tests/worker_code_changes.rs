@@ -214,6 +214,7 @@ fn files_a_pool_watches_count_for_a_script_after_an_option_and_its_modules() {
     d.spawn();
     let first = run(&d, 1);
     assert_eq!(first["result"]["version"], json!("v1"), "{first}");
+    assert_eq!(run(&d, 1)["served"], json!("cache"));
 
     // Only the module changes: the workers and the results go all the same.
     let next = module.with_extension("new");
@@ -229,4 +230,36 @@ fn files_a_pool_watches_count_for_a_script_after_an_option_and_its_modules() {
     let after = run(&d, 1);
     assert_ne!(after["served"], json!("cache"), "{after}");
     assert_ne!(after["result"]["pid"], first["result"]["pid"], "{after}");
+}
+
+#[test]
+fn a_watched_file_not_there_yet_keeps_results_until_it_appears() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let mut d = Daemon::prepare("", "");
+    let script = d.dir.path().join("worker.py");
+    let later = d.dir.path().join("later.py");
+    write_worker(&script, "v1");
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = format!(
+        "{base}[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{s}\"]\n\
+         watch = [\"{s}\", \"{l}\"]\n\
+         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        s = script.display(),
+        l = later.display()
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn();
+    assert!(d.log().contains("is not there"), "{}", d.log());
+    let first = run(&d, 1);
+    assert_eq!(first["result"]["version"], json!("v1"), "{first}");
+    assert_eq!(run(&d, 1)["served"], json!("cache"));
+
+    std::fs::write(&later, "X = 1\n").unwrap();
+    let seen = wait_until(Duration::from_secs(10), || {
+        d.log().contains("changed on disk")
+    });
+    assert!(seen, "{}", d.log());
+    assert_ne!(run(&d, 1)["served"], json!("cache"));
 }

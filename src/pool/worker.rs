@@ -61,7 +61,8 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     let mut cpu_class = CpuClass::Normal;
     // Files changed on disk since the pool's version was stamped: this worker runs code the
     // version does not name until precogd takes the change, so what it computes is not kept.
-    let stale_code = settings.code_stamp() != Some(settings.code);
+    // (A file not there counts as when the pool was configured without it.)
+    let stale_code = settings.code_stamp().unwrap_or(0) != settings.code;
     // A start still queued when the pool stops, or when a reload changed the command it would
     // run, is not made.
     let outdated = {

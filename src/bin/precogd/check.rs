@@ -62,6 +62,10 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
         notes.push(at(("pool", pool, "command"), why));
     }
 
+    for (pool, file) in missing_watched(cfg) {
+        notes.push(at(("pool", pool, "watch"), missing_note(&file)));
+    }
+
     for p in &cfg.pools {
         if p.warm_min > 0 && !cfg.processes.iter().any(|proc| proc.pool == p.name) {
             let why = format!(
@@ -110,6 +114,41 @@ fn host_findings(cfg: &Config, sources: &[Source]) -> (Vec<String>, Vec<String>)
         }
     }
     (errors, notes)
+}
+
+/// What a start warns of and goes on with, besides what loading the configuration says: a
+/// worker's file named by a relative path, a watched file that is not there.
+pub fn warn_at_start(cfg: &Config) {
+    for (pool, arg) in relative_files(cfg) {
+        tracing::warn!(
+            pool,
+            "worker command names `{arg}`, a file here; workers start in `/`, \
+            where it is `/{arg}`: write its absolute path"
+        );
+    }
+    for (pool, file) in missing_watched(cfg) {
+        tracing::warn!(pool, "{}", missing_note(&file));
+    }
+}
+
+/// Files a pool's `watch` lists that cannot be looked at here.
+fn missing_watched(cfg: &Config) -> Vec<(&str, String)> {
+    let mut found = Vec::new();
+    for p in &cfg.pools {
+        for file in p
+            .watch
+            .iter()
+            .flatten()
+            .filter(|f| std::fs::metadata(f).is_err())
+        {
+            found.push((p.name.as_str(), file.display().to_string()));
+        }
+    }
+    found
+}
+
+fn missing_note(file: &str) -> String {
+    format!("watched file `{file}` is not there: a change to it is seen only once it is")
 }
 
 /// Arguments of a worker command that name a file by a path relative to the directory precogd

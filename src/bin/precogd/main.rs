@@ -62,13 +62,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    for (pool, arg) in check::relative_files(&config) {
-        tracing::warn!(
-            pool,
-            "worker command names `{arg}`, a file here; workers start in `/`, \
-            where it is `/{arg}`: write its absolute path"
-        );
-    }
+    check::warn_at_start(&config);
     tracing::debug!(?sink, "logging set up");
 
     // One thread serves every task. A request crosses several tasks (connection, engine, pool,
