@@ -256,10 +256,69 @@ fn a_watched_file_not_there_yet_keeps_results_until_it_appears() {
     assert_eq!(first["result"]["version"], json!("v1"), "{first}");
     assert_eq!(run(&d, 1)["served"], json!("cache"));
 
-    std::fs::write(&later, "X = 1\n").unwrap();
+    // The file not there hides no change of the others.
+    write_worker(&script, "v2");
     let seen = wait_until(Duration::from_secs(10), || {
         d.log().contains("changed on disk")
     });
     assert!(seen, "{}", d.log());
+    let after = run(&d, 1);
+    assert_eq!(after["result"]["version"], json!("v2"), "{after}");
+    assert_ne!(after["served"], json!("cache"), "{after}");
+
+    // And once it is there, it counts.
+    std::fs::write(&later, "X = 1\n").unwrap();
+    let seen = wait_until(Duration::from_secs(10), || {
+        d.log().matches("changed on disk").count() >= 2
+    });
+    assert!(seen, "{}", d.log());
     assert_ne!(run(&d, 1)["served"], json!("cache"));
+}
+
+#[test]
+fn a_script_changed_while_its_worker_starts_keeps_no_result() {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return;
+    }
+    let mut d = Daemon::prepare("", "");
+    let script = d.dir.path().join("worker.py");
+    let (a, b) = (script.with_file_name("a.py"), script.with_file_name("b.py"));
+    write_worker(&a, "v1");
+    write_worker(&b, "v2");
+    switch(&script, &a);
+    // The worker reads its script half a second after it starts, as a slow wrapper would.
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = format!(
+        "{base}[[pool]]\nname = \"t\"\nwarm_min = 0\n\
+         command = [\"/bin/sh\", \"-c\", \"sleep 0.5; exec python3 {s}\"]\n\
+         watch = [\"{s}\"]\n\
+         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        s = script.display()
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn();
+    let sock = d.socket.clone();
+    let req = json!({"op": "run", "session": "s", "process": "q", "inputs": {"x": 1}});
+    let client = std::thread::spawn(move || common::Conn::open(&sock).unwrap().call(&req));
+    std::thread::sleep(Duration::from_millis(200));
+    switch(&script, &b);
+    let early = client.join().unwrap();
+    assert_eq!(early["result"]["version"], json!("v2"), "{early}");
+
+    // Taken, then rolled back: the first release's version again, and its own answer.
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log()
+        .contains("changed on disk")));
+    switch(&script, &a);
+    let rolled_back = wait_until(Duration::from_secs(10), || {
+        d.log().matches("changed on disk").count() >= 2
+    });
+    assert!(rolled_back, "{}", d.log());
+    let after = run(&d, 1);
+    assert_eq!(
+        after["result"]["version"],
+        json!("v1"),
+        "{after}\n{}",
+        d.log()
+    );
 }

@@ -34,9 +34,10 @@ pub(super) fn pool_settings(cfg: &Config, p: &PoolConfig) -> Result<PoolSettings
         queue_max: cfg.daemon.queue_max,
         identity,
         watch: p.watch.clone(),
+        code_parts: Vec::new(),
         code: 0,
     };
-    settings.code = settings.code_stamp().unwrap_or(0);
+    settings.set_code(crate::pool::look(&settings.code_files()));
     Ok(settings)
 }
 
@@ -154,7 +155,7 @@ impl Engine {
                     // replace the workers running the old one.
                     let running = pool.settings();
                     if running.code_files() == settings.code_files() {
-                        settings.code = running.code;
+                        settings.set_code(running.code_parts);
                     }
                     pool.reconfigure(settings);
                     // The last plan, clamped to the new bounds: a `warm_min` raised and lowered

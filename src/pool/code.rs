@@ -9,7 +9,7 @@
 //! to its data would never stay warm.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -37,46 +37,82 @@ impl PoolSettings {
         files
     }
 
-    /// [`stamp`] of [`PoolSettings::code_files`].
-    pub fn code_stamp(&self) -> Option<u64> {
-        stamp(&self.code_files())
+    /// Sets the stamps of [`PoolSettings::code_files`] the workers are configured under, and
+    /// the pool's `code` from them.
+    pub fn set_code(&mut self, parts: Vec<Option<u64>>) {
+        self.code = combine(&parts);
+        self.code_parts = parts;
     }
 }
 
-/// A stamp of `files`: the inode, size, and modification and change times of each. A file
-/// replaced by another (a package upgrade, or a deploy that renames a new file into place) gets
-/// another inode; one rewritten in place, another modification time; one whose times were put
-/// back, another change time. The stamp is stable across restarts of precogd, so results kept on
-/// disk still answer after a restart that changed nothing. `None` when a file cannot be looked
-/// at (it is gone, or being replaced): running workers keep the code they loaded, so that is no
-/// reason to replace them.
-pub fn stamp(files: &[PathBuf]) -> Option<u64> {
+/// The stamp of each file: its inode, size, and modification and change times, or `None` for a
+/// file that cannot be looked at. A file replaced by another (a package upgrade, or a deploy that
+/// renames a new file into place) gets another inode; one rewritten in place, another
+/// modification time; one whose times were put back, another change time. Stamps are stable
+/// across restarts of precogd, so results kept on disk still answer after a restart that
+/// changed nothing.
+pub fn look(files: &[PathBuf]) -> Vec<Option<u64>> {
+    files.iter().map(|f| stamp(f)).collect()
+}
+
+fn stamp(file: &Path) -> Option<u64> {
+    let m = std::fs::metadata(file).ok()?;
+    Some(fnv(&[
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ]))
+}
+
+/// One stamp for all the files, a file not there counting as such.
+fn combine(parts: &[Option<u64>]) -> u64 {
+    let words: Vec<u64> = parts
+        .iter()
+        .flat_map(|p| [u64::from(p.is_some()), p.unwrap_or(0)])
+        .collect();
+    fnv(&words)
+}
+
+fn fnv(words: &[u64]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for file in files {
-        let m = std::fs::metadata(file).ok()?;
-        let fields = [
-            m.ino(),
-            m.size(),
-            m.mtime() as u64,
-            m.mtime_nsec() as u64,
-            m.ctime() as u64,
-            m.ctime_nsec() as u64,
-        ];
-        for byte in fields.iter().flat_map(|f| f.to_le_bytes()) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+    for byte in words.iter().flat_map(|w| w.to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    Some(hash)
+    hash
+}
+
+/// Whether the files looked at `now` are other than those the workers were configured under: a
+/// file there whose stamp differs, a file there that was not. A file gone is no change: workers
+/// keep the code they loaded, and it may be on its way back (a deploy that deletes first).
+pub fn changed(configured: &[Option<u64>], now: &[Option<u64>]) -> bool {
+    configured.len() != now.len()
+        || configured
+            .iter()
+            .zip(now)
+            .any(|(was, is)| is.is_some() && is != was)
+}
+
+/// The stamps to configure after a change: those looked at now, and for a file gone the one it
+/// had.
+fn merged(configured: &[Option<u64>], now: &[Option<u64>]) -> Vec<Option<u64>> {
+    now.iter()
+        .zip(configured.iter().chain(std::iter::repeat(&None)))
+        .map(|(is, was)| is.or(*was))
+        .collect()
 }
 
 /// Looks at the pool's files every [`LOOK_EVERY`], off the runtime (a file on a hung network
 /// mount holds up only this look). A change that still holds at the next look (so a file caught
-/// half-written is not started) gives the pool new workers as a new command does: each old
-/// worker finishes its job and retires, and the pool's code, part of its processes' version,
-/// changes, so the old code's results, jobs in flight and partial states serve no more.
+/// half-written is not started, unless its writer pauses for a look) gives the pool new workers
+/// as a new command does: each old worker finishes its job and retires, and the pool's code,
+/// part of its processes' version, changes, so the old code's results, jobs in flight and
+/// partial states serve no more.
 pub(super) async fn watch(shared: Arc<Shared>) {
-    let mut seen: Option<u64> = None;
+    let mut seen: Option<Vec<Option<u64>>> = None;
     loop {
         tokio::time::sleep(LOOK_EVERY).await;
         if shared.shutting_down.load(Ordering::Relaxed) {
@@ -85,14 +121,15 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         let settings = shared.settings.lock().expect("pool settings").clone();
         let files = settings.code_files();
         let looked = files.clone();
-        let Ok(Some(now)) = tokio::task::spawn_blocking(move || stamp(&looked)).await else {
+        let Ok(now) = tokio::task::spawn_blocking(move || look(&looked)).await else {
             continue;
         };
-        if now == settings.code {
+        if !changed(&settings.code_parts, &now) {
             seen = None;
             continue;
         }
-        if seen.replace(now) != Some(now) {
+        let next = merged(&settings.code_parts, &now);
+        if seen.replace(next.clone()).as_ref() != Some(&next) {
             continue;
         }
         seen = None;
@@ -104,7 +141,7 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         tracing::info!(pool = %new.name, files = %shown.join(" "),
             "the worker's files changed on disk; new workers replace the old ones");
-        new.code = now;
+        new.set_code(next);
         super::supervise::reconfigure(&shared, new);
     }
 }
@@ -112,7 +149,6 @@ pub(super) async fn watch(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn settings(program: &Path, args: &[&Path], watch: Option<Vec<PathBuf>>) -> PoolSettings {
         PoolSettings {
@@ -127,6 +163,7 @@ mod tests {
             queue_max: 8,
             identity: None,
             watch,
+            code_parts: Vec::new(),
             code: 0,
         }
     }
@@ -171,21 +208,41 @@ mod tests {
         std::fs::write(&program, "one").unwrap();
         std::fs::write(&data, "rows").unwrap();
         let pool = settings(&program, &[Path::new("--data"), &data], None);
-        let first = pool.code_stamp().unwrap();
-        assert_eq!(Some(first), pool.code_stamp(), "nothing changed");
+        let first = look(&pool.code_files());
+        assert!(first[0].is_some());
+        assert!(
+            !changed(&first, &look(&pool.code_files())),
+            "nothing changed"
+        );
 
         std::fs::write(&data, "more rows").unwrap();
-        assert_eq!(Some(first), pool.code_stamp(), "only the data changed");
+        assert!(
+            !changed(&first, &look(&pool.code_files())),
+            "only the data changed"
+        );
 
         // A deploy: a new file renamed into place.
         let next = dir.path().join("worker.new");
         std::fs::write(&next, "two").unwrap();
         std::fs::rename(&next, &program).unwrap();
-        let second = pool.code_stamp().unwrap();
-        assert_ne!(first, second);
+        let second = look(&pool.code_files());
+        assert!(changed(&first, &second));
+        assert_ne!(combine(&first), combine(&second));
+    }
 
-        // Gone: no stamp, so the workers running it are left alone.
-        std::fs::remove_file(&program).unwrap();
-        assert_eq!(pool.code_stamp(), None);
+    #[test]
+    fn a_file_gone_is_no_change_and_hides_no_other() {
+        let (a, b, c) = (Some(1), Some(2), Some(3));
+        // Gone: no change, and the stamps configured after another change keep its last one.
+        assert!(!changed(&[a, b], &[a, None]));
+        assert!(changed(&[a, b], &[c, None]));
+        assert_eq!(merged(&[a, b], &[c, None]), vec![c, b]);
+        // Not there when configured, there now: a change.
+        assert!(changed(&[a, None], &[a, b]));
+        assert_eq!(merged(&[a, None], &[a, b]), vec![a, b]);
+        // A file not there still lets the others' changes through, and counts in the stamp.
+        assert!(changed(&[a, None], &[c, None]));
+        assert_ne!(combine(&[a, None]), combine(&[a, Some(0)]));
+        assert_ne!(combine(&[a, None]), combine(&[c, None]));
     }
 }

@@ -37,6 +37,7 @@ use crate::cgroup::{JoinHandle, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
+pub use code::look;
 pub use job::{Joins, later};
 pub use placement::CgroupPlacement;
 pub use spawn::{WorkerIdentity, lookup_user, resolve_command, usable_cpus};
@@ -218,7 +219,9 @@ pub struct PoolSettings {
     /// Files whose change on disk gives the pool new workers, besides the program; `None`: the
     /// first argument, when it is an absolute path (see `code.rs`).
     pub watch: Option<Vec<PathBuf>>,
-    /// [`PoolSettings::code_stamp`] as the workers were configured.
+    /// The stamp of each of [`PoolSettings::code_files`] the workers are configured under
+    /// (`None`: not there), and one stamp of them all; see `code.rs` and `set_code`.
+    pub code_parts: Vec<Option<u64>>,
     pub code: u64,
 }
 
@@ -371,7 +374,7 @@ impl Pool {
         self.shared.settings.lock().expect("pool settings").clone()
     }
 
-    /// [`PoolSettings::code_stamp`] of the files the workers run, as of their configuration.
+    /// One stamp of the files the workers run, as of their configuration.
     pub fn code(&self) -> u64 {
         self.shared.settings.lock().expect("pool settings").code
     }

@@ -15,6 +15,7 @@ fn settings() -> PoolSettings {
         queue_max: 8,
         identity: None,
         watch: None,
+        code_parts: Vec::new(),
         code: 0,
     }
 }

@@ -59,10 +59,17 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         cgroup_join: join,
     };
     let mut cpu_class = CpuClass::Normal;
-    // Files changed on disk since the pool's version was stamped: this worker runs code the
-    // version does not name until precogd takes the change, so what it computes is not kept.
-    // (A file not there counts as when the pool was configured without it.)
-    let stale_code = settings.code_stamp().unwrap_or(0) != settings.code;
+    // Files changed on disk since the pool's version was stamped: this worker may run code the
+    // version does not name until the pool takes the change, so what it computes is not kept.
+    // The files are looked at before the start and again once the worker has answered, since
+    // an interpreter reads its script some time after the start.
+    let files = settings.code_files();
+    let looked = files.clone();
+    let mut stale_code = super::code::changed(
+        &settings.code_parts,
+        &off_runtime(move || super::code::look(&looked)).await,
+    );
+    let mut looked_after_start = false;
     // A start still queued when the pool stops, or when a reload changed the command it would
     // run, is not made.
     let outdated = {
@@ -187,6 +194,12 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 outcome.wait_us = wait_us;
                 outcome.cold = cold;
                 outcome.cpu_ns = cpu_ns;
+                if !looked_after_start {
+                    looked_after_start = true;
+                    let files = files.clone();
+                    let now = off_runtime(move || super::code::look(&files)).await;
+                    stale_code |= super::code::changed(&settings.code_parts, &now);
+                }
                 outcome.stale_code = stale_code;
                 let mut st = shared.state.lock().expect("pool state");
                 if let Some(w) = st.workers.get_mut(&id) {
