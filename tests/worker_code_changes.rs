@@ -322,3 +322,104 @@ fn a_script_changed_while_its_worker_starts_keeps_no_result() {
         d.log()
     );
 }
+
+/// A worker that reads `rates` as it starts (`none` when it is not there), saves a checkpoint,
+/// answers with both and the state it was given, and exits: every job starts a worker.
+fn write_once_worker(path: &Path, version: &str, rates: &Path) {
+    let text = format!(
+        "import json, os, sys\n\
+         extra = open('{r}').read() if os.path.exists('{r}') else 'none'\n\
+         for line in sys.stdin:\n\
+         \x20   if not line.strip():\n\
+         \x20       continue\n\
+         \x20   job = json.loads(line)\n\
+         \x20   saved = {{'job': job['job'], 'checkpoint': {{'by': '{version}'}}}}\n\
+         \x20   print(json.dumps(saved), flush=True)\n\
+         \x20   result = {{'version': '{version}', 'extra': extra, 'state': job.get('state')}}\n\
+         \x20   print(json.dumps({{\"job\": job['job'], \"result\": result}}), flush=True)\n\
+         \x20   sys.exit(0)\n",
+        r = rates.display()
+    );
+    let next = path.with_extension("new");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// A daemon whose pool starts a worker for each job, watching its script and a `rates` file.
+fn start_once(dir_setup: &dyn Fn(&Path)) -> Option<Daemon> {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return None;
+    }
+    let mut d = Daemon::prepare("", "");
+    let (script, rates) = (d.dir.path().join("worker.py"), d.dir.path().join("rates"));
+    dir_setup(d.dir.path());
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = format!(
+        "{base}[[pool]]\nname = \"t\"\nwarm_min = 0\ncommand = [\"python3\", \"{s}\"]\n\
+         watch = [\"{s}\", \"{r}\"]\n\
+         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        s = script.display(),
+        r = rates.display()
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn();
+    Some(d)
+}
+
+#[test]
+fn a_worker_started_while_a_watched_file_is_gone_keeps_no_result() {
+    let setup = |dir: &Path| {
+        std::fs::write(dir.join("rates.v1"), "m1").unwrap();
+        switch(&dir.join("rates"), &dir.join("rates.v1"));
+        write_once_worker(&dir.join("worker.py"), "v1", &dir.join("rates"));
+    };
+    let Some(d) = start_once(&setup) else { return };
+    let rates = d.dir.path().join("rates");
+    assert_eq!(run(&d, 1)["result"]["extra"], json!("m1"));
+
+    std::fs::remove_file(&rates).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let without = run(&d, 2);
+    assert_eq!(without["result"]["extra"], json!("none"), "{without}");
+    // Back as it was: the same stamps, so the version the worker without it ran under.
+    switch(&rates, &d.dir.path().join("rates.v1"));
+    std::thread::sleep(Duration::from_millis(2500));
+    let back = run(&d, 2);
+    assert_eq!(back["result"]["extra"], json!("m1"), "{back}\n{}", d.log());
+    assert!(!d.log().contains("changed on disk"), "{}", d.log());
+}
+
+#[test]
+fn a_checkpoint_saved_by_a_worker_on_other_files_is_not_resumed() {
+    let setup = |dir: &Path| {
+        std::fs::write(dir.join("rates"), "m1").unwrap();
+        let (a, b) = (dir.join("a.py"), dir.join("b.py"));
+        write_once_worker(&a, "A", &dir.join("rates"));
+        write_once_worker(&b, "B", &dir.join("rates"));
+        switch(&dir.join("worker.py"), &a);
+    };
+    let Some(d) = start_once(&setup) else { return };
+    let dir = d.dir.path();
+    let script = dir.join("worker.py");
+    switch(&script, &dir.join("b.py"));
+    // Started on B's script before the pool took it: answers, saves a checkpoint, keeps neither.
+    let early = run(&d, 7);
+    assert_eq!(early["result"]["version"], json!("B"), "{early}");
+
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log()
+        .contains("changed on disk")));
+    switch(&script, &dir.join("a.py"));
+    let rolled_back = wait_until(Duration::from_secs(10), || {
+        d.log().matches("changed on disk").count() >= 2
+    });
+    assert!(rolled_back, "{}", d.log());
+    let after = run(&d, 7);
+    assert_eq!(after["result"]["version"], json!("A"), "{after}");
+    assert_eq!(
+        after["result"]["state"],
+        Value::Null,
+        "{after}\n{}",
+        d.log()
+    );
+}

@@ -461,6 +461,10 @@ impl Engine {
         speculative: bool,
         prepare: bool,
     ) {
+        if outcome.stale_code {
+            // What a worker on other files saved to resume from is not the version's either.
+            self.forget_state(&key);
+        }
         if let Ok(result) = &outcome.result
             && !prepare
             && !outcome.stale_code

@@ -63,12 +63,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
     // version does not name until the pool takes the change, so what it computes is not kept.
     // The files are looked at before the start and again once the worker has answered, since
     // an interpreter reads its script some time after the start.
+    // Any difference counts, a file gone included: the worker may have started without it.
     let files = settings.code_files();
-    let looked = files.clone();
-    let mut stale_code = super::code::changed(
-        &settings.code_parts,
-        &off_runtime(move || super::code::look(&looked)).await,
-    );
+    let mut stale_code = look_differs(&files, &settings.code_parts).await;
     let mut looked_after_start = false;
     // A start still queued when the pool stops, or when a reload changed the command it would
     // run, is not made.
@@ -194,11 +191,8 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 outcome.wait_us = wait_us;
                 outcome.cold = cold;
                 outcome.cpu_ns = cpu_ns;
-                if !looked_after_start {
-                    looked_after_start = true;
-                    let files = files.clone();
-                    let now = off_runtime(move || super::code::look(&files)).await;
-                    stale_code |= super::code::changed(&settings.code_parts, &now);
+                if !std::mem::replace(&mut looked_after_start, true) {
+                    stale_code |= look_differs(&files, &settings.code_parts).await;
                 }
                 outcome.stale_code = stale_code;
                 let mut st = shared.state.lock().expect("pool state");
@@ -245,11 +239,15 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                     // when they joined after the worker was lost.
                     queued.job.priority = Priority::OnDemand;
                 }
+                if !looked_after_start {
+                    stale_code |= look_differs(&files, &settings.code_parts).await;
+                }
                 let cost = Cost {
                     wait_us,
                     exec_us,
                     cold,
                     cpu_ns,
+                    stale_code,
                 };
                 finish_lost(&shared, queued, kind, message, checkpoint, cost);
                 remove_slot(&shared, id, started, served, None);
@@ -266,11 +264,15 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
                 // Whatever it left behind goes with it.
                 kill_group(pid);
                 placement_gone(&shared, id).await;
+                if !looked_after_start {
+                    stale_code |= look_differs(&files, &settings.code_parts).await;
+                }
                 let cost = Cost {
                     wait_us,
                     exec_us,
                     cold,
                     cpu_ns,
+                    stale_code,
                 };
                 resend(&shared, queued, checkpoint, cost);
                 // It served none of its jobs: a worker that exits at once fails at start.
@@ -427,6 +429,15 @@ struct Cost {
     cold: bool,
     /// CPU time the worker used on the job, read before it was killed.
     cpu_ns: u64,
+    /// The worker ran other files than its pool's version names: its checkpoint is not resumed.
+    stale_code: bool,
+}
+
+/// Whether `files` now differ from the stamps the pool was configured under, looked at off the
+/// runtime.
+async fn look_differs(files: &[std::path::PathBuf], configured: &[Option<u64>]) -> bool {
+    let files = files.to_vec();
+    off_runtime(move || super::code::look(&files)).await != configured
 }
 
 /// Answers or re-queues a job whose worker was lost.
@@ -455,6 +466,7 @@ fn finish_lost(
         kind,
         FailureKind::Crashed | FailureKind::Protocol | FailureKind::Timeout
     ) && checkpoint.is_some()
+        && !cost.stale_code
         && queued.job.may_repeat
         && !queued.retried
         && !shared.shutting_down.load(Ordering::Relaxed);
@@ -480,7 +492,7 @@ fn finish_lost(
         cold: cost.cold,
         cpu_ns: cost.cpu_ns,
         last_checkpoint: checkpoint,
-        stale_code: false,
+        stale_code: cost.stale_code,
     });
 }
 
@@ -505,7 +517,7 @@ fn resend(shared: &Shared, mut queued: Queued, checkpoint: Option<Value>, cost: 
         return;
     }
     queued.resent = true;
-    if checkpoint.is_some() {
+    if checkpoint.is_some() && !cost.stale_code {
         queued.job.state = checkpoint;
     }
     let st = shared.state.lock().expect("pool state");
