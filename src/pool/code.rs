@@ -106,7 +106,7 @@ fn merged(configured: &[Option<u64>], now: &[Option<u64>]) -> Vec<Option<u64>> {
 }
 
 /// Looks at the pool's files every [`LOOK_EVERY`], off the runtime (a file on a hung network
-/// mount holds up only this look). A change that still holds at the next look (so a file caught
+/// mount holds up only this look, and the starts of new workers). A change that still holds at the next look (so a file caught
 /// half-written is not started, unless its writer pauses for a look) gives the pool new workers
 /// as a new command does: each old worker finishes its job and retires, and the pool's code,
 /// part of its processes' version, changes, so the old code's results, jobs in flight and
@@ -119,9 +119,14 @@ pub(super) async fn watch(shared: Arc<Shared>) {
             return;
         }
         let settings = shared.settings.lock().expect("pool settings").clone();
-        let files = settings.code_files();
-        let looked = files.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || look(&looked)).await else {
+        let looking = settings.clone();
+        let Ok((files, now)) = tokio::task::spawn_blocking(move || {
+            let files = looking.code_files();
+            let now = look(&files);
+            (files, now)
+        })
+        .await
+        else {
             continue;
         };
         if !changed(&settings.code_parts, &now) {
@@ -135,7 +140,11 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         seen = None;
         let mut new = shared.settings.lock().expect("pool settings").clone();
         // A reload meanwhile decided for itself.
-        if new.code != settings.code || new.code_files() != files {
+        if new.code != settings.code
+            || new.program != settings.program
+            || new.args != settings.args
+            || new.watch != settings.watch
+        {
             continue;
         }
         let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

@@ -59,12 +59,13 @@ pub(super) async fn run(shared: Arc<Shared>, id: u64) {
         cgroup_join: join,
     };
     let mut cpu_class = CpuClass::Normal;
-    // Files changed on disk since the pool's version was stamped: this worker may run code the
-    // version does not name until the pool takes the change, so what it computes is not kept.
-    // The files are looked at before the start and again once the worker has answered, since
-    // an interpreter reads its script some time after the start.
-    // Any difference counts, a file gone included: the worker may have started without it.
-    let files = settings.code_files();
+    // Files other than the pool's version was stamped from (a file gone included): the worker
+    // may run code the version does not name, so what it computes is not kept. They are looked
+    // at before the start and at the first answer: an interpreter reads its script later.
+    let files = {
+        let settings = settings.clone();
+        off_runtime(move || settings.code_files()).await
+    };
     let mut stale_code = look_differs(&files, &settings.code_parts).await;
     let mut looked_after_start = false;
     // A start still queued when the pool stops, or when a reload changed the command it would
