@@ -33,7 +33,7 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// The hash [`Engine::process_version`] gives a pool, its worker command, the user its workers
-/// run as and the stamp of the files they run (`crate::pool::code_stamp`). The command's length
+/// run as and the stamp of the files they run (`PoolSettings::set_code`). The command's length
 /// goes first, so no argument can pass for the user, nor the user for an argument.
 fn worker_version(pool: &str, command: &[String], user: Option<&str>, code: u64) -> u64 {
     let count = command.len().to_string();
