@@ -157,6 +157,19 @@ fn switch(link: &Path, target: &Path) {
     std::fs::rename(&next, link).unwrap();
 }
 
+/// Waits until the pool takes the release `script` points at, points it back at `first`, and
+/// waits until the pool takes that too.
+fn take_then_roll_back(d: &Daemon, script: &Path, first: &Path) {
+    let taken = |n: usize| {
+        wait_until(Duration::from_secs(10), || {
+            d.log().matches("changed on disk").count() >= n
+        })
+    };
+    assert!(taken(1), "{}", d.log());
+    switch(script, first);
+    assert!(taken(2), "{}", d.log());
+}
+
 #[test]
 fn a_worker_started_before_precogd_took_a_change_keeps_no_result_under_the_old_version() {
     // Two releases and a link to the first. The stamp follows the link.
@@ -174,14 +187,7 @@ fn a_worker_started_before_precogd_took_a_change_keeps_no_result_under_the_old_v
     let early = run(&d, 7);
     assert_eq!(early["result"]["version"], json!("v2"), "{early}");
     // Taken, then rolled back: the version is the first release's again.
-    assert!(wait_until(Duration::from_secs(10), || d
-        .log()
-        .contains("changed on disk")));
-    switch(&script, &a);
-    let rolled_back = wait_until(Duration::from_secs(10), || {
-        d.log().matches("changed on disk").count() >= 2
-    });
-    assert!(rolled_back, "{}", d.log());
+    take_then_roll_back(&d, &script, &a);
     let after = run(&d, 7);
     assert_eq!(
         after["result"]["version"],
@@ -306,14 +312,7 @@ fn a_script_changed_while_its_worker_starts_keeps_no_result() {
     assert_eq!(early["result"]["version"], json!("v2"), "{early}");
 
     // Taken, then rolled back: the first release's version again, and its own answer.
-    assert!(wait_until(Duration::from_secs(10), || d
-        .log()
-        .contains("changed on disk")));
-    switch(&script, &a);
-    let rolled_back = wait_until(Duration::from_secs(10), || {
-        d.log().matches("changed on disk").count() >= 2
-    });
-    assert!(rolled_back, "{}", d.log());
+    take_then_roll_back(&d, &script, &a);
     let after = run(&d, 1);
     assert_eq!(
         after["result"]["version"],
@@ -406,14 +405,7 @@ fn a_checkpoint_saved_by_a_worker_on_other_files_is_not_resumed() {
     let early = run(&d, 7);
     assert_eq!(early["result"]["version"], json!("B"), "{early}");
 
-    assert!(wait_until(Duration::from_secs(10), || d
-        .log()
-        .contains("changed on disk")));
-    switch(&script, &dir.join("a.py"));
-    let rolled_back = wait_until(Duration::from_secs(10), || {
-        d.log().matches("changed on disk").count() >= 2
-    });
-    assert!(rolled_back, "{}", d.log());
+    take_then_roll_back(&d, &script, &dir.join("a.py"));
     let after = run(&d, 7);
     assert_eq!(after["result"]["version"], json!("A"), "{after}");
     assert_eq!(

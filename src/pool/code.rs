@@ -106,11 +106,11 @@ fn merged(configured: &[Option<u64>], now: &[Option<u64>]) -> Vec<Option<u64>> {
 }
 
 /// Looks at the pool's files every [`LOOK_EVERY`], off the runtime (a file on a hung network
-/// mount holds up only this look, and the starts of new workers). A change that still holds at the next look (so a file caught
-/// half-written is not started, unless its writer pauses for a look) gives the pool new workers
-/// as a new command does: each old worker finishes its job and retires, and the pool's code,
-/// part of its processes' version, changes, so the old code's results, jobs in flight and
-/// partial states serve no more.
+/// mount holds up only this look, and the starts of new workers). A change that still holds at
+/// the next look (so a file caught half-written is not started, unless its writer pauses for a
+/// look) gives the pool new workers as a new command does: each old worker finishes its job
+/// and retires, and the pool's code, part of its processes' version, changes, so the old code's
+/// results, jobs in flight and partial states serve no more.
 pub(super) async fn watch(shared: Arc<Shared>) {
     let mut seen: Option<Vec<Option<u64>>> = None;
     loop {
