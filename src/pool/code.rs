@@ -161,19 +161,10 @@ mod tests {
 
     fn settings(program: &Path, args: &[&Path], watch: Option<Vec<PathBuf>>) -> PoolSettings {
         PoolSettings {
-            name: "p".into(),
             program: program.to_path_buf(),
             args: args.iter().map(|a| a.display().to_string()).collect(),
-            cpus: None,
-            timeout: Duration::from_secs(1),
-            start_timeout: Duration::from_secs(1),
-            warm_min: 1,
-            workers_max: 2,
-            queue_max: 8,
-            identity: None,
             watch,
-            code_parts: Vec::new(),
-            code: 0,
+            ..crate::pool::tests::settings()
         }
     }
 

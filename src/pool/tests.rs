@@ -2,7 +2,8 @@
 
 use super::*;
 
-fn settings() -> PoolSettings {
+/// Settings for a pool of `/bin/cat` workers, for tests to change what they need.
+pub(super) fn settings() -> PoolSettings {
     PoolSettings {
         name: "p".into(),
         program: PathBuf::from("/bin/cat"),
