@@ -21,10 +21,40 @@ fn write_worker(path: &Path, version: &str) {
          \x20   result = {{\"version\": \"{version}\", \"pid\": os.getpid()}}\n\
          \x20   print(json.dumps({{\"job\": job.get(\"job\"), \"result\": result}}), flush=True)\n"
     );
-    // As a deploy does it: the new file is written beside the old and renamed into place.
+    deploy(path, &text);
+}
+
+/// Puts `text` at `path` as a deploy does: written beside the old file and renamed into place.
+fn deploy(path: &Path, text: &str) {
     let next = path.with_extension("new");
     std::fs::write(&next, text).unwrap();
     std::fs::rename(&next, path).unwrap();
+}
+
+/// Starts precogd with pool `t` (`pool_keys`, given the daemon's directory) and on it the
+/// idempotent process `q` of input `x`, once `setup` has put its files in that directory.
+fn start_pool(setup: &dyn Fn(&Path), pool_keys: &dyn Fn(&Path) -> String) -> Option<Daemon> {
+    if skip_unless(have_python(), "python3 is not installed") {
+        return None;
+    }
+    let mut d = Daemon::prepare("", "");
+    setup(d.dir.path());
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = format!(
+        "{base}[[pool]]\nname = \"t\"\n{}\n\
+         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
+        pool_keys(d.dir.path())
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn();
+    Some(d)
+}
+
+/// Whether the pool has taken `n` changes of its files, waiting up to 10 s for them.
+fn changes_taken(d: &Daemon, n: usize) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        d.log().matches("changed on disk").count() >= n
+    })
 }
 
 fn run(d: &Daemon, x: u64) -> Value {
@@ -41,24 +71,22 @@ fn start_warm(
     warm_min: usize,
     install: &dyn Fn(&Path),
 ) -> Option<(Daemon, std::path::PathBuf, std::path::PathBuf)> {
-    if skip_unless(have_python(), "python3 is not installed") {
-        return None;
-    }
-    let mut d = Daemon::prepare("", "");
-    let script = d.dir.path().join("worker.py");
-    let data = d.dir.path().join("data.txt");
-    install(&script);
-    std::fs::write(&data, "rows").unwrap();
-    let base = std::fs::read_to_string(&d.config).unwrap();
-    let text = format!(
-        "{base}[[pool]]\nname = \"t\"\nwarm_min = {warm_min}\n\
-         command = [\"python3\", \"{}\", \"--data\", \"{}\"]\n\
-         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
-        script.display(),
-        data.display()
+    let setup = |dir: &Path| {
+        install(&dir.join("worker.py"));
+        std::fs::write(dir.join("data.txt"), "rows").unwrap();
+    };
+    let keys = |dir: &Path| {
+        format!(
+            "warm_min = {warm_min}\ncommand = [\"python3\", \"{}\", \"--data\", \"{}\"]",
+            dir.join("worker.py").display(),
+            dir.join("data.txt").display()
+        )
+    };
+    let d = start_pool(&setup, &keys)?;
+    let (script, data) = (
+        d.dir.path().join("worker.py"),
+        d.dir.path().join("data.txt"),
     );
-    std::fs::write(&d.config, text).unwrap();
-    d.spawn();
     Some((d, script, data))
 }
 
@@ -160,14 +188,9 @@ fn switch(link: &Path, target: &Path) {
 /// Waits until the pool takes the release `script` points at, points it back at `first`, and
 /// waits until the pool takes that too.
 fn take_then_roll_back(d: &Daemon, script: &Path, first: &Path) {
-    let taken = |n: usize| {
-        wait_until(Duration::from_secs(10), || {
-            d.log().matches("changed on disk").count() >= n
-        })
-    };
-    assert!(taken(1), "{}", d.log());
+    assert!(changes_taken(d, 1), "{}", d.log());
     switch(script, first);
-    assert!(taken(2), "{}", d.log());
+    assert!(changes_taken(d, 2), "{}", d.log());
 }
 
 #[test]
@@ -200,39 +223,29 @@ fn a_worker_started_before_precogd_took_a_change_keeps_no_result_under_the_old_v
 
 #[test]
 fn files_a_pool_watches_count_for_a_script_after_an_option_and_its_modules() {
-    if skip_unless(have_python(), "python3 is not installed") {
+    let setup = |dir: &Path| {
+        write_worker(&dir.join("worker.py"), "v1");
+        std::fs::write(dir.join("rates.py"), "RATE = 1\n").unwrap();
+    };
+    let keys = |dir: &Path| {
+        let (s, m) = (dir.join("worker.py"), dir.join("rates.py"));
+        format!(
+            "command = [\"python3\", \"-u\", \"{s}\"]\nwatch = [\"{s}\", \"{m}\"]",
+            s = s.display(),
+            m = m.display()
+        )
+    };
+    let Some(d) = start_pool(&setup, &keys) else {
         return;
-    }
-    let mut d = Daemon::prepare("", "");
-    let script = d.dir.path().join("worker.py");
+    };
     let module = d.dir.path().join("rates.py");
-    write_worker(&script, "v1");
-    std::fs::write(&module, "RATE = 1\n").unwrap();
-    let base = std::fs::read_to_string(&d.config).unwrap();
-    let text = format!(
-        "{base}[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"-u\", \"{s}\"]\n\
-         watch = [\"{s}\", \"{m}\"]\n\
-         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
-        s = script.display(),
-        m = module.display()
-    );
-    std::fs::write(&d.config, text).unwrap();
-    d.spawn();
     let first = run(&d, 1);
     assert_eq!(first["result"]["version"], json!("v1"), "{first}");
     assert_eq!(run(&d, 1)["served"], json!("cache"));
 
     // Only the module changes: the workers and the results go all the same.
-    let next = module.with_extension("new");
-    std::fs::write(&next, "RATE = 2\n").unwrap();
-    std::fs::rename(&next, &module).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || d
-            .log()
-            .contains("changed on disk")),
-        "{}",
-        d.log()
-    );
+    deploy(&module, "RATE = 2\n");
+    assert!(changes_taken(&d, 1), "{}", d.log());
     let after = run(&d, 1);
     assert_ne!(after["served"], json!("cache"), "{after}");
     assert_ne!(after["result"]["pid"], first["result"]["pid"], "{after}");
@@ -240,23 +253,22 @@ fn files_a_pool_watches_count_for_a_script_after_an_option_and_its_modules() {
 
 #[test]
 fn a_watched_file_not_there_yet_keeps_results_until_it_appears() {
-    if skip_unless(have_python(), "python3 is not installed") {
+    let setup = |dir: &Path| write_worker(&dir.join("worker.py"), "v1");
+    let keys = |dir: &Path| {
+        let (s, l) = (dir.join("worker.py"), dir.join("later.py"));
+        format!(
+            "command = [\"python3\", \"{s}\"]\nwatch = [\"{s}\", \"{l}\"]",
+            s = s.display(),
+            l = l.display()
+        )
+    };
+    let Some(d) = start_pool(&setup, &keys) else {
         return;
-    }
-    let mut d = Daemon::prepare("", "");
-    let script = d.dir.path().join("worker.py");
-    let later = d.dir.path().join("later.py");
-    write_worker(&script, "v1");
-    let base = std::fs::read_to_string(&d.config).unwrap();
-    let text = format!(
-        "{base}[[pool]]\nname = \"t\"\ncommand = [\"python3\", \"{s}\"]\n\
-         watch = [\"{s}\", \"{l}\"]\n\
-         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
-        s = script.display(),
-        l = later.display()
+    };
+    let (script, later) = (
+        d.dir.path().join("worker.py"),
+        d.dir.path().join("later.py"),
     );
-    std::fs::write(&d.config, text).unwrap();
-    d.spawn();
     assert!(d.log().contains("is not there"), "{}", d.log());
     let first = run(&d, 1);
     assert_eq!(first["result"]["version"], json!("v1"), "{first}");
@@ -264,45 +276,38 @@ fn a_watched_file_not_there_yet_keeps_results_until_it_appears() {
 
     // The file not there hides no change of the others.
     write_worker(&script, "v2");
-    let seen = wait_until(Duration::from_secs(10), || {
-        d.log().contains("changed on disk")
-    });
-    assert!(seen, "{}", d.log());
+    assert!(changes_taken(&d, 1), "{}", d.log());
     let after = run(&d, 1);
     assert_eq!(after["result"]["version"], json!("v2"), "{after}");
     assert_ne!(after["served"], json!("cache"), "{after}");
 
     // And once it is there, it counts.
     std::fs::write(&later, "X = 1\n").unwrap();
-    let seen = wait_until(Duration::from_secs(10), || {
-        d.log().matches("changed on disk").count() >= 2
-    });
-    assert!(seen, "{}", d.log());
+    assert!(changes_taken(&d, 2), "{}", d.log());
     assert_ne!(run(&d, 1)["served"], json!("cache"));
 }
 
 #[test]
 fn a_script_changed_while_its_worker_starts_keeps_no_result() {
-    if skip_unless(have_python(), "python3 is not installed") {
+    let setup = |dir: &Path| {
+        write_worker(&dir.join("a.py"), "v1");
+        write_worker(&dir.join("b.py"), "v2");
+        switch(&dir.join("worker.py"), &dir.join("a.py"));
+    };
+    // The worker reads its script half a second after it starts, as a slow wrapper would.
+    let keys = |dir: &Path| {
+        let s = dir.join("worker.py");
+        format!(
+            "warm_min = 0\ncommand = [\"/bin/sh\", \"-c\", \"sleep 0.5; exec python3 {s}\"]\n\
+             watch = [\"{s}\"]",
+            s = s.display()
+        )
+    };
+    let Some(d) = start_pool(&setup, &keys) else {
         return;
-    }
-    let mut d = Daemon::prepare("", "");
+    };
     let script = d.dir.path().join("worker.py");
     let (a, b) = (script.with_file_name("a.py"), script.with_file_name("b.py"));
-    write_worker(&a, "v1");
-    write_worker(&b, "v2");
-    switch(&script, &a);
-    // The worker reads its script half a second after it starts, as a slow wrapper would.
-    let base = std::fs::read_to_string(&d.config).unwrap();
-    let text = format!(
-        "{base}[[pool]]\nname = \"t\"\nwarm_min = 0\n\
-         command = [\"/bin/sh\", \"-c\", \"sleep 0.5; exec python3 {s}\"]\n\
-         watch = [\"{s}\"]\n\
-         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
-        s = script.display()
-    );
-    std::fs::write(&d.config, text).unwrap();
-    d.spawn();
     let sock = d.socket.clone();
     let req = json!({"op": "run", "session": "s", "process": "q", "inputs": {"x": 1}});
     let client = std::thread::spawn(move || common::Conn::open(&sock).unwrap().call(&req));
@@ -339,30 +344,20 @@ fn write_once_worker(path: &Path, version: &str, rates: &Path) {
          \x20   sys.exit(0)\n",
         r = rates.display()
     );
-    let next = path.with_extension("new");
-    std::fs::write(&next, text).unwrap();
-    std::fs::rename(&next, path).unwrap();
+    deploy(path, &text);
 }
 
 /// A daemon whose pool starts a worker for each job, watching its script and a `rates` file.
 fn start_once(dir_setup: &dyn Fn(&Path)) -> Option<Daemon> {
-    if skip_unless(have_python(), "python3 is not installed") {
-        return None;
-    }
-    let mut d = Daemon::prepare("", "");
-    let (script, rates) = (d.dir.path().join("worker.py"), d.dir.path().join("rates"));
-    dir_setup(d.dir.path());
-    let base = std::fs::read_to_string(&d.config).unwrap();
-    let text = format!(
-        "{base}[[pool]]\nname = \"t\"\nwarm_min = 0\ncommand = [\"python3\", \"{s}\"]\n\
-         watch = [\"{s}\", \"{r}\"]\n\
-         [[process]]\nname = \"q\"\npool = \"t\"\ninputs = [\"x\"]\nidempotent = true\n",
-        s = script.display(),
-        r = rates.display()
-    );
-    std::fs::write(&d.config, text).unwrap();
-    d.spawn();
-    Some(d)
+    let keys = |dir: &Path| {
+        let (s, r) = (dir.join("worker.py"), dir.join("rates"));
+        format!(
+            "warm_min = 0\ncommand = [\"python3\", \"{s}\"]\nwatch = [\"{s}\", \"{r}\"]",
+            s = s.display(),
+            r = r.display()
+        )
+    };
+    start_pool(dir_setup, &keys)
 }
 
 #[test]
