@@ -154,7 +154,7 @@ impl Engine {
                     // on disk once it holds, and a file gone or half-written is no reason to
                     // replace the workers running the old one.
                     let running = pool.settings();
-                    if running.code_files() == settings.code_files() {
+                    if running.same_code_files(&settings) {
                         settings.set_code(running.code_parts);
                     }
                     pool.reconfigure(settings);

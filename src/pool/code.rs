@@ -37,6 +37,12 @@ impl PoolSettings {
         files
     }
 
+    /// Whether `other` names the same files as code, by its command and `watch`, without looking
+    /// at the disk.
+    pub fn same_code_files(&self, other: &PoolSettings) -> bool {
+        self.program == other.program && self.args == other.args && self.watch == other.watch
+    }
+
     /// Sets the stamps of [`PoolSettings::code_files`] the workers are configured under, and
     /// the pool's `code` from them.
     pub fn set_code(&mut self, parts: Vec<Option<u64>>) {
@@ -140,11 +146,7 @@ pub(super) async fn watch(shared: Arc<Shared>) {
         seen = None;
         let mut new = shared.settings.lock().expect("pool settings").clone();
         // A reload meanwhile decided for itself.
-        if new.code != settings.code
-            || new.program != settings.program
-            || new.args != settings.args
-            || new.watch != settings.watch
-        {
+        if new.code != settings.code || !new.same_code_files(&settings) {
             continue;
         }
         let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
